@@ -1,0 +1,153 @@
+"""Sites: named modules of a torch model whose outputs are populations of neurons.
+
+A *site* is a module path (``encoder.layer.3.intermediate``) resolved from a glob;
+its *units* are the last axis of the module output (``[batch, seq, units]`` or
+``[batch, units]``) or the channel axis of a conv output (``[batch, C, H, W]``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.errors import NeuronscopeError
+
+
+@dataclass
+class Site:
+    """One recorded module: its dotted ``name``, the ``module`` and its ``units`` (or None
+    until the first forward pass tells)."""
+
+    name: str
+    module: nn.Module = field(repr=False)
+    units: int | None = None
+
+
+def _infer_units(module: nn.Module) -> int | None:
+    """Width of a module's output from its parameters, without a forward pass."""
+    for attr in ("out_features", "out_channels", "num_features", "embedding_dim"):
+        if isinstance(getattr(module, attr, None), int):
+            return int(getattr(module, attr))
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[-1])
+    last = None
+    for child in module.children():
+        units = _infer_units(child)
+        if units is not None:
+            last = units
+    return last
+
+
+def sites(model: nn.Module, pattern: str | list[str]) -> list[Site]:
+    """Resolve module-name globs to the model's sites, in module order.
+
+    ``pattern`` is an ``fnmatch`` glob over ``model.named_modules()`` names (``*`` matches
+    within and across dots), or a comma-separated list / list of globs. A pattern that
+    matches nothing raises an error that names the closest module names.
+    """
+    patterns = pattern if isinstance(pattern, list) else [p.strip() for p in pattern.split(",")]
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        raise NeuronscopeError("no site pattern given; pass a module glob such as 'encoder.layer.*.intermediate'")
+    named = [(name, mod) for name, mod in model.named_modules() if name]
+    found: list[Site] = []
+    for pat in patterns:
+        hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            names = [n for n, _ in named]
+            close = difflib.get_close_matches(pat, names, n=5, cutoff=0.3)
+            if not close:
+                close = names[:5]
+            raise NeuronscopeError(
+                f"site pattern {pat!r} matched no module; closest module names: {', '.join(close)}"
+            )
+        for n, m in hits:
+            if all(s.name != n for s in found):
+                found.append(Site(n, m, _infer_units(m)))
+    order = {n: i for i, (n, _) in enumerate(named)}
+    return sorted(found, key=lambda s: order[s.name])
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    """The activation tensor of a module output (first tensor of a tuple/list/ModelOutput)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, list | tuple):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise NeuronscopeError(f"module output of type {type(output).__name__} holds no tensor to record")
+
+
+def to_samples(t: torch.Tensor, mask: torch.Tensor | None, conv: str = "positions") -> torch.Tensor:
+    """Flatten one module output to ``(samples, units)`` float32.
+
+    * ``[batch, units]`` → one sample per item;
+    * ``[batch, seq, units]`` → one sample per position where ``mask`` (``[batch, seq]``) is
+      true (padding dropped), in (item, position) order;
+    * ``[batch, C, H, W]`` (or any rank ≥ 4 with channels on axis 1) → units are channels;
+      ``conv='positions'`` gives one sample per (item, spatial position) in row-major order,
+      ``conv='mean'`` one spatially mean-pooled sample per item.
+    """
+    t = t.detach()
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim == 2:
+        out = t
+    elif t.ndim == 3:
+        out = t[mask.to(torch.bool)] if mask is not None else t.reshape(-1, t.shape[-1])
+    else:
+        if conv == "mean":
+            out = t.flatten(2).mean(dim=2)
+        elif conv == "positions":
+            out = t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
+        else:
+            raise NeuronscopeError(f"conv must be 'positions' or 'mean', not {conv!r}")
+    return out.to(torch.float32)
+
+
+class SiteCapture:
+    """Forward hooks on a set of sites; after each forward, ``outputs[name]`` holds the raw
+    output tensor of each site (cleared by ``clear``)."""
+
+    def __init__(self, model: nn.Module, site_list: list[Site]):
+        self.model = model
+        self.sites = site_list
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> SiteCapture:
+        for s in self.sites:
+            self._handles.append(s.module.register_forward_hook(self._hook(s.name)))
+        return self
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.outputs[name] = _first_tensor(output)
+
+        return hook
+
+    def clear(self) -> None:
+        self.outputs = {}
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@contextmanager
+def capture(model: nn.Module, site_list: list[Site]) -> Iterator[SiteCapture]:
+    """Context manager form of :class:`SiteCapture`."""
+    cap = SiteCapture(model, site_list)
+    with cap:
+        yield cap

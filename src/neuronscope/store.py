@@ -1,0 +1,474 @@
+"""The run store: a Zarr v3 group holding one recording.
+
+Layout (see DESIGN.md)::
+
+    run.zarr/
+      attributes["neuronscope"]: format_version, status, config, sites, source,
+                                 samples_committed, items_committed, rows_committed, ...
+      samples/<coord>              1-D int64 per sample coordinate (doc, pos, token_id, labels)
+      rows                         1-D int64: global sample index of each stored activation row
+      vocab                        token strings by id (text runs)
+      sites/<site>/activations     (rows, units), chunked (chunk_rows, 64): a batch or a column
+                                   of one neuron are both a few chunks
+      checkpoints/<0|1>/<site>/…   summary state at the last commit (A/B slots)
+      summaries/<site>/…           final summary state of a complete run
+      extras/<name>/…              results written by analyses (comparison, matching)
+
+Commit protocol: rows past ``rows_committed`` and a checkpoint slot that is not the
+committed one may hold anything; the commit record (the group attributes, written
+atomically by Zarr's local store) moves only after the data it covers is written.
+A killed recording therefore resumes from the last commit and never holds half a batch.
+Nothing is ever unpickled: arrays are numeric or UTF-8 strings, attributes are JSON.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from neuronscope.errors import ConfigMismatchError, FormatVersionError, NeuronscopeError
+
+FORMAT_VERSION = 1
+ATTR = "neuronscope"
+UNIT_CHUNK = 64
+
+
+def _write_error(path: Path, e: OSError) -> NeuronscopeError:
+    return NeuronscopeError(
+        f"writing run {path} failed ({e.strerror or e}); free disk space or fix the path, "
+        "then re-run the same command to resume"
+    )
+
+
+def _open_group(path: Path, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise NeuronscopeError(f"no run at {path}; record one with `neuronscope record --out {path}`") from None
+    except (ValueError, KeyError) as e:
+        raise NeuronscopeError(f"{path} is not a neuronscope run ({e}); pass the directory `neuronscope record` wrote") from None
+
+
+def _meta(group: zarr.Group, path: Path) -> dict[str, Any]:
+    meta = group.attrs.get(ATTR)
+    if not isinstance(meta, dict):
+        raise NeuronscopeError(f"{path} is a Zarr group but not a neuronscope run; pass a run directory")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"run {path} has store format version {version}, this neuronscope reads version "
+            f"{FORMAT_VERSION}; re-record it with this version (or --overwrite)"
+        )
+    return meta
+
+
+def _save_state(group: zarr.Group, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        group.create_array(key, data=value, overwrite=True) if value.size else group.create_array(
+            key, shape=value.shape, dtype=value.dtype, overwrite=True
+        )
+    group.attrs["state"] = dict(attrs)
+    group.attrs["keys"] = sorted(arrays)
+
+
+def _load_state(group: zarr.Group) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    keys = group.attrs.get("keys", [])
+    return {k: np.asarray(group[k][...]) for k in keys}, dict(group.attrs.get("state", {}))
+
+
+class RunWriter:
+    """Append-only writer of a run with commits and resume (used by ``record``)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        config: dict[str, Any],
+        sites: Mapping[str, int],
+        *,
+        vocab: list[str] | None,
+        label_categories: Mapping[str, list[str]],
+        store_activations: bool,
+        dtype: str,
+        chunk_rows: int = 4096,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        self.config = config
+        self.sites = dict(sites)
+        self.store_activations = store_activations
+        self.dtype = np.dtype(dtype)
+        self.chunk_rows = chunk_rows
+        self.resumed = False
+        try:
+            self._open_or_create(vocab, label_categories, overwrite)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+
+    # -- opening ---------------------------------------------------------------------
+    def _open_or_create(self, vocab, label_categories, overwrite: bool) -> None:
+        if self.path.exists() and any(self.path.iterdir()):
+            if overwrite:
+                shutil.rmtree(self.path)
+            else:
+                group = _open_group(self.path, "r+")
+                meta = _meta(group, self.path)
+                if meta.get("config") != self.config:
+                    diff = sorted(
+                        k for k in set(meta.get("config", {})) | set(self.config)
+                        if meta.get("config", {}).get(k) != self.config.get(k)
+                    )
+                    raise ConfigMismatchError(
+                        f"a run with a different configuration ({', '.join(diff)}) exists at {self.path}; "
+                        "pass --overwrite (overwrite=True) to replace it or choose another --out"
+                    )
+                self.group = group
+                self.meta = meta
+                self.resumed = True
+                self._reload_buffers()
+                return
+        # Build the empty store beside the target and rename it into place, so a crash or a
+        # write error during creation never leaves a half-made run at ``path``.
+        partial = self.path.with_name(self.path.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        if self.path.exists():
+            self.path.rmdir()
+        self.group = zarr.open_group(str(partial), mode="w", zarr_format=3)
+        self.meta = {
+            "format_version": FORMAT_VERSION,
+            "status": "recording",
+            "config": self.config,
+            "sites": self.sites,
+            "label_categories": dict(label_categories),
+            "samples_committed": 0,
+            "items_committed": 0,
+            "rows_committed": 0,
+            "nonfinite": dict.fromkeys(self.sites, 0),
+            "checkpoint": None,
+            "sample_coords": [],
+        }
+        if vocab is not None:
+            z = self.group.create_array("vocab", shape=(len(vocab),), dtype=str, chunks=(max(len(vocab), 1),))
+            z[:] = np.array(vocab, dtype=object)
+        self.group.require_group("samples")
+        self.group.create_array("rows", shape=(0,), chunks=(1 << 16,), dtype="int64")
+        if self.store_activations:
+            sg = self.group.require_group("sites")
+            for name, units in self.sites.items():
+                sg.require_group(name).create_array(
+                    "activations",
+                    shape=(0, units),
+                    chunks=(self.chunk_rows, min(units, UNIT_CHUNK)),
+                    dtype=self.dtype,
+                    compressors=None,
+                    fill_value=0,
+                )
+        self.group.attrs[ATTR] = self.meta
+        partial.rename(self.path)
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        self._reset_buffers(0)
+
+    def _reset_buffers(self, aligned: int) -> None:
+        self.aligned = aligned  # first row of the buffer; a multiple of chunk_rows
+        self.buf_rows: list[np.ndarray] = []
+        self.buf_acts: dict[str, list[np.ndarray]] = {s: [] for s in self.sites}
+        self.buf_n = 0
+        self.pending_samples: dict[str, list[np.ndarray]] = {}
+
+    def _reload_buffers(self) -> None:
+        rows = self.meta["rows_committed"]
+        aligned = rows - rows % self.chunk_rows
+        self._reset_buffers(aligned)
+        # Cut arrays back to the commit: rows past it are not part of the run.
+        self.group["rows"].resize((rows,))
+        for name in self.meta["sample_coords"]:
+            self.group["samples"][name].resize((self.meta["samples_committed"],))
+        if rows > aligned:
+            self.buf_rows.append(np.asarray(self.group["rows"][aligned:rows]))
+            if self.store_activations:
+                for s in self.sites:
+                    self.buf_acts[s].append(np.asarray(self.acts_array(s)[aligned:rows]))
+            self.buf_n = rows - aligned
+        if self.store_activations:
+            for s in self.sites:
+                self.acts_array(s).resize((rows, self.sites[s]))
+
+    def acts_array(self, site: str) -> zarr.Array:
+        return self.group["sites"][site]["activations"]
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def samples_committed(self) -> int:
+        return int(self.meta["samples_committed"])
+
+    @property
+    def items_committed(self) -> int:
+        return int(self.meta["items_committed"])
+
+    @property
+    def complete(self) -> bool:
+        return self.meta["status"] == "complete"
+
+    def load_checkpoint(self) -> dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] | None:
+        """Summary states at the last commit, per site (None if never checkpointed)."""
+        slot = self.meta.get("checkpoint")
+        if slot is None:
+            return None
+        g = self.group["checkpoints"][str(slot)]
+        return {s: _load_state(g[s]) for s in self.sites}
+
+    # -- appending --------------------------------------------------------------------
+    def append(self, samples: Mapping[str, np.ndarray], rows: np.ndarray, acts: Mapping[str, np.ndarray] | None) -> None:
+        """Buffer one batch: all its sample coords, and the activation rows to keep
+        (``rows`` = global sample ids of the kept rows, ``acts[site]`` = their values)."""
+        for k, v in samples.items():
+            self.pending_samples.setdefault(k, []).append(np.asarray(v, dtype=np.int64))
+        if self.store_activations and len(rows):
+            self.buf_rows.append(np.asarray(rows, dtype=np.int64))
+            for s in self.sites:
+                self.buf_acts[s].append(np.asarray(acts[s], dtype=self.dtype))
+            self.buf_n += len(rows)
+            while self.buf_n >= self.chunk_rows:
+                self._flush_full_chunk()
+
+    def _flush_full_chunk(self) -> None:
+        c = self.chunk_rows
+        rows = np.concatenate(self.buf_rows)
+        try:
+            self._write_rows(self.aligned, rows[:c], {s: np.concatenate(self.buf_acts[s])[:c] for s in self.sites})
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        self.buf_rows = [rows[c:]] if len(rows) > c else []
+        for s in self.sites:
+            rest = np.concatenate(self.buf_acts[s])[c:]
+            self.buf_acts[s] = [rest] if len(rest) else []
+        self.aligned += c
+        self.buf_n -= c
+
+    def _write_rows(self, start: int, rows: np.ndarray, acts: Mapping[str, np.ndarray]) -> None:
+        end = start + len(rows)
+        arr = self.group["rows"]
+        if arr.shape[0] < end:
+            arr.resize((end,))
+        arr[start:end] = rows
+        for s, a in acts.items():
+            z = self.acts_array(s)
+            if z.shape[0] < end:
+                z.resize((end, z.shape[1]))
+            z[start:end] = a
+
+    def commit(
+        self,
+        items: int,
+        nonfinite: Mapping[str, int],
+        summary_states: Mapping[str, tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] | None,
+    ) -> None:
+        """Make everything appended so far durable, then move the commit record."""
+        try:
+            samples_added = 0
+            if self.pending_samples:
+                sg = self.group["samples"]
+                start = self.samples_committed
+                for k, parts in self.pending_samples.items():
+                    v = np.concatenate(parts)
+                    samples_added = len(v)
+                    if k not in sg:
+                        sg.create_array(k, shape=(0,), chunks=(1 << 16,), dtype="int64")
+                        if k not in self.meta["sample_coords"]:
+                            self.meta["sample_coords"].append(k)
+                    z = sg[k]
+                    z.resize((start + len(v),))
+                    z[start:] = v
+                self.pending_samples = {}
+            if self.store_activations and self.buf_n:
+                rows = np.concatenate(self.buf_rows)
+                self._write_rows(self.aligned, rows, {s: np.concatenate(self.buf_acts[s]) for s in self.sites})
+            slot = self.meta.get("checkpoint")
+            if summary_states is not None:
+                slot = 1 - slot if slot in (0, 1) else 0
+                cg = self.group.require_group("checkpoints").require_group(str(slot))
+                for s, (arrays, attrs) in summary_states.items():
+                    _save_state(cg.require_group(s), arrays, attrs)
+            meta = dict(self.meta)
+            meta["samples_committed"] = self.samples_committed + samples_added
+            meta["items_committed"] = self.items_committed + items
+            meta["rows_committed"] = self.aligned + self.buf_n
+            meta["nonfinite"] = {s: int(nonfinite.get(s, 0)) for s in self.sites}
+            meta["checkpoint"] = slot
+            self.group.attrs[ATTR] = meta
+            self.meta = meta
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+
+    def finish(self, summary_states: Mapping[str, tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] | None, info: Mapping[str, Any]) -> None:
+        """Write the final summaries and mark the run complete."""
+        try:
+            if summary_states is not None:
+                sg = self.group.require_group("summaries")
+                for s, (arrays, attrs) in summary_states.items():
+                    if s in sg:
+                        del sg[s]
+                    _save_state(sg.require_group(s), arrays, attrs)
+            meta = dict(self.meta)
+            meta["status"] = "complete"
+            meta.update(info)
+            self.group.attrs[ATTR] = meta
+            self.meta = meta
+            if "checkpoints" in self.group:
+                del self.group["checkpoints"]
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+
+
+class Run:
+    """A recorded run, read-only (``open_run``). Populations are dask-backed DataArrays."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise NeuronscopeError(f"no run at {self.path}; record one with `neuronscope record --out {self.path}`")
+        self.group = _open_group(self.path, "r")
+        self.attrs = _meta(self.group, self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r}, sites={len(self.sites)}, samples={self.n_samples})"
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs["status"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.attrs["config"])
+
+    @property
+    def sites(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.attrs["sites"].items()}
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.attrs["samples_committed"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.attrs["rows_committed"])
+
+    @property
+    def label_categories(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.attrs.get("label_categories", {}).items()}
+
+    @property
+    def has_activations(self) -> bool:
+        return "sites" in self.group and self.n_rows > 0
+
+    @cached_property
+    def vocab(self) -> list[str] | None:
+        return [str(t) for t in self.group["vocab"][...]] if "vocab" in self.group else None
+
+    @cached_property
+    def samples(self) -> dict[str, np.ndarray]:
+        """Sample coordinates of all committed samples; labels decoded to strings."""
+        n = self.n_samples
+        out: dict[str, np.ndarray] = {"sample": np.arange(n, dtype=np.int64)}
+        cats = self.label_categories
+        for k in self.attrs.get("sample_coords", []):
+            v = np.asarray(self.group["samples"][k][:n])
+            if k in cats:
+                labels = np.array([*cats[k], ""], dtype=object)
+                v = labels[np.where(v < 0, len(cats[k]), v)]
+            out[k] = v
+        return out
+
+    def _site_names(self, pattern: str | None) -> list[str]:
+        if pattern is None:
+            return list(self.sites)
+        pats = [p.strip() for p in pattern.split(",") if p.strip()]
+        names = [s for s in self.sites if any(fnmatch.fnmatchcase(s, p) for p in pats)]
+        if not names:
+            raise NeuronscopeError(f"no site of run {self.path} matches {pattern!r}; its sites: {', '.join(self.sites)}")
+        return names
+
+    def population(self, sites: str | None = None):
+        """Stored activations as a dask-backed ``xarray.DataArray`` (dims ``sample``,
+        ``neuron``; neuron coords ``site``, ``unit``; sample coords as recorded)."""
+        import dask.array as da
+        import xarray as xr
+
+        if "sites" not in self.group:
+            raise NeuronscopeError(f"run {self.path} kept no activations (keep=summaries); re-record with --keep both")
+        names = self._site_names(sites)
+        n = self.n_rows
+        parts = [da.from_zarr(self.group["sites"][s]["activations"])[:n] for s in names]
+        data = da.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        rows = np.asarray(self.group["rows"][:n])
+        coords: dict[str, Any] = {
+            "site": ("neuron", np.repeat(np.array(names, dtype=object), [self.sites[s] for s in names])),
+            "unit": ("neuron", np.concatenate([np.arange(self.sites[s]) for s in names])),
+        }
+        for k, v in self.samples.items():
+            coords[k] = ("sample", v[rows])
+        if self.vocab is not None and "token_id" in coords:
+            coords["token"] = ("sample", np.array(self.vocab, dtype=object)[coords["token_id"][1]])
+        return xr.DataArray(data, dims=("sample", "neuron"), coords=coords, name="activation")
+
+    def summaries(self, site: str):
+        """The site's streaming summaries (a ``SiteSummaries``), or None if none were kept."""
+        from neuronscope.summaries.site import SiteSummaries
+
+        if site not in self.sites:
+            raise NeuronscopeError(f"run {self.path} has no site {site!r}; its sites: {', '.join(self.sites)}")
+        if "summaries" not in self.group or site not in self.group["summaries"]:
+            return None
+        arrays, attrs = _load_state(self.group["summaries"][site])
+        return SiteSummaries.from_state(arrays, attrs)
+
+    def extras(self, name: str) -> dict[str, Any] | None:
+        """A result an analysis stored in the run (arrays and attrs), or None."""
+        if "extras" not in self.group or name not in self.group["extras"]:
+            return None
+        arrays, attrs = _load_state(self.group["extras"][name])
+        return {"arrays": arrays, "attrs": attrs}
+
+    def extra_names(self) -> list[str]:
+        return sorted(self.group["extras"].group_keys()) if "extras" in self.group else []
+
+    def write_extras(self, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+        """Store an analysis result (e.g. a comparison heatmap) inside the run."""
+        g = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        _save_state(g.require_group("extras").require_group(name), arrays, attrs)
+
+    def info(self) -> dict[str, Any]:
+        """What ``neuronscope info`` prints: sites, units, samples, status, configuration."""
+        return {
+            "path": str(self.path),
+            "status": self.status,
+            "format_version": self.attrs["format_version"],
+            "model": self.config.get("model"),
+            "source": self.config.get("source"),
+            "sites": self.sites,
+            "neurons": sum(self.sites.values()),
+            "samples": self.n_samples,
+            "items": int(self.attrs["items_committed"]),
+            "activation_rows": self.n_rows,
+            "keep": self.config.get("keep"),
+            "dtype": self.config.get("dtype"),
+            "sample_rate": self.config.get("sample_rate"),
+            "nonfinite": self.attrs.get("nonfinite", {}),
+            "summaries": "summaries" in self.group,
+            "extras": self.extra_names(),
+            "seconds": self.attrs.get("seconds"),
+        }
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run store read-only. Raises a clear error for a missing path, a non-run
+    directory, or a store written by another format version."""
+    return Run(path)

@@ -1,0 +1,312 @@
+"""Recording: exact values, sites, sources, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+from tinymodels import HandSet, TinyConv, TinyText, Wrapper
+
+import neuronscope as ns
+from neuronscope.errors import ConfigMismatchError, FormatVersionError, NeuronscopeError
+from neuronscope.recording import keep_mask
+from neuronscope.sources.torch_sites import capture
+
+HERE = Path(__file__).parent
+ENV = {**os.environ, "PYTHONPATH": str(HERE)}
+
+
+def _direct_ffn(model, tok, texts, batch_size, max_tokens, site_names):
+    """Our own hooks, the same batches: site -> (samples, units) float32."""
+    mods = dict(model.named_modules())
+    out = {s: [] for s in site_names}
+    store = {}
+    handles = [mods[s].register_forward_hook(lambda m, i, o, s=s: store.__setitem__(s, o)) for s in site_names]
+    try:
+        with torch.no_grad():
+            for b in range(0, len(texts), batch_size):
+                enc = tok(texts[b : b + batch_size], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+                model(**enc)
+                m = enc["attention_mask"].bool()
+                for s in site_names:
+                    out[s].append(store[s][m].float().numpy())
+    finally:
+        for h in handles:
+            h.remove()
+    return {s: np.concatenate(v) for s, v in out.items()}
+
+
+def test_minilm_ffn_sites_equal_direct_forward(minilm, small_corpus, tmp_path):
+    model, tok = minilm
+    src = ns.TextSource(small_corpus, tok, batch_size=16, max_tokens=64)
+    run32 = ns.record(model, src, "encoder.layer.*.intermediate", out=tmp_path / "f32.zarr", keep="activations", dtype="float32", progress=False)
+    run16 = ns.record(model, src, "encoder.layer.*.intermediate", out=tmp_path / "f16.zarr", keep="activations", dtype="float16", progress=False)
+    names = [f"encoder.layer.{i}.intermediate" for i in range(6)]
+    assert list(run32.sites) == names and all(u == 1536 for u in run32.sites.values())
+    direct = _direct_ffn(model, tok, src.corpus.texts, 16, 64, names)
+    for s in names:
+        got32 = run32.population(s).values
+        np.testing.assert_array_equal(got32, direct[s])  # exact in float32
+        got16 = run16.population(s).values
+        np.testing.assert_array_equal(got16, direct[s].astype(np.float16))  # fp16 rounding only
+    # token by token: the coordinates say which token each row is
+    pop = run32.population("encoder.layer.0.*")
+    enc = tok(src.corpus.texts[5], truncation=True, max_length=64)
+    rows = pop.where(pop.doc == 5, drop=True)
+    assert rows["token_id"].values.tolist() == enc["input_ids"]
+    assert rows["pos"].values.tolist() == list(range(len(enc["input_ids"])))
+    assert rows["token"].values[0] == "[CLS]"
+    assert set(np.unique(pop["lang"].values)) <= set(src.label_categories["lang"])
+
+
+def test_handset_model_closed_form(tmp_path):
+    x = np.array([[1.0, 2.0], [-1.0, 0.5], [3.0, 3.0], [0.0, 0.0], [2.0, -2.0]], dtype=np.float32)
+    run = ns.record(HandSet(), ns.TensorSource(x, batch_size=2, labels={"cls": ["a", "b", "a", "b", "a"]}),
+                    "hidden,act", out=tmp_path / "r.zarr", keep="activations", dtype="float32", progress=False)
+    w = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])
+    b = np.array([0.0, -1.0, 0.5])
+    pre = x @ w.T + b
+    np.testing.assert_allclose(run.population("hidden").values, pre, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(run.population("act").values, np.maximum(pre, 0), rtol=0, atol=1e-6)
+    pop = run.population()
+    assert pop.dims == ("sample", "neuron") and pop.shape == (5, 6)
+    assert list(pop["site"].values) == ["hidden"] * 3 + ["act"] * 3
+    assert list(pop["item"].values) == [0, 1, 2, 3, 4]
+    assert list(pop["cls"].values) == ["a", "b", "a", "b", "a"]
+
+
+def test_tuple_outputs_and_2d_outputs(tmp_path):
+    model = Wrapper()
+    x = torch.randn(7, 2)
+    run = ns.record(model, ns.TensorSource(x, batch_size=3), "block", out=tmp_path / "r.zarr", keep="activations", dtype="float32", progress=False)
+    with torch.no_grad():
+        want = model.block.lin(x).numpy()
+    np.testing.assert_allclose(run.population().values, want, atol=1e-6)
+    assert ns.sites(model, "block")[0].units == 4
+
+
+def test_conv_sites_positions_and_mean(tmp_path):
+    x = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).reshape(2, 1, 2, 3)
+    run = ns.record(TinyConv(), ns.TensorSource(x, batch_size=2), "conv", out=tmp_path / "p.zarr", keep="activations", dtype="float32", progress=False)
+    pop = run.population()
+    flat = x.reshape(2, 6).numpy().reshape(-1)
+    np.testing.assert_allclose(pop.values, np.stack([2 * flat, -flat], axis=1))
+    assert list(pop["item"].values) == [0] * 6 + [1] * 6
+    assert list(pop["pos"].values) == list(range(6)) * 2
+    runm = ns.record(TinyConv(), ns.TensorSource(x, batch_size=2), "conv", out=tmp_path / "m.zarr", keep="activations",
+                     dtype="float32", conv="mean", progress=False)
+    means = x.reshape(2, 6).mean(1).numpy()
+    np.testing.assert_allclose(runm.population().values, np.stack([2 * means, -means], axis=1), atol=1e-6)
+
+
+def test_sites_glob_and_close_names(minilm):
+    model, _ = minilm
+    found = ns.sites(model, "encoder.layer.*.intermediate")
+    assert [s.name for s in found] == [f"encoder.layer.{i}.intermediate" for i in range(6)]
+    assert all(s.units == 1536 for s in found)
+    with pytest.raises(NeuronscopeError, match="closest module names: .*encoder.layer.0.intermediate"):
+        ns.sites(model, "encoder.layer.0.intermediat")
+
+
+def test_sample_rate_subsample_is_deterministic(tmp_path, minilm, small_corpus):
+    model, tok = minilm
+    src = ns.TextSource(small_corpus, tok, batch_size=16, max_tokens=32)
+    run = ns.record(model, src, "encoder.layer.0.intermediate", out=tmp_path / "s.zarr", keep="activations", sample_rate=0.25, progress=False)
+    pop = run.population()
+    kept = np.flatnonzero(keep_mask(np.arange(run.n_samples), 0.25))
+    assert pop["sample"].values.tolist() == kept.tolist()
+    assert 0.15 < len(kept) / run.n_samples < 0.35
+    assert run.n_samples == len(run.samples["doc"])  # all samples' coordinates kept
+
+
+def _tiny_corpus(tmp_path, n=120):
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    rng = np.random.default_rng(0)
+    lines = [json.dumps({"text": " ".join(rng.choice(words, size=rng.integers(3, 20))), "lang": ["x", "y"][i % 2]}) for i in range(n)]
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _read_arrays(path):
+    run = ns.open_run(path)
+    return run.population().values, {k: v for k, v in run.samples.items()}, run
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    corpus = _tiny_corpus(tmp_path)
+    ref = tmp_path / "ref.zarr"
+    subprocess.run([sys.executable, str(HERE / "record_script.py"), str(ref), str(corpus), "0"], env=ENV, check=True)
+    want_acts, want_samples, want_run = _read_arrays(ref)
+    assert want_run.status == "complete"
+    out = tmp_path / "killed.zarr"
+    committed = []
+    for kill_after in (1.2, 0.3, 0.8, 0.05):
+        p = subprocess.Popen([sys.executable, str(HERE / "record_script.py"), str(out), str(corpus), "0.02"], env=ENV)
+        deadline = time.time() + 60
+        # wait until the store exists (imports done), then kill after a delay
+        while time.time() < deadline and not (out / "zarr.json").exists():
+            time.sleep(0.02)
+        time.sleep(kill_after)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if (out / "zarr.json").exists():
+            meta = zarr.open_group(str(out), mode="r").attrs["neuronscope"]
+            committed.append((meta["status"], meta["samples_committed"]))
+            if meta["status"] != "complete":
+                with pytest.raises(NeuronscopeError):
+                    pass_through = ns.open_run(out)
+                    raise NeuronscopeError(pass_through.status)  # an unfinished run reports 'recording'
+                assert ns.open_run(out).status == "recording"
+    assert any(st == "recording" and n > 0 for st, n in committed), committed
+    subprocess.run([sys.executable, str(HERE / "record_script.py"), str(out), str(corpus), "0"], env=ENV, check=True)
+    got_acts, got_samples, got_run = _read_arrays(out)
+    assert got_run.status == "complete"
+    np.testing.assert_array_equal(got_acts, want_acts)
+    for k in want_samples:
+        np.testing.assert_array_equal(got_samples[k], want_samples[k])
+
+
+def test_write_error_mid_run_stays_resumable(tmp_path):
+    corpus = _tiny_corpus(tmp_path)
+    out = tmp_path / "full.zarr"
+    # a file-size limit makes the first full activation chunk fail to write, like a full disk
+    p = subprocess.run([sys.executable, str(HERE / "record_script.py"), str(out), str(corpus), "0", "8000"],
+                       env=ENV, capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "free disk space" in p.stderr and "re-run the same command to resume" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert ns.open_run(out).status == "recording"
+    subprocess.run([sys.executable, str(HERE / "record_script.py"), str(out), str(corpus), "0"], env=ENV, check=True)
+    ref = tmp_path / "ref.zarr"
+    subprocess.run([sys.executable, str(HERE / "record_script.py"), str(ref), str(corpus), "0"], env=ENV, check=True)
+    np.testing.assert_array_equal(_read_arrays(out)[0], _read_arrays(ref)[0])
+
+
+def test_config_mismatch_refused_unless_overwrite(tmp_path):
+    x = np.ones((4, 2), dtype=np.float32)
+    ns.record(HandSet(), ns.TensorSource(x), "hidden", out=tmp_path / "r.zarr", keep="activations", progress=False)
+    with pytest.raises(ConfigMismatchError, match="--overwrite"):
+        ns.record(HandSet(), ns.TensorSource(x), "act", out=tmp_path / "r.zarr", keep="activations", progress=False)
+    run = ns.record(HandSet(), ns.TensorSource(x), "act", out=tmp_path / "r.zarr", keep="activations", overwrite=True, progress=False)
+    assert list(run.sites) == ["act"]
+
+
+def test_format_version_refused(tmp_path):
+    x = np.ones((4, 2), dtype=np.float32)
+    ns.record(HandSet(), ns.TensorSource(x), "hidden", out=tmp_path / "r.zarr", keep="activations", progress=False)
+    g = zarr.open_group(str(tmp_path / "r.zarr"), mode="r+")
+    meta = dict(g.attrs["neuronscope"])
+    meta["format_version"] = 99
+    g.attrs["neuronscope"] = meta
+    with pytest.raises(FormatVersionError, match="format version 99"):
+        ns.open_run(tmp_path / "r.zarr")
+
+
+class LogNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            self.lin.weight.fill_(1.0)
+            self.lin.bias.zero_()
+        self.log = torch.nn.Identity()
+
+    def forward(self, x):
+        return self.log(torch.log(self.lin(x)))
+
+
+def test_nonfinite_activations_counted_not_crash(tmp_path):
+    x = np.array([[1.0], [0.0], [-1.0], [2.0], [-3.0]], dtype=np.float32)  # log: 0, -inf, nan, log2, nan
+    run = ns.record(LogNet(), ns.TensorSource(x), "log", out=tmp_path / "r.zarr", keep="activations", dtype="float32", progress=False)
+    assert run.info()["nonfinite"] == {"log": 3}
+    vals = run.population().values[:, 0]
+    assert np.isneginf(vals[1]) and np.isnan(vals[2]) and vals[3] == pytest.approx(np.log(2))
+
+
+def test_population_is_dask_backed(tmp_path):
+    x = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    run = ns.record(HandSet(), ns.TensorSource(x, batch_size=7), "hidden", out=tmp_path / "r.zarr", keep="activations", progress=False)
+    pop = ns.open_run(tmp_path / "r.zarr").population()
+    assert isinstance(pop, xr.DataArray)
+    import dask.array as da
+
+    assert isinstance(pop.data, da.Array)
+    assert pop.sizes == {"sample": 50, "neuron": 3}
+    assert run.info()["status"] == "complete"
+
+
+def test_capture_is_removed_after_use():
+    model = HandSet()
+    site = ns.sites(model, "hidden")
+    with capture(model, site) as cap:
+        model(torch.ones(1, 2))
+        assert "hidden" in cap.outputs
+    assert not model.hidden._forward_hooks
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "neuronscope.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd)
+
+
+def test_cli_record_info_json(tmp_path, small_corpus):
+    p = _cli("record", "--corpus", str(small_corpus), "--sites", "encoder.layer.5.intermediate", "--out", str(tmp_path / "r.zarr"),
+             "--keep", "activations", "--max-tokens", "16", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["status"] == "complete" and info["sites"] == {"encoder.layer.5.intermediate": 1536}
+    p2 = _cli("info", str(tmp_path / "r.zarr"), "--json")
+    assert json.loads(p2.stdout)["samples"] == info["samples"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "no-such-model"], "unknown model"),
+        (["--sites", "encoder.nothing.*"], "matched no module"),
+        (["--corpus", "EMPTY"], "is empty"),
+        (["--corpus", "MISSING"], "does not exist"),
+        (["--corpus", "BINARY"], "cannot read corpus"),
+        (["--corpus", "BADJSON"], "not valid JSON"),
+    ],
+)
+def test_cli_bad_input_one_line_nonzero(tmp_path, args, needle):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81garbage")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{not json\n')
+    subst = {"EMPTY": str(tmp_path / "empty.txt"), "MISSING": str(tmp_path / "nope.txt"),
+             "BINARY": str(tmp_path / "bin.txt"), "BADJSON": str(tmp_path / "bad.jsonl")}
+    args = [subst.get(a, a) for a in args]
+    p = _cli("record", "--out", str(tmp_path / "r.zarr"), *args)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+def test_cli_info_errors(tmp_path):
+    p = _cli("info", str(tmp_path / "nothing.zarr"))
+    assert p.returncode == 2 and "no run at" in p.stderr
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.txt").write_text("hi")
+    p = _cli("info", str(tmp_path / "plain"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_tinytext_model_runs_through_text_source(tmp_path):
+    corpus = _tiny_corpus(tmp_path, n=10)
+    from neuronscope.sources.models import load_model
+
+    _, tok = load_model("minilm")
+    run = ns.record(TinyText(), ns.TextSource(corpus, tok, batch_size=3), "act", out=tmp_path / "t.zarr", keep="activations", progress=False)
+    assert run.sites == {"act": 48}
+    assert run.population().sizes["sample"] == run.n_samples
