@@ -113,6 +113,7 @@ class TextSource:
         tokenizer: Any,
         batch_size: int = 32,
         max_tokens: int = 128,
+        label_categories: dict[str, list[str]] | None = None,
     ):
         if batch_size < 1 or max_tokens < 1:
             raise NeuronscopeError("batch_size and max_tokens must be positive integers")
@@ -120,7 +121,8 @@ class TextSource:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_tokens = max_tokens
-        self.label_categories = self.corpus.categories()
+        # fixed categories keep label codes identical across shards of one corpus
+        self.label_categories = dict(label_categories) if label_categories else self.corpus.categories()
         self._codes = {
             k: encode_labels(v, self.label_categories[k]) for k, v in self.corpus.labels.items()
         }

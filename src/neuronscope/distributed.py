@@ -1,0 +1,294 @@
+"""Scale-out with Dask: summarize a stored run chunk by chunk, or shard a recording.
+
+Both paths compute per-part :class:`~neuronscope.summaries.site.SiteSummaries` on workers
+and tree-merge them (``merge`` is associative and exact to float rounding), so the result
+equals the single-process one. Workers exchange summary *states* (dicts of numpy arrays
+and JSON attrs); activations never travel: workers read their rows from the store, or
+compute them from their own shard of the corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+
+State = tuple[dict[str, np.ndarray], dict[str, Any]]
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``scheduler`` if given, else a ``LocalCluster`` of
+    ``workers`` single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as e:
+            raise NeuronscopeError(f"cannot reach Dask scheduler {scheduler} ({e}); check the address") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = workers or 2
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _merge_states(a: State, b: State) -> State:
+    from neuronscope.summaries.site import SiteSummaries
+
+    return SiteSummaries.from_state(*a).merge(SiteSummaries.from_state(*b)).state()
+
+
+def tree_reduce(client: Any, futures: list[Any]) -> State:
+    """Merge summary-state futures pairwise on the cluster (a balanced tree); return the root."""
+    while len(futures) > 1:
+        nxt = [client.submit(_merge_states, futures[i], futures[i + 1], pure=False) for i in range(0, len(futures) - 1, 2)]
+        if len(futures) % 2:
+            nxt.append(futures[-1])
+        futures = nxt
+    return futures[0].result()
+
+
+# -- summarize a stored run -------------------------------------------------------------
+def _doc_aligned_chunks(doc: np.ndarray, target: int) -> list[tuple[int, int]]:
+    """Row ranges of about ``target`` rows that never split a document."""
+    n = len(doc)
+    if n == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
+    bounds = [0]
+    for s in starts[1:]:
+        if s - bounds[-1] >= target:
+            bounds.append(int(s))
+    bounds.append(n)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calibration: np.ndarray) -> State:
+    from neuronscope.store import open_run
+    from neuronscope.summaries.site import SiteSummaries, SummaryConfig
+
+    run = open_run(path)
+    z = run.group["sites"][site]["activations"]
+    acts = np.asarray(z[start:stop], dtype=np.float32)
+    acts = np.where(np.isfinite(acts), acts, np.float32(0))
+    rows = np.asarray(run.group["rows"][start:stop])
+    samples = {"sample": rows}
+    for k in run.attrs.get("sample_coords", []):
+        samples[k] = np.asarray(run.group["samples"][k].get_orthogonal_selection(rows))
+    ss = SiteSummaries.create(acts.shape[1], SummaryConfig.from_dict(cfg), calibration)
+    ss.update(acts, samples)
+    return ss.state()
+
+
+def summarize_run(
+    run: Any,
+    sites: str | None = None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    summary_config: Mapping[str, Any] | None = None,
+    chunk_rows: int = 8192,
+    client: Any = None,
+) -> dict[str, Any]:
+    """Streaming summaries of a stored run's activations, chunk by chunk on a Dask
+    cluster, tree-merged: ``{site: SiteSummaries}``.
+
+    Chunks never split a document (top-k context needs whole documents). Histogram bins
+    come from the same calibration rows as ``record`` (the first batch of the source), so
+    with float32 storage the result equals the summaries computed while recording.
+    """
+    from neuronscope.store import Run, open_run
+    from neuronscope.summaries.site import SiteSummaries, SummaryConfig
+
+    run = run if isinstance(run, Run) else open_run(run)
+    if not run.has_activations:
+        raise NeuronscopeError(f"run {run.path} has no stored activations to summarize; record with --keep both or activations")
+    names = run._site_names(sites)
+    cfg = dict(run.config.get("summary_config") or summary_config or SummaryConfig().to_dict())
+    cfg["label_fields"] = run.label_categories
+    rows = np.asarray(run.group["rows"][: run.n_rows])
+    src = run.config.get("source", {})
+    key = "doc" if "doc" in run.samples else "item"
+    ids = run.samples[key][rows]
+    calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
+    chunks = _doc_aligned_chunks(ids, chunk_rows)
+
+    def go(c: Any) -> dict[str, Any]:
+        out = {}
+        for s in names:
+            cal = np.asarray(run.group["sites"][s]["activations"][: max(calib_rows, 1)], dtype=np.float32)
+            cal = np.where(np.isfinite(cal), cal, np.float32(0))
+            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal, pure=False) for a, b in chunks]
+            out[s] = SiteSummaries.from_state(*tree_reduce(c, futs))
+        return out
+
+    if client is not None:
+        return go(client)
+    with dask_client(workers, scheduler) as c:
+        return go(c)
+
+
+# -- sharded recording ----------------------------------------------------------------
+class _ModelBlob:
+    """A (model, tokenizer) pair serialized by cloudpickle between our own processes."""
+
+    def __init__(self, model: Any, tok: Any):
+        import cloudpickle
+
+        self.blob = cloudpickle.dumps((model, tok))
+
+    def load(self) -> tuple[Any, Any]:
+        import cloudpickle
+
+        return cloudpickle.loads(self.blob)
+
+
+def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], doc0: int, sample0: int,
+                  sites: str, batch_size: int, max_tokens: int, cfg: dict[str, Any],
+                  calibration: dict[str, np.ndarray]) -> dict[str, State]:
+    import torch
+
+    from neuronscope.recording import forward_batches
+    from neuronscope.sources.models import load_model
+    from neuronscope.sources.text import Corpus, TextSource
+    from neuronscope.summaries.site import SiteSummaries, SummaryConfig
+
+    torch.set_num_threads(1)
+    if isinstance(model, str):
+        model, tok = load_model(model)
+    else:
+        model, tok = model.load()
+    conf = SummaryConfig.from_dict(cfg)
+    src = TextSource(Corpus(texts, labels), tok, batch_size=batch_size, max_tokens=max_tokens,
+                     label_categories=conf.label_fields)
+    summ: dict[str, SiteSummaries] = {}
+    n_done = sample0
+    for batch, acts in forward_batches(model, src, sites):
+        n = len(next(iter(acts.values())))
+        samples = {"sample": np.arange(n_done, n_done + n, dtype=np.int64), **batch.samples}
+        samples["doc"] = samples["doc"] + doc0
+        for s, a in acts.items():
+            a = np.where(np.isfinite(a), a, np.float32(0))
+            if s not in summ:
+                summ[s] = SiteSummaries.create(a.shape[1], conf, calibration[s])
+            summ[s].update(a, samples)
+        n_done += n
+    return {s: v.state() for s, v in summ.items()}
+
+
+def _site_state(states: dict[str, State], site: str) -> State:
+    return states[site]
+
+
+def record_distributed(
+    model: str | Any,
+    source: Any,
+    sites: str,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    shards: int | None = None,
+    overwrite: bool = False,
+    summary_config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    client: Any = None,
+) -> Any:
+    """Shard a text recording over a Dask cluster (summaries only): each worker records a
+    contiguous range of documents, the per-site summaries are tree-merged, and the driver
+    writes a ``keep='summaries'`` run whose summaries equal a single-process recording.
+
+    ``model`` is a model name/path that each worker loads (``minilm``), or a
+    ``(model, tokenizer)`` pair shipped to the workers.
+    """
+    from neuronscope.sources.models import load_model
+    from neuronscope.sources.text import TextSource
+    from neuronscope.store import RunWriter, open_run
+    from neuronscope.summaries.site import SummaryConfig
+
+    if not isinstance(source, TextSource):
+        raise NeuronscopeError("distributed recording shards text corpora; record tensor sources in one process")
+    local_model, tok = load_model(model) if isinstance(model, str) else model
+    from neuronscope.recording import forward_batches, model_fingerprint
+
+    cfg = SummaryConfig(**dict(summary_config or {}))
+    cfg.label_fields = dict(source.label_categories)
+    # calibration and sample offsets: the same first batch as a single-process record
+    calibration = {}
+    for _b, acts in forward_batches(local_model, source, sites):
+        calibration = {s: np.where(np.isfinite(a), a, np.float32(0)) for s, a in acts.items()}
+        break
+    units = {s: int(a.shape[1]) for s, a in calibration.items()}
+    config = {
+        "model": model if isinstance(model, str) else getattr(local_model, "neuronscope_id", type(local_model).__name__),
+        "model_fingerprint": model_fingerprint(local_model),
+        "sites": list(units),
+        "source": source.describe(),
+        "keep": "summaries",
+        "dtype": "float16",
+        "sample_rate": 1.0,
+        "conv": "positions",
+        "chunk_rows": 4096,
+        "summary_config": cfg.to_dict(),
+    }
+    writer = RunWriter(out, config, units, vocab=source.vocab(), label_categories=source.label_categories,
+                       store_activations=False, dtype="float16", overwrite=overwrite)
+    if writer.complete:
+        return open_run(out)
+    # sample coordinates of the whole corpus (tokenizing is cheap; no forward pass)
+    lengths = []
+    for b in source.batches():
+        writer.append(b.samples, np.zeros(0, dtype=np.int64), None)
+        lengths.append(np.bincount(b.samples["doc"] - b.samples["doc"].min(), minlength=b.items))
+    doc_tokens = np.concatenate(lengths)
+    offsets = np.r_[0, np.cumsum(doc_tokens)]
+    n_docs = len(source)
+    bs = source.batch_size
+
+    def go(c: Any) -> Any:
+        nw = len(c.scheduler_info().get("workers", {})) or 1
+        k = shards or 2 * nw
+        # shard boundaries on batch boundaries, so batches match the single-process run
+        n_batches = -(-n_docs // bs)
+        cuts = sorted({round(i * n_batches / k) * bs for i in range(k + 1)} | {n_docs})
+        cuts = [min(x, n_docs) for x in cuts]
+        # Ship a Python model as one opaque blob: Dask's own torch serializer rebuilds modules
+        # with plain-dict hook tables that no longer accept forward hooks.
+        payload = model if isinstance(model, str) else c.scatter([_ModelBlob(local_model, tok)], broadcast=True)[0]
+        futs = []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if b <= a:
+                continue
+            labels = {f: v[a:b] for f, v in source.corpus.labels.items()}
+            futs.append(c.submit(_record_shard, payload, source.corpus.texts[a:b], labels, a, int(offsets[a]), sites,
+                                 bs, source.max_tokens, cfg.to_dict(), calibration, pure=False))
+        if progress:
+            from distributed import progress as dask_progress
+
+            dask_progress(futs)
+        from neuronscope.summaries.site import SiteSummaries
+
+        return {
+            s: SiteSummaries.from_state(*tree_reduce(c, [c.submit(_site_state, f, s, pure=False) for f in futs]))
+            for s in units
+        }
+
+    if client is not None:
+        merged = go(client)
+    else:
+        with dask_client(workers, scheduler) as c:
+            merged = go(c)
+    states = {s: merged[s].state() for s in units}
+    writer.commit(n_docs, dict.fromkeys(units, 0), states)
+    writer.finish(states, {"workers": workers or 0})
+    return open_run(out)
