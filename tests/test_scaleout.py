@@ -131,3 +131,13 @@ def test_summaries_only_memory_does_not_grow_with_corpus(tmp_path):
         res[n] = json.loads(p.stdout.strip().splitlines()[-1])
     assert res[3000]["samples"] > 9 * res[300]["samples"]
     assert res[3000]["maxrss_kb"] <= 1.10 * res[300]["maxrss_kb"], res
+
+
+def test_write_summaries_into_activation_only_run(tmp_path, tok, client):
+    corpus = _corpus(tmp_path / "c.jsonl", 40, seed=5)
+    src = ns.TextSource(corpus, tok, batch_size=8, max_tokens=32)
+    both = ns.record(TinyText(), src, "act", out=tmp_path / "both.zarr", keep="both", dtype="float32", progress=False)
+    acts_only = ns.record(TinyText(), src, "act", out=tmp_path / "acts.zarr", keep="activations", dtype="float32", progress=False)
+    assert acts_only.summaries("act") is None
+    acts_only.write_summaries(summarize_run(acts_only, client=client, chunk_rows=100))
+    assert_same_summaries(both.summaries("act"), ns.open_run(tmp_path / "acts.zarr").summaries("act"))

@@ -122,6 +122,98 @@ def info(
         print_info(i)
 
 
+@app.command()
+def summarize(
+    run: Path = typer.Argument(..., help="A run with stored activations."),
+    sites: str = typer.Option("", help="Site glob(s) to summarize (default: all)."),
+    workers: int = typer.Option(2, help="Workers of the local Dask cluster."),
+    scheduler: str = typer.Option("", help="Address of a running Dask scheduler (instead of a local cluster)."),
+    chunk_rows: int = typer.Option(8192, help="Rows per task (chunks never split a document)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
+) -> None:
+    """Compute the streaming summaries of a stored run chunk by chunk with Dask and store them
+    in the run (the same summaries `record` computes in its one pass)."""
+    from neuronscope.distributed import summarize_run
+    from neuronscope.store import open_run
+
+    r = open_run(run)
+    result = summarize_run(r, sites or None, workers=workers, scheduler=scheduler or None, chunk_rows=chunk_rows)
+    r.write_summaries(result)
+    if json_out:
+        emit_json(open_run(run).info())
+    else:
+        console.print(f"summaries of {len(result)} site(s) written to {run}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), help="Directory for the demo's run, tables and atlas."),
+    docs: int = typer.Option(0, help="Use only the first N documents of the bundled corpus (0 = all 2,852)."),
+    sample_rate: float = typer.Option(0.05, help="Fraction of samples whose activations are stored (summaries see all)."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """The main job on the embedded default: record MiniLM's 6 FFN sites over the bundled
+    multilingual corpus with summaries, characterize every neuron, and build the atlas."""
+    from neuronscope.analyses.characterize import characterize as characterize_run
+    from neuronscope.analyses.characterize import site_summary
+    from neuronscope.atlas.build import build_atlas
+    from neuronscope.recording import record as record_run
+    from neuronscope.sources.models import BERT_FFN_SITES, load_model
+    from neuronscope.sources.text import TextSource, load_corpus
+
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load_model("minilm")
+    corpus = load_corpus("default")
+    if docs:
+        corpus.texts = corpus.texts[:docs]
+        corpus.labels = {k: v[:docs] for k, v in corpus.labels.items()}
+    source = TextSource(corpus, tok, batch_size=32, max_tokens=128)
+    run = record_run(model, source, BERT_FFN_SITES, out=out / "minilm.zarr", keep="both",
+                     dtype="float16", sample_rate=sample_rate, progress=not json_out)
+    table = characterize_run(run)
+    table.to_parquet(out / "neurons.parquet")
+    sites_df = site_summary(run)
+    sites_df.to_csv(out / "sites.csv", index=False)
+    index = build_atlas(run, out / "atlas")
+    if json_out:
+        emit_json({"run": str(run.path), "neurons": str(out / "neurons.parquet"), "sites": sites_df.to_dict("records"),
+                   "atlas": str(index.resolve())})
+        return
+    print_info(run.info())
+    print_site_summary(sites_df)
+    console.print(f"per-neuron table: {out / 'neurons.parquet'} ({len(table)} neurons)")
+    console.print(f"atlas: [bold]{index.resolve()}[/bold]")
+
+
+def print_site_summary(df: Any) -> None:
+    """The per-site characterization as a rich table."""
+    t = Table(title="per-site characterization")
+    cols = [c for c in ("site", "units", "samples", "pct_active_per_token", "dead_frac", "dormant_frac",
+                        "powerlaw_exponent", "top20_share") if c in df.columns]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "site" else "right")
+    for _, row in df.iterrows():
+        t.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+    console.print(t)
+
+
+def _register() -> None:
+    from neuronscope.cli_atlas import atlas_command, serve_command
+    from neuronscope.cli_characterize import characterize_command
+    from neuronscope.cli_compare import compare_command
+    from neuronscope.cli_match import match_command, sysid_command
+
+    app.command("characterize")(characterize_command)
+    app.command("atlas")(atlas_command)
+    app.command("serve")(serve_command)
+    app.command("compare")(compare_command)
+    app.command("match")(match_command)
+    app.command("sysid")(sysid_command)
+
+
+_register()
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     try:

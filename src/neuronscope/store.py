@@ -445,6 +445,18 @@ class Run:
         g = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         _save_state(g.require_group("extras").require_group(name), arrays, attrs)
 
+    def write_summaries(self, summaries: Mapping[str, Any]) -> None:
+        """Store per-site summaries (e.g. from ``summarize_run``) as the run's summaries."""
+        g = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        sg = g.require_group("summaries")
+        for site, ss in summaries.items():
+            if site not in self.sites:
+                raise NeuronscopeError(f"run {self.path} has no site {site!r}")
+            if site in sg:
+                del sg[site]
+            _save_state(sg.require_group(site), *ss.state())
+        self.group = _open_group(self.path, "r")
+
     def info(self) -> dict[str, Any]:
         """What ``neuronscope info`` prints: sites, units, samples, status, configuration."""
         return {
