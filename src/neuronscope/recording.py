@@ -230,13 +230,14 @@ def record(
             samples = {"sample": sample_ids, **batch.samples}
             clean: dict[str, np.ndarray] = {}
             for s, a in acts.items():
+                # one cheap reduction first: a NaN/Inf anywhere makes the sum non-finite
+                if np.isfinite(a.sum()):
+                    clean[s] = a
+                    continue
                 finite = np.isfinite(a)
                 bad = int(a.size - np.count_nonzero(finite))
-                if bad:
-                    nonfinite[s] += bad
-                    clean[s] = np.where(finite, a, np.float32(0))
-                else:
-                    clean[s] = a
+                nonfinite[s] += bad
+                clean[s] = np.where(finite, a, np.float32(0)) if bad else a
             if want_summaries:
                 if summaries is None:
                     summaries = {s: SiteSummaries.create(units[s], cfg, clean[s]) for s in units}

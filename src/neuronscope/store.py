@@ -178,8 +178,10 @@ class RunWriter:
 
     def _reset_buffers(self, aligned: int) -> None:
         self.aligned = aligned  # first row of the buffer; a multiple of chunk_rows
-        self.buf_rows: list[np.ndarray] = []
-        self.buf_acts: dict[str, list[np.ndarray]] = {s: [] for s in self.sites}
+        c = self.chunk_rows
+        self.buf_rows = np.empty(c, dtype=np.int64)
+        # one preallocated chunk per site: rows are copied in once (with the dtype cast)
+        self.buf_acts = {s: np.empty((c, u), dtype=self.dtype) for s, u in self.sites.items()} if self.store_activations else {}
         self.buf_n = 0
         self.pending_samples: dict[str, list[np.ndarray]] = {}
 
@@ -192,11 +194,11 @@ class RunWriter:
         for name in self.meta["sample_coords"]:
             self.group["samples"][name].resize((self.meta["samples_committed"],))
         if rows > aligned:
-            self.buf_rows.append(np.asarray(self.group["rows"][aligned:rows]))
+            self.buf_n = rows - aligned
+            self.buf_rows[: self.buf_n] = self.group["rows"][aligned:rows]
             if self.store_activations:
                 for s in self.sites:
-                    self.buf_acts[s].append(np.asarray(self.acts_array(s)[aligned:rows]))
-            self.buf_n = rows - aligned
+                    self.buf_acts[s][: self.buf_n] = self.acts_array(s)[aligned:rows]
         if self.store_activations:
             for s in self.sites:
                 self.acts_array(s).resize((rows, self.sites[s]))
@@ -232,26 +234,25 @@ class RunWriter:
         for k, v in samples.items():
             self.pending_samples.setdefault(k, []).append(np.asarray(v, dtype=np.int64))
         if self.store_activations and len(rows):
-            self.buf_rows.append(np.asarray(rows, dtype=np.int64))
-            for s in self.sites:
-                self.buf_acts[s].append(np.asarray(acts[s], dtype=self.dtype))
-            self.buf_n += len(rows)
-            while self.buf_n >= self.chunk_rows:
-                self._flush_full_chunk()
+            c, done = self.chunk_rows, 0
+            while done < len(rows):
+                take = min(c - self.buf_n, len(rows) - done)
+                sl = slice(self.buf_n, self.buf_n + take)
+                self.buf_rows[sl] = rows[done : done + take]
+                for s in self.sites:
+                    self.buf_acts[s][sl] = acts[s][done : done + take]
+                self.buf_n += take
+                done += take
+                if self.buf_n == c:
+                    self._flush_full_chunk()
 
     def _flush_full_chunk(self) -> None:
-        c = self.chunk_rows
-        rows = np.concatenate(self.buf_rows)
         try:
-            self._write_rows(self.aligned, rows[:c], {s: np.concatenate(self.buf_acts[s])[:c] for s in self.sites})
+            self._write_rows(self.aligned, self.buf_rows, self.buf_acts)
         except OSError as e:
             raise _write_error(self.path, e) from None
-        self.buf_rows = [rows[c:]] if len(rows) > c else []
-        for s in self.sites:
-            rest = np.concatenate(self.buf_acts[s])[c:]
-            self.buf_acts[s] = [rest] if len(rest) else []
-        self.aligned += c
-        self.buf_n -= c
+        self.aligned += self.chunk_rows
+        self.buf_n = 0
 
     def _write_rows(self, start: int, rows: np.ndarray, acts: Mapping[str, np.ndarray]) -> None:
         end = start + len(rows)
@@ -289,8 +290,8 @@ class RunWriter:
                     z[start:] = v
                 self.pending_samples = {}
             if self.store_activations and self.buf_n:
-                rows = np.concatenate(self.buf_rows)
-                self._write_rows(self.aligned, rows, {s: np.concatenate(self.buf_acts[s]) for s in self.sites})
+                n = self.buf_n
+                self._write_rows(self.aligned, self.buf_rows[:n], {s: b[:n] for s, b in self.buf_acts.items()})
             slot = self.meta.get("checkpoint")
             if summary_states is not None:
                 slot = 1 - slot if slot in (0, 1) else 0
