@@ -58,6 +58,9 @@ def register(cls: type) -> type:
 
 def summary_from_state(kind: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Any:
     """Rebuild a registered summary of the given ``kind`` from its stored state."""
+    if kind not in _REGISTRY:
+        # the built-in kinds register on import of the site container
+        import neuronscope.summaries.site  # noqa: F401
     try:
         cls = _REGISTRY[kind]
     except KeyError:

@@ -1,0 +1,178 @@
+"""Cost of the per-site streaming summaries (``SiteSummaries.update``).
+
+(A) In memory: 65,536 tokens x 1536 float32 units (MiniLM's FFN width) in batches of 4096,
+GELU-shaped activations with Zipf token ids, 128-token documents and a 3-value label.
+Reference: one numpy read pass over the same bytes (``batch.sum()``), measured in the same
+run, interleaved, best of several repeats (this machine is shared). Also per part.
+
+(B) In context: the bare MiniLM forward pass over the first ``--docs`` documents of the
+bundled corpus (batches of 32 documents, as ``record`` runs it) vs ``SiteSummaries.update``
+of its 6 FFN sites on the captured activations of the same batches. This is the summaries'
+share of issue 3's recording budget (target: <= 15% of the forward).
+
+    cd benchmarks && ../.venv/bin/python summaries_update.py [--docs 300] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+from _results import write_section  # noqa: E402
+
+from neuronscope.summaries.kernels import Batch  # noqa: E402
+from neuronscope.summaries.site import SiteSummaries, SummaryConfig  # noqa: E402
+
+UNITS = 1536
+BATCH = 4096
+TOKENS = 16 * BATCH
+LABELS = {"lang": ["en", "de", "fr"]}
+
+
+def synthetic(seed: int = 0) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    shift = rng.normal(-1.0, 0.7, UNITS).astype(np.float32)  # per-neuron bias: some sparse
+    batches = []
+    for i in range(TOKENS // BATCH):
+        x = rng.standard_normal((BATCH, UNITS), dtype=np.float32) + shift
+        acts = (0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))).astype(np.float32)
+        s = np.arange(i * BATCH, (i + 1) * BATCH, dtype=np.int64)
+        samples = {
+            "sample": s, "doc": s // 128, "pos": s % 128,
+            "token_id": np.minimum(rng.zipf(1.2, BATCH), 30521).astype(np.int64),
+            "lang": (s // 128) % 3,
+        }
+        batches.append((acts, samples))
+    return batches
+
+
+def run_updates(batches, cfg: SummaryConfig) -> float:
+    ss = SiteSummaries.create(UNITS, cfg, batches[0][0])
+    t = time.perf_counter()
+    for acts, samples in batches:
+        ss.update(acts, samples)
+    return time.perf_counter() - t
+
+
+def read_pass(batches) -> float:
+    t = time.perf_counter()
+    for acts, _ in batches:
+        acts.sum()
+    return time.perf_counter() - t
+
+
+def part_times(batches, cfg: SummaryConfig) -> dict[str, float]:
+    ss = SiteSummaries.create(UNITS, cfg, batches[0][0])
+    out = {"shared masks (a>0, float mask, abs, row counts)": 0.0, **dict.fromkeys(ss.parts, 0.0)}
+    for acts, samples in batches:
+        b = Batch(acts, samples)
+        t = time.perf_counter()
+        b.pos_mask, b.pos_mask_f32, b.abs, b.pos_row_count  # noqa: B018
+        out["shared masks (a>0, float mask, abs, row counts)"] += time.perf_counter() - t
+        for name, part in ss.parts.items():
+            t = time.perf_counter()
+            part.update(b)
+            out[name] += time.perf_counter() - t
+    return out
+
+
+def in_memory(repeats: int) -> str:
+    batches = synthetic()
+    configs = {
+        "default (hist_stride=1)": SummaryConfig(label_fields=LABELS),
+        "hist_stride=8": SummaryConfig(label_fields=LABELS, hist_stride=8),
+    }
+    best = {name: float("inf") for name in ["numpy read pass", *configs]}
+    for _ in range(repeats):
+        best["numpy read pass"] = min(best["numpy read pass"], read_pass(batches))
+        for name, cfg in configs.items():
+            best[name] = min(best[name], run_updates(batches, cfg))
+    values = TOKENS * UNITS
+    ref = best["numpy read pass"]
+    rows = ["| what | s | ns / value | ratio to read pass |", "|---|---|---|---|"]
+    for name, t in best.items():
+        rows.append(f"| {name} | {t:.3f} | {t / values * 1e9:.2f} | {t / ref:.1f}x |")
+    parts = part_times(batches, configs["default (hist_stride=1)"])
+    prow = ["| part (default config) | ns / value |", "|---|---|"]
+    prow += [f"| {k} | {v / values * 1e9:.2f} |" for k, v in parts.items()]
+    return (
+        f"(A) {TOKENS} tokens x {UNITS} float32 units, batches of {BATCH}, "
+        f"best of {repeats}:\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prow)
+    )
+
+
+def in_context(docs: int, configs: dict[str, SummaryConfig]) -> str:
+    import torch
+
+    import neuronscope as ns
+    from neuronscope.recording import forward_batches
+    from neuronscope.sources.text import load_corpus
+
+    model, tok = ns.load_model("minilm")
+    corpus = load_corpus("default")
+    corpus.texts = corpus.texts[:docs]
+    corpus.labels = {k: v[:docs] for k, v in corpus.labels.items()}
+    source = ns.TextSource(corpus, tok, batch_size=32, max_tokens=128)
+    sites = "encoder.layer.*.intermediate"
+
+    def bare() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for batch in source.batches():
+                model(**batch.inputs)
+        return time.perf_counter() - t
+
+    bare()  # warm-up
+    fwd = min(bare() for _ in range(2))
+    captured = []
+    done = 0
+    for batch, acts in forward_batches(model, source, sites):
+        n = len(next(iter(acts.values())))
+        captured.append((acts, {"sample": np.arange(done, done + n, dtype=np.int64), **batch.samples}))
+        done += n
+    rows = [
+        "| what | s | share of bare forward |",
+        "|---|---|---|",
+        f"| bare forward pass | {fwd:.2f} | 100% |",
+    ]
+    for name, cfg in configs.items():
+        cfg.label_fields = dict(getattr(source, "label_categories", {}))
+        summaries: dict[str, SiteSummaries] = {}
+        t = time.perf_counter()
+        for acts, samples in captured:
+            for s, a in acts.items():
+                if s not in summaries:
+                    summaries[s] = SiteSummaries.create(a.shape[1], cfg, a)
+                summaries[s].update(a, samples)
+        dt = time.perf_counter() - t
+        rows.append(f"| SiteSummaries.update, 6 sites, {name} | {dt:.2f} | {100 * dt / fwd:.1f}% |")
+    return (
+        f"(B) MiniLM, {docs} documents of the bundled corpus, {done} tokens, batches of 32 "
+        f"documents, {torch.get_num_threads()} torch threads, 6 FFN sites x 1536 units; "
+        "summaries timed on the captured activations of the same batches (target: <= 15% of "
+        "the bare forward):\n\n" + "\n".join(rows)
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    a = in_memory(args.repeats)
+    b = in_context(
+        args.docs,
+        {"default config": SummaryConfig(), "hist_stride=4": SummaryConfig(hist_stride=4)},
+    )
+    write_section("summaries_update", a + "\n\n" + b)
+
+
+if __name__ == "__main__":
+    main()

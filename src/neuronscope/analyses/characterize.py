@@ -1,0 +1,365 @@
+"""Per-neuron and per-site characterization from a run's streaming summaries.
+
+Plain functions over a Run (anything with ``.summaries(site)``, ``.sites``,
+``.samples``, ``.vocab``) or a dict ``{site: SiteSummaries}``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuronscope.errors import NeuronscopeError
+
+NEURON_COLUMNS = [
+    "site", "unit", "freq", "mean", "std", "mean_abs", "min", "max", "dead",
+    "dormant_score", "dormant", "positional_score", "positional", "token_score",
+    "top_token_id", "top_token", "hot_rank",
+]
+SITE_COLUMNS = [
+    "site", "units", "samples", "pct_active_per_token", "dead_frac", "dormant_frac",
+    "powerlaw_exponent", "top20_share",
+]
+
+
+def _is_run(obj: Any) -> bool:
+    return callable(getattr(obj, "summaries", None))
+
+
+def _site_summaries(run_or_summaries: Any, site: str | None) -> list[tuple[str, Any]]:
+    """``[(site, SiteSummaries)]`` selected by ``site`` (exact name or glob)."""
+    if _is_run(run_or_summaries):
+        names = list(run_or_summaries.sites)
+        get = run_or_summaries.summaries
+    elif isinstance(run_or_summaries, Mapping):
+        names = list(run_or_summaries)
+        get = run_or_summaries.get
+    else:
+        raise NeuronscopeError("pass a Run (neuronscope.open_run) or a dict {site: SiteSummaries}")
+    if site is not None:
+        chosen = [n for n in names if n == site or fnmatch.fnmatchcase(n, site)]
+        if not chosen:
+            raise NeuronscopeError(f"no site matches {site!r}; sites: {names}")
+        names = chosen
+    out = [(n, get(n)) for n in names]
+    out = [(n, s) for n, s in out if s is not None]
+    if not out:
+        raise NeuronscopeError("no summaries found; record the run with summaries enabled")
+    return out
+
+
+def _vocab(run_or_summaries: Any) -> list[str] | None:
+    return getattr(run_or_summaries, "vocab", None) if _is_run(run_or_summaries) else None
+
+
+def firing_frequency(result: Mapping[str, np.ndarray], threshold: float | None = None) -> np.ndarray:
+    """Fraction of samples on which each neuron is active.
+
+    ``threshold=None``: ``freq = #(a > 0) / count`` (ReLU nets; Voita et al.).
+    Otherwise ``freq = #(|a| > t) / count`` for a recorded magnitude threshold ``t``
+    (Zhang et al., *ReLU² Wins*: activation by output magnitude for GELU/SwiGLU nets).
+    """
+    count = result["moments.count"].astype(np.float64)
+    if threshold is None:
+        active = result["firing.pos_count"]
+    else:
+        recorded = np.asarray(result["firing.thresholds"], dtype=np.float64)
+        hit = np.flatnonzero(np.isclose(recorded, threshold, rtol=1e-6, atol=1e-12))
+        if not len(hit):
+            raise NeuronscopeError(
+                f"threshold {threshold} was not recorded (recorded: {recorded.tolist()}); "
+                "pick one of those or record with SummaryConfig(thresholds=...)"
+            )
+        active = result["firing.abs_count"][hit[0]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, active / np.maximum(count, 1), np.nan)
+
+
+def dormant_scores(mean_abs: np.ndarray) -> np.ndarray:
+    """ReDo's tau-dormant score (Sokar et al., *The Dormant Neuron Phenomenon in Deep RL*):
+    ``s_i = E|a_i| / ((1/H) sum_j E|a_j|)`` over the H neurons of the layer; a neuron
+    is tau-dormant when ``s_i <= tau``. A layer that is all zero scores 0."""
+    layer = float(np.nanmean(mean_abs)) if len(mean_abs) else 0.0
+    if layer <= 0 or not np.isfinite(layer):
+        return np.zeros_like(mean_abs, dtype=np.float64)
+    return mean_abs / layer
+
+
+def positional_scores(count: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Share of the variance of each neuron's firing indicator explained by position.
+
+    With ``n_p`` samples and ``c_p`` firings (``a > 0``) at position ``p``,
+    ``r_p = c_p / n_p``, ``N = sum n_p`` and ``p = sum c_p / N``::
+
+        score = sum_p n_p (r_p - p)^2 / (N p (1 - p))
+
+    the correlation ratio eta^2 of the 0/1 firing on position (between-position
+    variance over total variance, both of the Bernoulli indicator). 1 for a neuron
+    whose firing is a function of position alone (Voita et al.'s positional
+    neurons), ~0 when firing ignores position; 0 for never- or always-firing neurons.
+    Firing here is ``a > 0`` (the recorded per-position counts), whatever threshold
+    ``characterize`` uses for ``freq``.
+    """
+    count = np.asarray(count, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    total = n.sum()
+    if total <= 0:
+        return np.zeros(count.shape[1])
+    p = count.sum(axis=0) / total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(n[:, None] > 0, count / np.maximum(n[:, None], 1), 0.0)
+        between = (n[:, None] * (rate - p) ** 2).sum(axis=0) / total
+        var = p * (1 - p)
+        score = np.where(var > 0, between / np.where(var > 0, var, 1), 0.0)
+    return np.clip(score, 0.0, 1.0)
+
+
+def token_scores(token_id: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each neuron's top-k examples: the most common token id (ties: smallest id)
+    and its share of the filled examples — high for token detectors (Voita et al.).
+    Returns ``(score, top_token_id)``; NaN / -1 when a neuron has no examples."""
+    tok = np.asarray(token_id, dtype=np.int64)
+    valid = (np.asarray(sample) >= 0) & (tok >= 0)
+    units, k = tok.shape
+    n_valid = valid.sum(axis=1)
+    # invalid slots get distinct ids above every real id so they never form a mode
+    sentinel = int(tok.max(initial=0)) + 1 + np.arange(k)
+    t = np.where(valid, tok, sentinel[None, :])
+    t = np.sort(t, axis=1)
+    span = int(t.max(initial=0)) + 1
+    flat = (t + np.arange(units)[:, None] * span).ravel()
+    runs = (np.searchsorted(flat, flat, side="right") - np.searchsorted(flat, flat, side="left"))
+    runs = runs.reshape(units, k)
+    runs = np.where(t < sentinel[0], runs, 0)
+    best = runs.argmax(axis=1)
+    rows = np.arange(units)
+    top = np.where(n_valid > 0, t[rows, best], -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(n_valid > 0, runs[rows, best] / np.maximum(n_valid, 1), np.nan)
+    return score, top
+
+
+def powerlaw_exponent(freq: np.ndarray) -> float:
+    """Exponent ``alpha`` of ``freq ~ rank^-alpha``: least squares of ``log freq`` on
+    ``log rank`` (rank 1 = hottest) over the non-zero frequencies (PowerInfer's
+    hot/cold power law). NaN with fewer than two firing neurons."""
+    f = np.sort(np.asarray(freq, dtype=np.float64)[np.asarray(freq) > 0])[::-1]
+    if len(f) < 2:
+        return float("nan")
+    slope = np.polyfit(np.log(np.arange(1, len(f) + 1)), np.log(f), 1)[0]
+    return float(-slope)
+
+
+def top_share(freq: np.ndarray, fraction: float = 0.2) -> float:
+    """Share of all firing events carried by the ``ceil(fraction * units)`` most
+    frequently firing neurons (PowerInfer: a few hot neurons carry most activations)."""
+    f = np.sort(np.nan_to_num(np.asarray(freq, dtype=np.float64)))[::-1]
+    total = f.sum()
+    if total <= 0:
+        return float("nan")
+    return float(f[: math.ceil(fraction * len(f))].sum() / total)
+
+
+def _neuron_table(
+    name: str,
+    ss: Any,
+    vocab: list[str] | None,
+    threshold: float | None,
+    dormant_tau: float,
+    positional_threshold: float,
+) -> pd.DataFrame:
+    r = ss.result()
+    units = len(r["moments.count"])
+    freq = firing_frequency(r, threshold)
+    dscore = dormant_scores(r["moments.mean_abs"])
+    if "position.count" in r:
+        pscore = positional_scores(r["position.count"], r["position.n"])
+    else:
+        pscore = np.full(units, np.nan)
+    tscore, top_tok = token_scores(r["topk.token_id"], r["topk.sample"])
+    hot = np.empty(units, dtype=np.int64)
+    hot[np.argsort(-np.nan_to_num(freq, nan=-1.0), kind="stable")] = np.arange(units)
+    if vocab is not None:
+        top_token = [vocab[t] if 0 <= t < len(vocab) else None for t in top_tok.tolist()]
+    else:
+        top_token = [None] * units
+    return pd.DataFrame(
+        {
+            "site": name,
+            "unit": np.arange(units),
+            "freq": freq,
+            "mean": r["moments.mean"],
+            "std": np.sqrt(r["moments.var"]),
+            "mean_abs": r["moments.mean_abs"],
+            "min": r["moments.min"],
+            "max": r["moments.max"],
+            "dead": freq == 0,
+            "dormant_score": dscore,
+            "dormant": dscore <= dormant_tau,
+            "positional_score": pscore,
+            "positional": pscore >= positional_threshold,
+            "token_score": tscore,
+            "top_token_id": top_tok,
+            "top_token": top_token,
+            "hot_rank": hot,
+        },
+        columns=NEURON_COLUMNS,
+    )
+
+
+def characterize(
+    run_or_summaries: Any,
+    site: str | None = None,
+    threshold: float | None = None,
+    dormant_tau: float = 0.025,
+    positional_threshold: float = 0.5,
+) -> pd.DataFrame:
+    """One row per neuron: what it does and how often it fires.
+
+    Columns: ``site, unit``; ``freq`` (:func:`firing_frequency`: ``a > 0``, or
+    ``|a| > threshold`` for a recorded magnitude threshold); ``mean, std, mean_abs,
+    min, max`` (streaming moments); ``dead`` = never active over the corpus,
+    ``freq == 0`` (Voita et al., *Neurons in LLMs: Dead, N-gram, Positional*);
+    ``dormant_score``/``dormant`` = ReDo's score ``<= dormant_tau``
+    (:func:`dormant_scores`); ``positional_score``/``positional`` = eta^2 of firing on
+    position ``>= positional_threshold`` (:func:`positional_scores`); ``token_score``,
+    ``top_token_id``, ``top_token`` = share of the top-k examples on the most common
+    token (:func:`token_scores`; string from ``run.vocab``); ``hot_rank`` = rank by
+    ``freq``, 0 hottest, ties by unit (PowerInfer). ``site`` may be a glob.
+    """
+    vocab = _vocab(run_or_summaries)
+    tables = [
+        _neuron_table(name, ss, vocab, threshold, dormant_tau, positional_threshold)
+        for name, ss in _site_summaries(run_or_summaries, site)
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def site_summary(
+    run_or_summaries: Any,
+    site: str | None = None,
+    threshold: float | None = None,
+    dormant_tau: float = 0.025,
+) -> pd.DataFrame:
+    """One row per site: ``units``, ``samples``; ``pct_active_per_token`` = mean over
+    tokens of the % of the site's neurons active (Li et al., *The Lazy Neuron
+    Phenomenon*; equals ``100 * mean(freq)``); ``dead_frac``; ``dormant_frac``
+    (ReDo, ``tau = dormant_tau``); ``powerlaw_exponent`` (:func:`powerlaw_exponent`)
+    and ``top20_share`` (:func:`top_share`, PowerInfer)."""
+    rows = []
+    for name, ss in _site_summaries(run_or_summaries, site):
+        r = ss.result()
+        freq = firing_frequency(r, threshold)
+        tokens = int(r["firing.tokens"])
+        if threshold is None and tokens:
+            pct = 100.0 * float(r["firing.active_frac_sum"]) / tokens
+        else:
+            pct = 100.0 * float(np.nanmean(freq)) if tokens else float("nan")
+        dscore = dormant_scores(r["moments.mean_abs"])
+        rows.append(
+            {
+                "site": name,
+                "units": len(freq),
+                "samples": int(r["moments.count"][0]) if len(freq) else 0,
+                "pct_active_per_token": pct,
+                "dead_frac": float(np.mean(freq == 0)),
+                "dormant_frac": float(np.mean(dscore <= dormant_tau)),
+                "powerlaw_exponent": powerlaw_exponent(freq),
+                "top20_share": top_share(freq, 0.2),
+            }
+        )
+    return pd.DataFrame(rows, columns=SITE_COLUMNS)
+
+
+def _sample_index(samples: Mapping[str, np.ndarray] | None, ids: np.ndarray) -> np.ndarray | None:
+    """Row of each global sample id in ``run.samples`` (ids are row numbers when dense)."""
+    if samples is None:
+        return None
+    sid = samples.get("sample")
+    n = len(next(iter(samples.values()))) if samples else 0
+    if sid is None:
+        return np.where((ids >= 0) & (ids < n), ids, -1)
+    sid = np.asarray(sid)
+    order = np.argsort(sid, kind="stable")
+    at = np.searchsorted(sid, ids, sorter=order)
+    at = np.minimum(at, len(sid) - 1)
+    rows = order[at]
+    return np.where(sid[rows] == ids, rows, -1)
+
+
+def top_examples(run: Any, site: str, unit: int, k: int | None = None) -> list[dict[str, Any]]:
+    """The top-k activating examples of one neuron, Neuroscope-style.
+
+    Each example: ``activation, sample, doc, pos, token_id, token``, plus ``tokens``
+    (the tokens at ``pos - W .. pos + W`` that lie in the same document),
+    ``acts`` (the neuron's activation on each of them, None if unknown) and ``peak``
+    (index of the example's own token in ``tokens``). Token strings come from
+    ``run.samples`` (token ids of every sample; documents contiguous) and
+    ``run.vocab``; with a plain ``{site: SiteSummaries}`` dict the neighbours' ids are
+    unknown and their tokens are ``""``.
+    """
+    if _is_run(run):
+        ss, samples, vocab = run.summaries(site), run.samples, run.vocab
+        if ss is None:
+            raise NeuronscopeError(f"site {site!r} has no summaries; record it with summaries")
+    elif isinstance(run, Mapping):
+        if site not in run:
+            raise NeuronscopeError(f"no site {site!r}; sites: {list(run)}")
+        ss, samples, vocab = run[site], None, None
+    else:
+        raise NeuronscopeError("pass a Run (neuronscope.open_run) or a dict {site: SiteSummaries}")
+    tk = ss.parts["topk"].result() if hasattr(ss, "parts") else {
+        key[5:]: v for key, v in ss.result().items() if key.startswith("topk.")
+    }
+    units = tk["values"].shape[0]
+    if not 0 <= unit < units:
+        raise NeuronscopeError(f"unit {unit} is out of range for site {site!r} (0..{units - 1})")
+    filled = np.flatnonzero(tk["sample"][unit] >= 0)
+    if k is not None:
+        filled = filled[: max(int(k), 0)]
+    ctx = tk["context"][unit]
+    window = (ctx.shape[-1] - 1) // 2
+    offsets = np.arange(-window, window + 1)
+    rows = _sample_index(samples, tk["sample"][unit][filled])
+
+    def token_str(tid: int) -> str:
+        if vocab is not None and 0 <= tid < len(vocab):
+            return str(vocab[tid])
+        return str(tid) if tid >= 0 else ""
+
+    out = []
+    for i, j in enumerate(filled):
+        acts = ctx[j]
+        in_doc = ~np.isnan(acts)
+        in_doc[window] = True
+        tids = np.full(len(offsets), -1, dtype=np.int64)
+        tids[window] = tk["token_id"][unit, j]
+        if rows is not None and rows[i] >= 0 and "token_id" in samples:
+            nb = rows[i] + offsets
+            ok = (nb >= 0) & (nb < len(samples["token_id"]))
+            nbc = np.clip(nb, 0, len(samples["token_id"]) - 1)
+            if "doc" in samples:
+                ok &= np.asarray(samples["doc"])[nbc] == np.asarray(samples["doc"])[rows[i]]
+            tids = np.where(ok, np.asarray(samples["token_id"])[nbc], -1)
+            in_doc &= ok
+        keep = np.flatnonzero(in_doc)
+        tokens = [token_str(int(t)) if t >= 0 else "" for t in tids[keep]]
+        out.append(
+            {
+                "activation": float(tk["values"][unit, j]),
+                "sample": int(tk["sample"][unit, j]),
+                "doc": int(tk["doc"][unit, j]),
+                "pos": int(tk["pos"][unit, j]),
+                "token_id": int(tk["token_id"][unit, j]),
+                "token": token_str(int(tk["token_id"][unit, j])),
+                "tokens": tokens,
+                "acts": [None if np.isnan(a) else float(a) for a in acts[keep]],
+                "peak": int(np.searchsorted(keep, window)),
+            }
+        )
+    return out

@@ -1,0 +1,242 @@
+"""Centered kernel alignment (CKA): linear, debiased, RBF, and deconfounded.
+
+Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of Neural Network Representations
+Revisited": for kernels K = k(X), L = k(Y) on the same n stimuli and H = I - 11ᵀ/n,
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),   HSIC(K, L) = tr(K H L H).
+
+With linear kernels and column-centered X, Y this is ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)``, which
+is computed in feature space (d × d products, never n × n when n > d). The products here
+accumulate float32 input in float64 row blocks and never call a threaded float64
+``X @ X.T`` with n >= 16000 (that path segfaults in this OpenBLAS, numpy#19685).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.sources.brain import ArrayLike, paired, to_matrix
+
+_BLOCK = 4096  # rows per float32 block accumulated in float64
+_BIG = 8192  # output side above which Gram products are computed in row blocks
+
+
+def _center(a: np.ndarray) -> np.ndarray:
+    """Column-centered copy (mean taken in float64, result in ``a``'s dtype)."""
+    return a - a.mean(axis=0, dtype=np.float64).astype(a.dtype)
+
+
+def _ata(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``aᵀ b`` (``aᵀ a`` when ``b`` is None) in float64.
+
+    float32 input: float32 products over row blocks of ``_BLOCK`` summed in float64.
+    A large output (side >= ``_BIG``) is built from column blocks so no single huge
+    symmetric product is handed to threaded BLAS.
+    """
+    same = b is None
+    b = a if same else b
+    if a.dtype == np.float64 and b.dtype != np.float64:
+        b = b.astype(np.float64)
+    if b.dtype == np.float64 and a.dtype != np.float64:
+        a = a.astype(np.float64)
+    n = a.shape[0]
+    out = np.zeros((a.shape[1], b.shape[1]))
+    row_step = _BLOCK if a.dtype == np.float32 else n
+    col_step = _BIG if max(a.shape[1], b.shape[1]) >= 16000 else max(a.shape[1], 1)
+    for r0 in range(0, n, row_step):
+        ar = a[r0 : r0 + row_step]
+        br = ar if same else b[r0 : r0 + row_step]
+        if col_step >= a.shape[1]:
+            out += ar.T @ br
+        else:
+            for c0 in range(0, a.shape[1], col_step):
+                out[c0 : c0 + col_step] += ar[:, c0 : c0 + col_step].T @ br
+    return out
+
+
+def _gram(a: np.ndarray, b: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
+    """``a bᵀ`` (``a aᵀ`` when ``b`` is None) computed in ``dtype``, in row blocks when
+    n >= ``_BIG`` (never one huge threaded float64 ``X @ X.T``)."""
+    a64 = a.astype(dtype, copy=False)
+    b64 = a64 if b is None else b.astype(dtype, copy=False)
+    if a64.shape[0] < _BIG:
+        return a64 @ b64.T
+    out = np.empty((a64.shape[0], b64.shape[0]), dtype=dtype)
+    for r0 in range(0, a64.shape[0], _BLOCK):
+        out[r0 : r0 + _BLOCK] = a64[r0 : r0 + _BLOCK] @ b64.T
+    return out
+
+
+def _frob2(a: np.ndarray) -> float:
+    return float(np.einsum("ij,ij->", a, a))
+
+
+def _feature_space(n: int, p: int, q: int) -> bool:
+    """Feature-space products (p×p, q×q, p×q) are cheaper than n×n Grams when p + q <= 2n."""
+    return p + q <= 2 * n
+
+
+def _linear_dots(xc: np.ndarray, yc: np.ndarray) -> tuple[float, float, float]:
+    """(‖XᵀY‖², ‖XᵀX‖², ‖YᵀY‖²) of centered X, Y via the cheaper of feature or Gram space."""
+    n, p = xc.shape
+    if _feature_space(n, p, yc.shape[1]):
+        return _frob2(_ata(xc, yc)), _frob2(_ata(xc)), _frob2(_ata(yc))
+    kx, ky = _gram(xc), _gram(yc)
+    return float(np.einsum("ij,ij->", kx, ky)), _frob2(kx), _frob2(ky)
+
+
+def _cka_ratio(xy: float, xx: float, yy: float, what: str = "population") -> float:
+    if xx <= 0 or yy <= 0:
+        raise NeuronscopeError(
+            f"a {what} has zero variance across stimuli (all columns constant); CKA is undefined"
+        )
+    return float(np.clip(xy / np.sqrt(xx * yy), -1.0, 1.0))
+
+
+def _debias(xty: float, sx: np.ndarray, sy: np.ndarray, nx: float, ny: float, n: int) -> float:
+    """Unbiased HSIC (Song et al. 2012) numerator from feature-space quantities (Kornblith's
+    ``_debiased_dot_product_similarity_helper``)."""
+    return xty - n / (n - 2.0) * float(sx @ sy) + nx * ny / ((n - 1.0) * (n - 2.0))
+
+
+def linear_cka(X: ArrayLike, Y: ArrayLike, debiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019): ``‖YcᵀXc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F)``.
+
+    ``X`` (n, p), ``Y`` (n, q): arrays or DataArrays (aligned by ``stimulus``/``item`` id).
+    Computed in feature space when p + q <= 2n, so the n × n Gram matrix is never formed
+    when n > d. ``debiased=True`` replaces HSIC by its unbiased estimator (Song et al. 2012;
+    Nguyen, Raghu & Kornblith 2021), see :func:`debiased_cka`. Invariant to orthogonal
+    transforms and isotropic scaling of either side, not to general invertible linear maps.
+    """
+    x, y = paired(X, Y, min_samples=4 if debiased else 3)
+    xc, yc = _center(x), _center(y)
+    xy, xx, yy = _linear_dots(xc, yc)
+    if not debiased:
+        return _cka_ratio(xy, xx, yy)
+    n = x.shape[0]
+    sx = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
+    sy = np.einsum("ij,ij->i", yc, yc, dtype=np.float64)
+    nx, ny = float(sx.sum()), float(sy.sum())
+    return _cka_ratio(_debias(xy, sx, sy, nx, ny, n), _debias(xx, sx, sx, nx, nx, n),
+                      _debias(yy, sy, sy, ny, ny, n))
+
+
+def debiased_cka(X: ArrayLike, Y: ArrayLike) -> float:
+    """Debiased linear CKA: CKA with the unbiased HSIC estimator (Song et al. 2012)
+
+        HSIC_u(K, L) = [tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n-1)(n-2)) - 2/(n-2) 1ᵀK̃L̃1] / (n(n-3)),
+
+    K̃, L̃ the linear Grams with zeroed diagonals (as in Kornblith et al. 2019 and
+    "Do wide and deep networks learn the same things?", Nguyen et al. 2021), computed in
+    feature space. Needs n >= 4 stimuli.
+    """
+    return linear_cka(X, Y, debiased=True)
+
+
+def _sq_dists_rows(a: np.ndarray, rows: slice, sq: np.ndarray) -> np.ndarray:
+    d = sq[rows, None] + sq[None, :] - 2.0 * _gram(a[rows], a)
+    return np.maximum(d, 0.0)
+
+
+def _rbf_sigma2(a: np.ndarray, sq: np.ndarray, threshold: float, rng: np.random.Generator) -> float:
+    n = a.shape[0]
+    if n <= 4096:
+        med = float(np.median(_sq_dists_rows(a, slice(0, n), sq)))
+    else:
+        i, j = rng.integers(0, n, 1_000_000), rng.integers(0, n, 1_000_000)
+        d = np.maximum(sq[i] + sq[j] - 2.0 * np.einsum("ij,ij->i", a[i], a[j]), 0.0)
+        med = float(np.median(d))
+    if med <= 0:
+        raise NeuronscopeError("median squared distance is 0 (identical rows); give sigma explicitly")
+    return threshold**2 * med
+
+
+def rbf_cka(
+    X: ArrayLike,
+    Y: ArrayLike,
+    threshold: float = 1.0,
+    sigma: float | tuple[float, float] | None = None,
+    chunk: int = 2048,
+    warn_above: int = 10000,
+    seed: int = 0,
+) -> float:
+    """CKA with Gaussian (RBF) kernels, K_ij = exp(-‖x_i - x_j‖² / (2σ²)) (Kornblith et al. 2019).
+
+    σ defaults to ``threshold`` × the median pairwise distance (exact up to n = 4096, from
+    10⁶ random pairs above). HSIC(K, L) = Σ K∘L - (2/n)(K1)·(L1) + (1ᵀK1)(1ᵀL1)/n² is
+    accumulated over row chunks, so only ``chunk`` × n kernel rows are held at a time; the
+    cost is still O(n²) and a warning is issued above ``warn_above`` stimuli.
+    """
+    x, y = paired(X, Y)
+    x = _center(x).astype(np.float64)
+    y = _center(y).astype(np.float64)
+    n = x.shape[0]
+    if n > warn_above:
+        warnings.warn(f"rbf_cka on {n} stimuli builds {n}x{n} kernels in chunks (O(n^2) time); "
+                      "consider linear_cka", stacklevel=2)
+    rng = np.random.default_rng(seed)
+    sqx, sqy = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+    if sigma is None:
+        s2x, s2y = _rbf_sigma2(x, sqx, threshold, rng), _rbf_sigma2(y, sqy, threshold, rng)
+    else:
+        sx_, sy_ = (sigma, sigma) if np.isscalar(sigma) else sigma
+        s2x, s2y = float(sx_) ** 2, float(sy_) ** 2
+    kl = kk = ll = 0.0
+    rk, rl = np.zeros(n), np.zeros(n)
+    for r0 in range(0, n, chunk):
+        rows = slice(r0, min(n, r0 + chunk))
+        k = np.exp(-_sq_dists_rows(x, rows, sqx) / (2.0 * s2x))
+        l_ = np.exp(-_sq_dists_rows(y, rows, sqy) / (2.0 * s2y))
+        kl += float(np.einsum("ij,ij->", k, l_))
+        kk += float(np.einsum("ij,ij->", k, k))
+        ll += float(np.einsum("ij,ij->", l_, l_))
+        rk[rows], rl[rows] = k.sum(1), l_.sum(1)
+
+    def hsic(s: float, a: np.ndarray, b: np.ndarray) -> float:
+        return s - 2.0 / n * float(a @ b) + a.sum() * b.sum() / n**2
+
+    return _cka_ratio(hsic(kl, rk, rl), hsic(kk, rk, rk), hsic(ll, rl, rl))
+
+
+def deconfounded_cka(X: ArrayLike, Y: ArrayLike, inputs: ArrayLike) -> float:
+    """Deconfounded linear CKA (Cui et al. 2022, "Deconfounded Representation Similarity for
+    Comparison of Neural Networks").
+
+    Each representation's centered linear Gram K = H X Xᵀ H is regressed on the input
+    space's Gram K₀ = H Z Zᵀ H (``inputs`` Z, (n, r)): K' = K - β K₀ with
+    β = ⟨K, K₀⟩_F / ‖K₀‖²_F; then dCKA = ⟨K'_X, K'_Y⟩ / (‖K'_X‖ ‖K'_Y‖). Every inner product
+    ⟨HAAᵀH, HBBᵀH⟩ = ‖AcᵀBc‖²_F is taken in feature space (no n × n matrix when n > d).
+    """
+    x, y = paired(X, Y)
+    _, z = paired(X, inputs)
+    xc, yc, zc = _center(x), _center(y), _center(z)
+
+    def ip(a: np.ndarray, b: np.ndarray) -> float:
+        if _feature_space(a.shape[0], a.shape[1], b.shape[1]):
+            return _frob2(_ata(a, b))
+        return float(np.einsum("ij,ij->", _gram(a), _gram(b)))
+
+    zz = ip(zc, zc)
+    if zz <= 0:
+        raise NeuronscopeError("inputs have zero variance across stimuli; give the stimuli's input features")
+    xz, yz = ip(xc, zc), ip(yc, zc)
+    bx, by = xz / zz, yz / zz
+    xy, xx, yy = ip(xc, yc), ip(xc, xc), ip(yc, yc)
+    num = xy - by * xz - bx * yz + bx * by * zz
+    dx = max(xx - 2 * bx * xz + bx * bx * zz, 0.0)
+    dy = max(yy - 2 * by * yz + by * by * zz, 0.0)
+    tol = 1e-12
+    if dx <= tol * xx or dy <= tol * yy:
+        raise NeuronscopeError(
+            "a representation's similarity structure is fully explained by the inputs; "
+            "deconfounded CKA is undefined"
+        )
+    return float(np.clip(num / np.sqrt(dx * dy), -1.0, 1.0))
+
+
+def gram_linear(X: ArrayLike) -> np.ndarray:
+    """The linear Gram matrix X Xᵀ (n × n, float64) of a population; for reference and tests."""
+    return _gram(to_matrix(X))

@@ -1,0 +1,443 @@
+"""Representational similarity analysis (RSA), its noise ceiling, topological and
+deconfounded RSA.
+
+Kriegeskorte, Mur & Bandettini (2008), "Representational similarity analysis — connecting
+the branches of systems neuroscience"; conventions follow rsatoolbox (Schütt et al. 2023):
+RDMs are stored condensed (the upper triangle in scipy ``squareform`` order), the
+``euclidean`` RDM is the squared Euclidean distance per channel, crossnobis is the
+leave-one-repeat-out cross-validated squared distance, and the noise ceiling is
+rsatoolbox's ``boot_noise_ceiling`` (leave-one-subject-out lower bound, all-subject upper
+bound). Topological RSA follows Lin & Kriegeskorte (2023), "The topology and geometry of
+neural representations".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.stats
+import xarray as xr
+from scipy.spatial.distance import squareform
+
+from neuronscope.analyses.cka import _gram
+from neuronscope.errors import NeuronscopeError
+from neuronscope.sources.brain import ArrayLike, _id_coord, align, average_repeats, to_matrix
+
+RDM_METHODS = ("correlation", "euclidean", "cosine", "crossnobis")
+COMPARATORS = ("pearson", "spearman", "kendall", "cosine", "rho-a")
+_ALIASES = {"corr": "pearson", "tau-a": "kendall", "tau_a": "kendall", "kendall_tau_a": "kendall",
+            "rho_a": "rho-a"}
+
+
+def _n_from_m(m: int) -> int:
+    n = int(round((1 + np.sqrt(1 + 8 * m)) / 2))
+    if n * (n - 1) // 2 != m:
+        raise NeuronscopeError(f"{m} dissimilarities is not n(n-1)/2 for any n; give a condensed RDM")
+    return n
+
+
+def _condense_square(a: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Upper triangles (row-major, scipy ``squareform`` order) of square matrices."""
+    if a.ndim == 2:
+        a = np.array(a, dtype=np.float64, order="C", copy=not overwrite)
+        np.fill_diagonal(a, 0.0)
+        return squareform(a, checks=False)
+    iu = np.triu_indices(a.shape[-1], k=1)
+    return a[..., iu[0], iu[1]]
+
+
+@dataclass
+class RDMs:
+    """A stack of RDMs over the same stimuli (one per subject, session or repeat).
+
+    ``dissimilarities`` is (k, m) condensed, m = n(n-1)/2; ``stimulus`` optionally names the
+    n stimuli (used to align with a population's ``stimulus`` coordinate).
+    """
+
+    dissimilarities: np.ndarray
+    stimulus: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+    measure: str = ""
+
+    def __post_init__(self) -> None:
+        d = np.atleast_2d(np.asarray(self.dissimilarities, dtype=np.float64))
+        if d.ndim != 2:
+            raise NeuronscopeError("RDMs must be a (k, m) stack of condensed RDMs")
+        if not np.isfinite(d).all():
+            raise NeuronscopeError("RDMs contain NaN or Inf; remove missing dissimilarities first")
+        self.dissimilarities = d
+        n = _n_from_m(d.shape[1])
+        if n < 3:
+            raise NeuronscopeError(f"RDMs over {n} stimuli; RSA needs at least 3 stimuli")
+        if self.stimulus is not None:
+            self.stimulus = np.asarray(self.stimulus)
+            if len(self.stimulus) != n:
+                raise NeuronscopeError(f"{len(self.stimulus)} stimulus ids for RDMs over {n} stimuli")
+            if len(np.unique(self.stimulus)) != n:
+                raise NeuronscopeError("RDM stimulus ids are duplicated; give one id per stimulus")
+        if not self.names:
+            self.names = [str(i) for i in range(len(d))]
+
+    @classmethod
+    def from_array(cls, a: np.ndarray, stimulus: np.ndarray | None = None, name: str = "rdm") -> RDMs:
+        """From a square (n, n), stack (k, n, n), condensed (m,) or stack (k, m) array."""
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and a.shape[-1] > 1 and \
+                np.allclose(np.diagonal(a, axis1=-2, axis2=-1), 0) and np.allclose(a, np.swapaxes(a, -1, -2)):
+            a = _condense_square(a)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2:
+            raise NeuronscopeError(f"RDM array of shape {a.shape}; give (n,n), (k,n,n), (m,) or (k,m)")
+        names = [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
+        return cls(a, stimulus=stimulus, names=names)
+
+    @property
+    def n_stimuli(self) -> int:
+        return _n_from_m(self.dissimilarities.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.dissimilarities)
+
+    def square(self, i: int = 0) -> np.ndarray:
+        """RDM ``i`` as a square (n, n) matrix."""
+        return squareform(self.dissimilarities[i], checks=False)
+
+    def reorder(self, stimulus: np.ndarray) -> RDMs:
+        """The RDMs with rows/columns in the order of ``stimulus`` ids (all must be present)."""
+        if self.stimulus is None:
+            raise NeuronscopeError("these RDMs carry no stimulus ids; save them with a `stimulus` array")
+        pos = {v: i for i, v in enumerate(self.stimulus.tolist())}
+        want = np.asarray(stimulus).tolist()
+        missing = [v for v in want if v not in pos]
+        if missing or len(want) != self.n_stimuli or len(set(want)) != len(want):
+            raise NeuronscopeError(
+                f"RDM stimulus ids do not match the population's (e.g. missing {missing[:3]}); "
+                "select the common stimuli first"
+            )
+        idx = np.array([pos[v] for v in want])
+        sq = np.stack([self.square(i)[np.ix_(idx, idx)] for i in range(len(self))])
+        return RDMs(_condense_square(sq), stimulus=np.asarray(stimulus), names=list(self.names),
+                    measure=self.measure)
+
+
+def _as_rdm_stack(a: Any) -> RDMs:
+    if isinstance(a, RDMs):
+        return a
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == arr.shape[1]) or arr.ndim == 3:
+        return RDMs.from_array(arr)
+    return RDMs(arr)
+
+
+# --------------------------------------------------------------------------- RDMs
+
+
+def _stimulus_repeat(X: ArrayLike, stimulus: Any, repeat: Any) -> tuple[np.ndarray, Any, Any]:
+    if isinstance(X, xr.DataArray):
+        by = _id_coord(X)
+        if stimulus is None and by is not None:
+            stimulus = np.asarray(X.coords[by].values)
+        if repeat is None and "repeat" in X.coords:
+            repeat = np.asarray(X.coords["repeat"].values)
+    return to_matrix(X), stimulus, repeat
+
+
+def _split_repeats(x: np.ndarray, stimulus: Any, repeat: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(repeats, stimuli, p) array from rows labelled by stimulus and repeat (balanced)."""
+    if stimulus is None or repeat is None:
+        raise NeuronscopeError("crossnobis and repeat noise ceilings need `stimulus` and `repeat` labels per row")
+    stim, rep = np.asarray(stimulus), np.asarray(repeat)
+    us, si = np.unique(stim, return_inverse=True)
+    ur, ri = np.unique(rep, return_inverse=True)
+    if len(ur) < 2:
+        raise NeuronscopeError("only one repeat per stimulus; cross-validation needs at least 2 repeats")
+    if len(stim) != len(us) * len(ur) or len(set(zip(si.tolist(), ri.tolist(), strict=True))) != len(stim):
+        raise NeuronscopeError("repeats are unbalanced; every stimulus needs each repeat exactly once")
+    out = np.empty((len(ur), len(us), x.shape[1]))
+    out[ri, si] = x
+    return out, us
+
+
+def rdm(
+    X: ArrayLike,
+    method: str = "correlation",
+    stimulus: Any = None,
+    repeat: Any = None,
+    noise: np.ndarray | None = None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Representational dissimilarity matrix of a population, condensed (m = n(n-1)/2,).
+
+    Rows of ``X`` (n, p) are stimuli (repeats of a ``stimulus`` id are averaged, except for
+    crossnobis). Methods (as rsatoolbox ``calc_rdm``):
+
+    * ``correlation``: d_ij = 1 - r(x_i, x_j) (Pearson across channels);
+    * ``euclidean``: d_ij = ‖x_i - x_j‖² / p (squared Euclidean per channel);
+    * ``cosine``: d_ij = 1 - x_i·x_j / (‖x_i‖‖x_j‖);
+    * ``crossnobis``: d_ij = (1/R) Σ_r (a_i^{(-r)} - a_j^{(-r)})ᵀ Λ (b_i^{(r)} - b_j^{(r)}) / p, with
+      b^{(r)} repeat r, a^{(-r)} the mean of the other repeats and Λ the noise precision
+      ``noise`` (identity by default) — an unbiased estimate of the squared distance
+      (Walther et al. 2016). Needs balanced ``stimulus``/``repeat`` labels.
+
+    All products are one BLAS Gram matrix (blocked above 8192 stimuli). ``precision``:
+    ``float64``, ``float32`` (the Gram product of the float64-normalised patterns in float32:
+    ~2× faster, dissimilarities within ~1e-6) or ``auto`` (float32 for float32 input).
+    """
+    if precision not in ("auto", "float32", "float64"):
+        raise NeuronscopeError("precision must be 'auto', 'float32' or 'float64'")
+    if precision == "auto":
+        is32 = (X.dtype if isinstance(X, xr.DataArray | np.ndarray) else np.float64) == np.float32
+        precision = "float32" if is32 else "float64"
+    gdt = np.float32 if precision == "float32" else np.float64
+    x, stimulus, repeat = _stimulus_repeat(X, stimulus, repeat)
+    if method == "crossnobis":
+        reps, _ = _split_repeats(x, stimulus, repeat)
+        if noise is not None:
+            reps = reps @ np.linalg.cholesky(np.asarray(noise, dtype=np.float64))
+        r, n, p = reps.shape
+        s = reps.sum(0)
+        cat = np.transpose(reps, (1, 0, 2)).reshape(n, r * p)
+        k = (_gram(s) - _gram(cat)) / (r - 1)  # Σ_r a^{(-r)} b^{(r)}ᵀ
+        dg = np.diagonal(k)
+        d = dg[:, None] + dg[None, :] - k - k.T
+        return _condense_square(d, overwrite=True) / (r * p)
+    if method not in RDM_METHODS:
+        raise NeuronscopeError(f"unknown RDM method {method!r}; use one of {', '.join(RDM_METHODS)}")
+    if repeat is not None and stimulus is not None:
+        da = xr.DataArray(x, dims=("sample", "neuron"), coords={"stimulus": ("sample", np.asarray(stimulus))})
+        x = average_repeats(da, "stimulus").values
+    x = x.astype(np.float64, copy=False)
+    if x.shape[0] < 3:
+        raise NeuronscopeError(f"{x.shape[0]} stimuli; an RDM needs at least 3")
+    if method == "euclidean":
+        sq = np.einsum("ij,ij->i", x, x)
+        g = _gram(x)
+        g *= -2.0
+        g += sq[:, None]
+        g += sq[None, :]
+        return np.maximum(_condense_square(g, overwrite=True), 0.0) / x.shape[1]
+    z = x - x.mean(axis=1, keepdims=True) if method == "correlation" else x
+    norms = np.sqrt(np.einsum("ij,ij->i", z, z))
+    if (norms == 0).any():
+        raise NeuronscopeError(
+            f"stimulus {int(np.argmax(norms == 0))} has a constant (or zero) response pattern; "
+            f"{method} distance is undefined — use method='euclidean' or drop it"
+        )
+    z = z / norms[:, None]
+    g = _gram(z, dtype=gdt)
+    if gdt is np.float64:
+        np.subtract(1.0, g, out=g)
+    else:
+        g = np.subtract(1.0, g, dtype=np.float64)
+    return _condense_square(g, overwrite=True)
+
+
+def rdms_from_repeats(X: ArrayLike, method: str = "correlation", stimulus: Any = None,
+                      repeat: Any = None) -> RDMs:
+    """One RDM per repeat index (for a noise ceiling from repeats)."""
+    x, stimulus, repeat = _stimulus_repeat(X, stimulus, repeat)
+    reps, us = _split_repeats(x, stimulus, repeat)
+    return RDMs(np.stack([rdm(r, method) for r in reps]), stimulus=us,
+                names=[f"repeat{i}" for i in range(len(reps))], measure=method)
+
+
+# --------------------------------------------------------------------------- comparators
+
+
+def _prep(v: np.ndarray, method: str) -> np.ndarray:
+    if method in ("spearman", "rho-a"):
+        v = scipy.stats.rankdata(v, axis=1)
+    if method in ("pearson", "spearman", "rho-a"):
+        v = v - v.mean(axis=1, keepdims=True)
+    return v
+
+
+def _tau_a(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's τ_a = (concordant - discordant) / (m(m-1)/2), from scipy's τ_b and tie counts."""
+    m = len(a)
+    n0 = m * (m - 1) / 2.0
+
+    def ties(v: np.ndarray) -> float:
+        _, c = np.unique(v, return_counts=True)
+        return float((c * (c - 1) / 2.0).sum())
+
+    t1, t2 = ties(a), ties(b)
+    if t1 == n0 or t2 == n0:
+        return 0.0
+    tau_b = scipy.stats.kendalltau(a, b).statistic
+    return float(np.clip(tau_b * np.sqrt((n0 - t1) * (n0 - t2)) / n0, -1.0, 1.0))
+
+
+def compare_rdms(a: Any, b: Any, method: str = "spearman") -> float | np.ndarray:
+    """Similarity of RDMs (condensed vectors, square matrices, stacks or :class:`RDMs`).
+
+    Comparators (as rsatoolbox ``compare``): ``pearson`` (``corr``), ``spearman`` (Pearson of
+    average ranks), ``kendall`` (Kendall's τ_a: (C - D)/(m(m-1)/2), no tie correction;
+    also ``tau-a``), ``cosine`` (a·b/(‖a‖‖b‖)), ``rho-a`` (12 Σ r̃_a r̃_b / (m³ - m)). Returns a
+    float for two single RDMs, else the (k_a, k_b) matrix. Centered vectors with zero norm
+    (a constant RDM) give similarity 0.
+    """
+    method = _ALIASES.get(method, method)
+    if method not in COMPARATORS:
+        raise NeuronscopeError(f"unknown RDM comparator {method!r}; use one of {', '.join(COMPARATORS)}")
+    ra, rb = _as_rdm_stack(a), _as_rdm_stack(b)
+    va, vb = ra.dissimilarities, rb.dissimilarities
+    if va.shape[1] != vb.shape[1]:
+        raise NeuronscopeError(
+            f"RDMs over {ra.n_stimuli} and {rb.n_stimuli} stimuli; compare RDMs of the same stimuli"
+        )
+    if method == "kendall":
+        out = np.array([[_tau_a(x, y) for y in vb] for x in va])
+    elif method == "rho-a":
+        m = va.shape[1]
+        out = _prep(va, method) @ _prep(vb, method).T * 12.0 / (m**3 - m)
+    else:
+        pa, pb = _prep(va, method), _prep(vb, method)
+        na, nb = np.linalg.norm(pa, axis=1), np.linalg.norm(pb, axis=1)
+        out = (pa @ pb.T) / np.where(np.outer(na, nb) > 0, np.outer(na, nb), np.inf)
+        out = np.clip(out, -1.0, 1.0)
+    return float(out[0, 0]) if out.shape == (1, 1) else out
+
+
+def _to_rdms(X: Any, rdm_method: str) -> RDMs:
+    if isinstance(X, RDMs):
+        return X
+    if np.ndim(X) == 1:
+        return RDMs(np.asarray(X, dtype=np.float64)[None])
+    stim = None
+    if isinstance(X, xr.DataArray) and _id_coord(X):
+        X = average_repeats(X) if "repeat" in X.coords else X
+        stim = np.asarray(X.coords[_id_coord(X)].values)
+    return RDMs(rdm(X, rdm_method)[None], stimulus=stim, measure=rdm_method)
+
+
+def _pair_rdms(X: Any, Y: Any, rdm_method: str) -> tuple[RDMs, RDMs]:
+    if isinstance(X, xr.DataArray) and isinstance(Y, xr.DataArray):
+        X, Y = align(X, Y)
+    a, b = _to_rdms(X, rdm_method), _to_rdms(Y, rdm_method)
+    if a.stimulus is not None and b.stimulus is not None and not np.array_equal(a.stimulus, b.stimulus):
+        b = b.reorder(a.stimulus)
+    if a.dissimilarities.shape[1] != b.dissimilarities.shape[1]:
+        raise NeuronscopeError(
+            f"X covers {a.n_stimuli} stimuli and Y {b.n_stimuli}; give the same stimuli"
+        )
+    return a, b
+
+
+def rsa(X: Any, Y: Any, rdm_method: str = "correlation", compare: str = "spearman") -> float:
+    """RSA score: the ``compare`` similarity of the RDMs of ``X`` and ``Y``.
+
+    Each side is a population (n, p) (RDM by ``rdm_method``, see :func:`rdm`), a condensed
+    RDM (1-D) or :class:`RDMs` (e.g. per-subject RDMs from :func:`load_rdms`; the score is then
+    averaged over all pairs). DataArrays and RDMs with stimulus ids are aligned by id.
+    """
+    a, b = _pair_rdms(X, Y, rdm_method)
+    return float(np.mean(compare_rdms(a, b, compare)))
+
+
+# --------------------------------------------------------------------------- noise ceiling
+
+
+def _pool(v: np.ndarray, method: str) -> np.ndarray:
+    """The RDM that best fits a stack under ``method`` (rsatoolbox ``pool_rdm``)."""
+    if method == "cosine":
+        v = v / np.sqrt(np.mean(v**2, axis=1, keepdims=True))
+        return v.mean(0)
+    if method == "pearson":
+        v = v - v.mean(axis=1, keepdims=True)
+        v = v / v.std(axis=1, keepdims=True)
+        p = v.mean(0)
+        return p - p.min()
+    return scipy.stats.rankdata(v, axis=1).mean(0)  # spearman, rho-a, kendall: averaged ranks
+
+
+def noise_ceiling(data: Any, method: str = "spearman", rdm_method: str = "correlation") -> tuple[float, float]:
+    """Lower and upper bound of the RSA noise ceiling (rsatoolbox ``boot_noise_ceiling``;
+    Nili et al. 2014, "A toolbox for representational similarity analysis").
+
+    ``data`` is several RDMs (one per subject / session: :class:`RDMs`, (k, m) or (k, n, n)),
+    or a population with ``stimulus`` and ``repeat`` labels (one RDM per repeat). With P(S)
+    the RDM pooled over subjects S for the comparator (mean of normalised RDMs or of ranks):
+    upper = mean_i compare(P(all), RDM_i), lower = mean_i compare(P(all \\ i), RDM_i).
+    """
+    method = _ALIASES.get(method, method)
+    if isinstance(data, xr.DataArray) and "repeat" in data.coords:
+        stack = rdms_from_repeats(data, rdm_method)
+    else:
+        stack = _as_rdm_stack(data)
+    v = stack.dissimilarities
+    if len(v) < 2:
+        raise NeuronscopeError("a noise ceiling needs at least 2 RDMs (subjects, sessions or repeats)")
+    full = _pool(v, method)
+    lo, up = [], []
+    for i in range(len(v)):
+        rest = np.delete(v, i, axis=0)
+        lo.append(compare_rdms(_pool(rest, method), v[i], method))
+        up.append(compare_rdms(full, v[i], method))
+    return float(np.mean(lo)), float(np.mean(up))
+
+
+# --------------------------------------------------------------------------- tRSA
+
+
+def geotopological_transform(d: Any, low: float = 0.0, up: float = 1.0) -> np.ndarray:
+    """Geo-topological transform of RDMs (Lin & Kriegeskorte 2023).
+
+    With l, u the ``low`` and ``up`` quantiles of each RDM's dissimilarities:
+    GT(d) = 0 for d < l, (d - l)/(u - l) for l <= d <= u, 1 for d > u. ``low=0, up=1`` is the
+    plain RDM rescaled to [0, 1] (an affine map, so RSA scores are unchanged). Returns the
+    same layout as given for a 1-D or (k, m) array; :class:`RDMs` give a (k, m) array.
+    """
+    if not 0.0 <= low < up <= 1.0:
+        raise NeuronscopeError("quantile thresholds need 0 <= low < up <= 1")
+    v = d.dissimilarities if isinstance(d, RDMs) else np.asarray(d, dtype=np.float64)
+    one = v.ndim == 1
+    v = np.atleast_2d(v)
+    lo = np.quantile(v, low, axis=1, keepdims=True)
+    hi = np.quantile(v, up, axis=1, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = np.clip((v - lo) / span, 0.0, 1.0)
+    out = np.where(v > hi, 1.0, out)
+    return out[0] if one else out
+
+
+def trsa(X: Any, Y: Any, low: float = 0.1, up: float = 0.9, rdm_method: str = "correlation",
+         compare: str = "pearson") -> float:
+    """Topological RSA (Lin & Kriegeskorte 2023): RSA on geo-topologically transformed RDMs
+    (:func:`geotopological_transform` with quantile thresholds ``low``, ``up``)."""
+    a, b = _pair_rdms(X, Y, rdm_method)
+    ga = RDMs(geotopological_transform(a, low, up))
+    gb = RDMs(geotopological_transform(b, low, up))
+    return float(np.mean(compare_rdms(ga, gb, compare)))
+
+
+# --------------------------------------------------------------------------- deconfounded RSA
+
+
+def deconfounded_rsa(X: Any, Y: Any, inputs: Any, rdm_method: str = "correlation",
+                     compare: str = "pearson") -> float:
+    """Deconfounded RSA (Cui et al. 2022, "Deconfounded Representation Similarity for
+    Comparison of Neural Networks").
+
+    Each representation's RDM d is regressed on the input-space RDM d₀ (OLS with intercept,
+    d = a + b d₀ + ε) and the residuals ε_X, ε_Y are compared with ``compare``. ``inputs`` is
+    the stimuli's input representation (n, r) or its condensed RDM.
+    """
+    a, b = _pair_rdms(X, Y, rdm_method)
+    z = _to_rdms(inputs, rdm_method).dissimilarities[0]
+    if z.shape[0] != a.dissimilarities.shape[1]:
+        raise NeuronscopeError("the input RDM covers different stimuli; give inputs for the same stimuli")
+    zc = z - z.mean()
+    zz = float(zc @ zc)
+    if zz <= 0:
+        raise NeuronscopeError("the input RDM is constant; give the stimuli's input features")
+
+    def resid(v: np.ndarray) -> np.ndarray:
+        vc = v - v.mean(axis=1, keepdims=True)
+        return vc - np.outer(vc @ zc / zz, zc)
+
+    ra, rb = resid(a.dissimilarities), resid(b.dissimilarities)
+    return float(np.mean(compare_rdms(RDMs(ra + 0.0), RDMs(rb + 0.0), compare)))

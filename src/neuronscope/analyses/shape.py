@@ -1,0 +1,215 @@
+"""Shape metrics: Procrustes and angular distances with partial whitening, and the
+stochastic shape metric.
+
+Williams, Kunz, Kornblith & Linderman (2021), "Generalized Shape Metrics on Neural
+Representations": after centering and the partial whitening
+φ_α(X) = X (α I + (1 - α) (XᵀX)^{-1/2}) (rescaled to keep the total variance, as in netrep),
+
+    Procrustes distance  d(X, Y) = min_{Q orthogonal} ‖φ(X) - φ(Y) Q‖_F
+                                 = sqrt(‖φX‖² + ‖φY‖² - 2 ‖φXᵀ φY‖_*),
+    angular distance     θ(X, Y) = arccos(‖φXᵀ φY‖_* / (‖φX‖_F ‖φY‖_F)),
+
+with populations of different widths zero-padded (implicit in the nuclear norm). Both are
+metrics (symmetric, triangle inequality) on representations modulo rotation.
+
+Duong, Zhou, Nassar, Berman, Olieslagers & Williams (2023), "Representational dissimilarity
+metric spaces for stochastic neural networks": the stochastic shape metric compares the
+response distributions N(μ_i, Σ_i) per stimulus (means and covariances over repeats).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from neuronscope.analyses.cka import _ata, _center
+from neuronscope.errors import NeuronscopeError
+from neuronscope.sources.brain import ArrayLike, _id_coord, paired, to_matrix
+
+_EIG_TOL = 1e-10
+
+
+def _principal_scores(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores P (n, r) with PᵀP = diag(λ), a rotation of centered ``xc`` (rank-r part)."""
+    n, p = xc.shape
+    if p <= n:
+        lam, v = np.linalg.eigh(_ata(xc))
+        lam = np.maximum(lam[::-1], 0.0)
+        v = v[:, ::-1]
+        keep = lam > _EIG_TOL * max(lam[0], 1e-300)
+        return xc.astype(np.float64) @ v[:, keep], lam[keep]
+    u, s, _ = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+    lam = s**2
+    keep = lam > _EIG_TOL * max(lam[0], 1e-300)
+    return u[:, keep] * s[keep], lam[keep]
+
+
+def partial_whiten(X: ArrayLike, alpha: float = 1.0) -> np.ndarray:
+    """φ_α of a centered population, returned as principal scores (a rotation of X φ_α).
+
+    Scale d_k = α + (1 - α) λ_k^{-1/2} on principal axis k (λ_k eigenvalues of XᵀX, null
+    directions dropped), rescaled so the total variance is preserved (netrep ``whiten``).
+    ``alpha=1``: no whitening; ``alpha=0``: full whitening (CCA-like).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise NeuronscopeError("alpha must be in [0, 1] (1 = no whitening, 0 = full whitening)")
+    xc = _center(to_matrix(X))
+    scores, lam = _principal_scores(xc)
+    if lam.size == 0:
+        raise NeuronscopeError("population has zero variance across stimuli (all columns constant)")
+    return scores * whiten_scale(lam, alpha)
+
+
+def whiten_scale(lam: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-axis scale of φ_α: d_k = α + (1 - α) λ_k^{-1/2}, rescaled so Σ d_k² λ_k = Σ λ_k."""
+    if alpha >= 1.0:
+        return np.ones_like(lam)
+    d = alpha + (1.0 - alpha) * lam**-0.5
+    return d * np.sqrt(lam.sum() / float(np.sum(d**2 * lam)))
+
+
+def _nuclear(a: np.ndarray) -> float:
+    return float(np.linalg.svd(a, compute_uv=False).sum()) if a.size else 0.0
+
+
+def _shape_terms(X: ArrayLike, Y: ArrayLike, alpha: float, normalize: bool) -> tuple[float, float, float]:
+    x, y = paired(X, Y)
+    px, py = partial_whiten(x, alpha), partial_whiten(y, alpha)
+    if normalize:
+        px, py = px / np.linalg.norm(px), py / np.linalg.norm(py)
+    return float(np.sum(px**2)), float(np.sum(py**2)), _nuclear(px.T @ py)
+
+
+def procrustes_distance(X: ArrayLike, Y: ArrayLike, alpha: float = 1.0, normalize: bool = False) -> float:
+    """Orthogonal Procrustes distance min_Q ‖φ_α(X) - φ_α(Y) Q‖_F (Williams et al. 2021).
+
+    = sqrt(‖φX‖²_F + ‖φY‖²_F - 2 ‖φXᵀφY‖_*) after centering; ``alpha`` is the partial
+    whitening (1 = none), ``normalize`` scales both to unit Frobenius norm first. 0 between
+    a population and its rotated (or reflected, translated) copy; symmetric; triangle inequality.
+    """
+    xx, yy, nuc = _shape_terms(X, Y, alpha, normalize)
+    return float(np.sqrt(max(xx + yy - 2.0 * nuc, 0.0)))
+
+
+def angular_shape_distance(X: ArrayLike, Y: ArrayLike, alpha: float = 1.0) -> float:
+    """Angular shape metric θ = arccos(‖φXᵀφY‖_* / (‖φX‖_F ‖φY‖_F)) (Williams et al. 2021),
+    in radians [0, π/2]; invariant to rotation, translation and isotropic scaling."""
+    xx, yy, nuc = _shape_terms(X, Y, alpha, False)
+    return float(np.arccos(np.clip(nuc / np.sqrt(xx * yy), -1.0, 1.0)))
+
+
+# --------------------------------------------------------------------------- stochastic
+
+
+def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(means (M, r), covariances (M, r, r)) of the responses to each stimulus over repeats."""
+    if isinstance(X, tuple) and len(X) == 2:
+        mu, cov = np.asarray(X[0], dtype=np.float64), np.asarray(X[1], dtype=np.float64)
+        if mu.ndim != 2 or cov.shape != (mu.shape[0], mu.shape[1], mu.shape[1]):
+            raise NeuronscopeError("give (means (M, p), covariances (M, p, p)) for a Gaussian population")
+        return mu, cov
+    if isinstance(X, xr.DataArray):
+        by = _id_coord(X)
+        if by is None or "repeat" not in X.coords:
+            raise NeuronscopeError("stochastic shape metrics need `stimulus` and `repeat` coordinates")
+        stimulus, repeat = np.asarray(X.coords[by].values), np.asarray(X.coords["repeat"].values)
+        X = to_matrix(X)
+    a = np.asarray(X, dtype=np.float64)
+    if a.ndim == 2:
+        if stimulus is None:
+            raise NeuronscopeError("give (stimuli, repeats, neurons) responses or stimulus/repeat labels")
+        from neuronscope.analyses.rsa import _split_repeats
+
+        a = np.transpose(_split_repeats(a, stimulus, repeat)[0], (1, 0, 2))
+    if a.ndim != 3 or a.shape[1] < 2:
+        raise NeuronscopeError("stochastic shape metrics need responses (stimuli, repeats >= 2, neurons)")
+    if not np.isfinite(a).all():
+        raise NeuronscopeError("responses contain NaN or Inf; drop or impute those values first")
+    m, r, p = a.shape
+    if m < 3:
+        raise NeuronscopeError(f"{m} stimuli; comparisons need at least 3 stimuli")
+    flat = a.reshape(m * r, p)
+    flat = flat - flat.mean(0)
+    if p > m * r:  # lossless rotation onto the span of all responses
+        u, s, _ = np.linalg.svd(flat, full_matrices=False)
+        keep = s > _EIG_TOL * s[0]
+        flat = u[:, keep] * s[keep]
+    a = flat.reshape(m, r, -1)
+    mu = a.mean(1)
+    dev = a - mu[:, None]
+    cov = np.einsum("mri,mrj->mij", dev, dev) / (r - 1)
+    return mu, cov
+
+
+def _psd_sqrt(c: np.ndarray) -> np.ndarray:
+    lam, v = np.linalg.eigh(c)
+    return (v * np.sqrt(np.maximum(lam, 0.0))[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def _polar(m: np.ndarray) -> np.ndarray:
+    """The orthogonal factor U Vᵀ of m = U S Vᵀ (maximises tr(Qᵀ m) over orthogonal Q)."""
+    u, _, vt = np.linalg.svd(m)
+    return u @ vt
+
+
+def stochastic_shape_distance(
+    X: Any, Y: Any, alpha: float = 1.0, max_iter: int = 200, tol: float = 1e-10,
+) -> float:
+    """Stochastic shape distance between noisy populations (Duong et al. 2023).
+
+    Each side is (stimuli, repeats, neurons) responses, a DataArray with ``stimulus`` and
+    ``repeat`` coordinates, or a tuple (means (M, p), covariances (M, p, p)). Per stimulus i
+    the response is summarised as N(μ_i, Σ_i) (centered across stimuli; neurons of different
+    counts zero-padded) and
+
+        d²(X, Y) = min_{T orthogonal} (1/M) Σ_i [α ‖μ^x_i - T μ^y_i‖²
+                                            + (2 - α) B²(Σ^x_i, T Σ^y_i Tᵀ)],
+
+    with the Bures distance B²(A, B) = tr A + tr B - 2 tr (A^{1/2} B A^{1/2})^{1/2}. ``alpha=1``
+    is the mean squared 2-Wasserstein distance, ``alpha=2`` the (scaled) Procrustes distance of
+    the means, ``alpha=0`` compares the noise only. Since B(A, B) = min_U ‖A^{1/2} - B^{1/2} U‖,
+    T is found by alternating Procrustes steps over T and the per-stimulus U_i (each step
+    lowers d², started from the alignment of the means).
+    """
+    if not 0.0 <= alpha <= 2.0:
+        raise NeuronscopeError("alpha must be in [0, 2] (2 = means only, 0 = covariances only)")
+    mx, cx = _gaussian_stats(X)
+    my, cy = _gaussian_stats(Y)
+    if mx.shape[0] != my.shape[0]:
+        raise NeuronscopeError(f"{mx.shape[0]} vs {my.shape[0]} stimuli; give the same stimuli")
+    mx, my = mx - mx.mean(0), my - my.mean(0)
+    r = max(mx.shape[1], my.shape[1])
+
+    def pad(mu: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = r - mu.shape[1]
+        return np.pad(mu, ((0, 0), (0, k))), np.pad(c, ((0, 0), (0, k), (0, k)))
+
+    (mx, cx), (my, cy) = pad(mx, cx), pad(my, cy)
+    sx, sy = _psd_sqrt(cx), _psd_sqrt(cy)
+    m = mx.shape[0]
+    wa, wb = np.sqrt(alpha), np.sqrt(2.0 - alpha)
+
+    def objective(t: np.ndarray) -> float:
+        ty = np.einsum("ij,mjk->mik", t, sy)  # T Σy^{1/2}
+        nuc = sum(_nuclear(sx[i].T @ ty[i]) for i in range(m))
+        bures = np.trace(cx, axis1=1, axis2=2).sum() + np.trace(cy, axis1=1, axis2=2).sum() - 2 * nuc
+        mean_term = np.sum((mx - my @ t.T) ** 2)
+        return float(alpha * mean_term + (2.0 - alpha) * bures) / m
+
+    t = _polar(mx.T @ my) if alpha > 0 and np.any(mx) and np.any(my) else np.eye(r)
+    best = objective(t)
+    for _ in range(max_iter):
+        ty = np.einsum("ij,mjk->mik", t, sy)
+        us = np.stack([_polar(ty[i].T @ sx[i]) for i in range(m)])  # optimal U_i given T
+        ax = np.concatenate([wa * mx.T] + [wb * sx[i] for i in range(m)], axis=1)
+        by = np.concatenate([wa * my.T] + [wb * sy[i] @ us[i] for i in range(m)], axis=1)
+        t_new = _polar(ax @ by.T)
+        val = objective(t_new)
+        if val > best - tol * max(best, 1.0):
+            if val < best:
+                t, best = t_new, val
+            break
+        t, best = t_new, val
+    return float(np.sqrt(max(best, 0.0)))

@@ -1,0 +1,373 @@
+"""Streaming cross-products of two populations seen on the same samples.
+
+``CrossProducts`` accumulates ``n``, ``Σx``, ``Σy``, ``Σx²``, ``Σy²`` and ``ΣxᵀY`` (and, with
+``gram=True``, ``ΣxᵀX`` and ``ΣyᵀY``) batch by batch, so the full neuron × neuron Pearson
+correlation between two populations (two models recorded in lockstep, or a model and a
+brain) is available without storing activations:
+
+    r_ij = (Σx_i y_j − Σx_i Σy_j / n) / sqrt((Σx_i² − (Σx_i)²/n) (Σy_j² − (Σy_j)²/n))
+
+Numerics: the products are float32 GEMMs (BLAS ``sgemm``) over blocks of ``block_rows``
+samples; every block result is added into float64 accumulators. To keep float32 products
+free of cancellation the data are shifted by a fixed per-neuron offset (the float32 mean of
+the first batch), i.e. the accumulators hold ``Σ(x−s)(y−t)ᵀ`` etc.; the raw sums are exactly
+recoverable (``result()``) and ``merge`` converts between offsets. Incoming rows are
+shifted into a preallocated buffer of ``block_rows`` rows so the GEMMs stay large whatever
+the batch size (the buffer is ``block_rows × (nx + ny)`` float32; by default ``block_rows``
+is chosen so it stays under ``max_temp_bytes``, between 256 and 4096 rows). Wide outputs are computed in column blocks so the
+float32 temporary stays under ``max_temp_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.base import Samples, register
+
+_FIELDS = ("sx", "sy", "sxx", "syy", "sxy")
+_GRAM_FIELDS = ("gxx", "gyy")
+
+
+@register
+class CrossProducts:
+    """Mergeable ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` (+ optional ``ΣxᵀX, ΣyᵀY``) of two populations.
+
+    ``update(acts, samples)`` follows the Summary protocol with ``acts = [x | y]`` (columns
+    ``:nx`` are x, the rest y); ``update_pair(x, y)`` takes the two halves directly.
+    """
+
+    kind: ClassVar[str] = "crossprod"
+
+    def __init__(
+        self,
+        nx: int,
+        ny: int,
+        gram: bool = False,
+        block_rows: int | None = None,
+        max_temp_bytes: int = 64 << 20,
+    ):
+        if nx < 1 or ny < 1:
+            raise NeuronscopeError("CrossProducts needs at least one neuron on each side")
+        if block_rows is None:
+            block_rows = int(np.clip(max_temp_bytes // (4 * (nx + ny)), 256, 4096))
+        if block_rows < 1:
+            raise NeuronscopeError("block_rows must be a positive integer")
+        self.nx, self.ny, self.gram = int(nx), int(ny), bool(gram)
+        self.block_rows = int(block_rows)
+        self.max_temp_bytes = int(max_temp_bytes)
+        self.n = 0
+        self.shift_x: np.ndarray | None = None  # float32 offsets, fixed once set
+        self.shift_y: np.ndarray | None = None
+        self.sx = np.zeros(nx)
+        self.sy = np.zeros(ny)
+        self.sxx = np.zeros(nx)
+        self.syy = np.zeros(ny)
+        self.sxy = np.zeros((nx, ny))
+        self.gxx = np.zeros((nx, nx)) if gram else None
+        self.gyy = np.zeros((ny, ny)) if gram else None
+        # rows already shifted, waiting for a full block (allocated on first use)
+        self._buf_x: np.ndarray | None = None
+        self._buf_y: np.ndarray | None = None
+        self._buf_n = 0
+        self._tmp: np.ndarray | None = None  # float32 GEMM output, reused across blocks
+
+    # ------------------------------------------------------------------ updates
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, gram: bool = False, **kw: Any) -> Self:
+        """Cross-products of two in-memory populations ``x (n, nx)``, ``y (n, ny)``."""
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != 2 or y.ndim != 2:
+            raise NeuronscopeError("from_arrays needs two 2-D arrays (samples × neurons)")
+        cp = cls(x.shape[1], y.shape[1], gram=gram, **kw)
+        cp.update_pair(x, y)
+        cp.flush()
+        return cp
+
+    def update(self, acts: np.ndarray, samples: Samples | None = None) -> None:
+        """Summary protocol: ``acts`` is ``[x | y]`` float32 ``(n, nx + ny)``."""
+        if acts.ndim != 2 or acts.shape[1] != self.nx + self.ny:
+            raise NeuronscopeError(
+                f"CrossProducts expects {self.nx}+{self.ny} columns, got shape {acts.shape}"
+            )
+        self.update_pair(acts[:, : self.nx], acts[:, self.nx :])
+
+    def update_pair(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Fold in one batch of the two populations on the same ``n`` samples."""
+        if x.ndim != 2 or y.ndim != 2 or x.shape[1] != self.nx or y.shape[1] != self.ny:
+            raise NeuronscopeError(
+                f"CrossProducts({self.nx}, {self.ny}) got x {x.shape} and y {y.shape}"
+            )
+        if len(x) != len(y):
+            raise NeuronscopeError(
+                f"x and y must hold the same samples; got {len(x)} and {len(y)} rows"
+            )
+        if len(x) == 0:
+            return
+        if self.shift_x is None:
+            self.shift_x = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+            self.shift_y = y.mean(axis=0, dtype=np.float64).astype(np.float32)
+        if self._buf_x is None:
+            self._buf_x = np.empty((self.block_rows, self.nx), np.float32)
+            self._buf_y = np.empty((self.block_rows, self.ny), np.float32)
+        r0 = 0
+        while r0 < len(x):
+            k = min(len(x) - r0, self.block_rows - self._buf_n)
+            rows = slice(self._buf_n, self._buf_n + k)
+            np.subtract(x[r0 : r0 + k], self.shift_x, out=self._buf_x[rows], casting="unsafe")
+            np.subtract(y[r0 : r0 + k], self.shift_y, out=self._buf_y[rows], casting="unsafe")
+            self._buf_n += k
+            r0 += k
+            if self._buf_n == self.block_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        """Fold buffered rows into the float64 accumulators (done by result/state/merge)."""
+        if self._buf_n == 0:
+            return
+        xs, ys = self._buf_x[: self._buf_n], self._buf_y[: self._buf_n]
+        self.n += self._buf_n
+        self._buf_n = 0
+        self.sx += xs.sum(axis=0, dtype=np.float64)
+        self.sy += ys.sum(axis=0, dtype=np.float64)
+        self.sxx += np.einsum("ij,ij->j", xs, xs, dtype=np.float64)
+        self.syy += np.einsum("ij,ij->j", ys, ys, dtype=np.float64)
+        self._gemm_into(self.sxy, xs, ys)
+        if self.gram:
+            self._gemm_into(self.gxx, xs, xs)
+            self._gemm_into(self.gyy, ys, ys)
+
+    def _gemm_into(self, acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """``acc += aᵀb`` with float32 sgemm in column blocks, float64 accumulation."""
+        ncols = b.shape[1]
+        step = max(1, min(ncols, self.max_temp_bytes // (4 * a.shape[1])))
+        if self._tmp is None or self._tmp.size < a.shape[1] * step:
+            self._tmp = np.empty(a.shape[1] * step, np.float32)
+        at = a.T
+        for c0 in range(0, ncols, step):
+            bb = b[:, c0 : c0 + step]
+            tmp = self._tmp[: a.shape[1] * bb.shape[1]].reshape(a.shape[1], bb.shape[1])
+            np.matmul(at, bb, out=tmp)
+            acc[:, c0 : c0 + step] += tmp
+
+    # ------------------------------------------------------------------ merge / state
+    def _rebase(self, shift_x: np.ndarray, shift_y: np.ndarray) -> None:
+        """Re-express the accumulators about new offsets (exact algebra on the sums)."""
+        if self.shift_x is None:
+            self.shift_x, self.shift_y = shift_x, shift_y
+            return
+        a = self.shift_x.astype(np.float64) - shift_x.astype(np.float64)
+        b = self.shift_y.astype(np.float64) - shift_y.astype(np.float64)
+        n = self.n
+        self.sxy += np.outer(self.sx, b) + np.outer(a, self.sy) + n * np.outer(a, b)
+        if self.gram:
+            self.gxx += np.outer(self.sx, a) + np.outer(a, self.sx) + n * np.outer(a, a)
+            self.gyy += np.outer(self.sy, b) + np.outer(b, self.sy) + n * np.outer(b, b)
+        self.sxx += 2 * a * self.sx + n * a * a
+        self.syy += 2 * b * self.sy + n * b * b
+        self.sx += n * a
+        self.sy += n * b
+        self.shift_x, self.shift_y = shift_x, shift_y
+
+    def merge(self, other: Self) -> Self:
+        """Fold in the cross-products of disjoint samples (in place); return ``self``."""
+        if (other.nx, other.ny) != (self.nx, self.ny):
+            raise NeuronscopeError(
+                f"cannot merge CrossProducts({other.nx}, {other.ny}) into ({self.nx}, {self.ny})"
+            )
+        if self.gram and not other.gram:
+            raise NeuronscopeError("cannot merge a CrossProducts without gram into one with gram")
+        self.flush()
+        other.flush()
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self.shift_x, self.shift_y = other.shift_x.copy(), other.shift_y.copy()
+        o = CrossProducts.from_state(*other.state())
+        o._rebase(self.shift_x, self.shift_y)
+        self.n += o.n
+        for f in _FIELDS:
+            getattr(self, f).__iadd__(getattr(o, f))
+        if self.gram:
+            self.gxx += o.gxx
+            self.gyy += o.gyy
+        return self
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays (offsets and shifted sums) and JSON attrs that rebuild this summary."""
+        self.flush()
+        arrays = {f: getattr(self, f) for f in _FIELDS}
+        if self.gram:
+            arrays.update(gxx=self.gxx, gyy=self.gyy)
+        if self.shift_x is not None:
+            arrays.update(shift_x=self.shift_x, shift_y=self.shift_y)
+        attrs = {
+            "kind": self.kind,
+            "nx": self.nx,
+            "ny": self.ny,
+            "gram": self.gram,
+            "n": int(self.n),
+            "block_rows": self.block_rows,
+            "max_temp_bytes": self.max_temp_bytes,
+        }
+        return arrays, attrs
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
+        """Rebuild from ``state()`` (arrays are copied)."""
+        cp = cls(
+            attrs["nx"],
+            attrs["ny"],
+            gram=attrs["gram"],
+            block_rows=attrs.get("block_rows"),
+            max_temp_bytes=attrs.get("max_temp_bytes", 64 << 20),
+        )
+        cp.n = int(attrs["n"])
+        for f in _FIELDS + (_GRAM_FIELDS if cp.gram else ()):
+            setattr(cp, f, np.array(arrays[f], dtype=np.float64))
+        if "shift_x" in arrays:
+            cp.shift_x = np.array(arrays["shift_x"], dtype=np.float32)
+            cp.shift_y = np.array(arrays["shift_y"], dtype=np.float32)
+        return cp
+
+    # ------------------------------------------------------------------ results
+    def result(self) -> dict[str, np.ndarray]:
+        """Raw sums ``n, sum_x, sum_y, sum_x2, sum_y2, sum_xy`` (+ ``sum_xx, sum_yy`` with
+        gram), the means and the Pearson ``correlation`` (nx, ny)."""
+        self.flush()
+        sx0 = np.zeros(self.nx) if self.shift_x is None else self.shift_x.astype(np.float64)
+        sy0 = np.zeros(self.ny) if self.shift_y is None else self.shift_y.astype(np.float64)
+        n = self.n
+        out = {
+            "n": np.array(n, dtype=np.int64),
+            "sum_x": self.sx + n * sx0,
+            "sum_y": self.sy + n * sy0,
+            "sum_x2": self.sxx + 2 * sx0 * self.sx + n * sx0 * sx0,
+            "sum_y2": self.syy + 2 * sy0 * self.sy + n * sy0 * sy0,
+            "sum_xy": self.sxy
+            + np.outer(sx0, self.sy)
+            + np.outer(self.sx, sy0)
+            + n * np.outer(sx0, sy0),
+            "mean_x": self.mean_x(),
+            "mean_y": self.mean_y(),
+            "correlation": self.correlation(),
+        }
+        if self.gram:
+            out["sum_xx"] = (
+                self.gxx + np.outer(sx0, self.sx) + np.outer(self.sx, sx0) + n * np.outer(sx0, sx0)
+            )
+            out["sum_yy"] = (
+                self.gyy + np.outer(sy0, self.sy) + np.outer(self.sy, sy0) + n * np.outer(sy0, sy0)
+            )
+        return out
+
+    def _need_samples(self, k: int = 2) -> None:
+        self.flush()
+        if self.n < k:
+            raise NeuronscopeError(
+                f"cross-products hold {self.n} samples; record at least {k} to get statistics"
+            )
+
+    def mean_x(self) -> np.ndarray:
+        """Per-neuron mean of x."""
+        self._need_samples(1)
+        return self.shift_x.astype(np.float64) + self.sx / self.n
+
+    def mean_y(self) -> np.ndarray:
+        """Per-neuron mean of y."""
+        self._need_samples(1)
+        return self.shift_y.astype(np.float64) + self.sy / self.n
+
+    def var_x(self) -> np.ndarray:
+        """Per-neuron sample variance of x (ddof=1): ``(Σx² − (Σx)²/n)/(n−1)``."""
+        self._need_samples()
+        return np.maximum(self.sxx - self.sx**2 / self.n, 0.0) / (self.n - 1)
+
+    def var_y(self) -> np.ndarray:
+        """Per-neuron sample variance of y (ddof=1)."""
+        self._need_samples()
+        return np.maximum(self.syy - self.sy**2 / self.n, 0.0) / (self.n - 1)
+
+    def cov_xy(self) -> np.ndarray:
+        """Sample cross-covariance (nx, ny): ``(ΣxᵀY − Σx Σyᵀ/n)/(n−1)``."""
+        self._need_samples()
+        return (self.sxy - np.outer(self.sx, self.sy) / self.n) / (self.n - 1)
+
+    def cov_xx(self) -> np.ndarray:
+        """Sample covariance of x (nx, nx); needs ``gram=True``."""
+        self._need_gram()
+        return (self.gxx - np.outer(self.sx, self.sx) / self.n) / (self.n - 1)
+
+    def cov_yy(self) -> np.ndarray:
+        """Sample covariance of y (ny, ny); needs ``gram=True``."""
+        self._need_gram()
+        return (self.gyy - np.outer(self.sy, self.sy) / self.n) / (self.n - 1)
+
+    def _need_gram(self) -> None:
+        self._need_samples()
+        if not self.gram:
+            raise NeuronscopeError(
+                "within-population covariances need CrossProducts(gram=True) "
+                "(record with within=True)"
+            )
+
+    def correlation(self) -> np.ndarray:
+        """Pearson correlation (nx, ny); NaN where a neuron has zero variance."""
+        self._need_samples()
+        return _corr(self.cov_xy(), self.var_x(), self.var_y())
+
+    def corr_xx(self) -> np.ndarray:
+        """Pearson correlation among the x neurons (needs ``gram=True``)."""
+        v = self.var_x()
+        return _corr(self.cov_xx(), v, v)
+
+    def corr_yy(self) -> np.ndarray:
+        """Pearson correlation among the y neurons (needs ``gram=True``)."""
+        v = self.var_y()
+        return _corr(self.cov_yy(), v, v)
+
+    # ------------------------------------------------------------------ views
+    def subset(self, rows: slice | np.ndarray | None = None, cols: slice | np.ndarray | None = None) -> Self:
+        """The cross-products of a subset of x neurons (``rows``) and y neurons (``cols``)."""
+        self.flush()
+        rows = slice(None) if rows is None else rows
+        cols = slice(None) if cols is None else cols
+        ix = np.arange(self.nx)[rows]
+        iy = np.arange(self.ny)[cols]
+        cp = type(self)(len(ix), len(iy), gram=self.gram, block_rows=self.block_rows,
+                        max_temp_bytes=self.max_temp_bytes)
+        cp.n = self.n
+        if self.shift_x is not None:
+            cp.shift_x, cp.shift_y = self.shift_x[ix].copy(), self.shift_y[iy].copy()
+        cp.sx, cp.sxx = self.sx[ix].copy(), self.sxx[ix].copy()
+        cp.sy, cp.syy = self.sy[iy].copy(), self.syy[iy].copy()
+        cp.sxy = self.sxy[np.ix_(ix, iy)].copy()
+        if self.gram:
+            cp.gxx = self.gxx[np.ix_(ix, ix)].copy()
+            cp.gyy = self.gyy[np.ix_(iy, iy)].copy()
+        return cp
+
+    def transpose(self) -> Self:
+        """The same cross-products with the roles of x and y swapped."""
+        self.flush()
+        cp = type(self)(self.ny, self.nx, gram=self.gram, block_rows=self.block_rows,
+                        max_temp_bytes=self.max_temp_bytes)
+        cp.n = self.n
+        cp.shift_x, cp.shift_y = self.shift_y, self.shift_x
+        cp.sx, cp.sy, cp.sxx, cp.syy = self.sy.copy(), self.sx.copy(), self.syy.copy(), self.sxx.copy()
+        cp.sxy = self.sxy.T.copy()
+        if self.gram:
+            cp.gxx, cp.gyy = self.gyy.copy(), self.gxx.copy()
+        return cp
+
+
+def _corr(cov: np.ndarray, var_a: np.ndarray, var_b: np.ndarray) -> np.ndarray:
+    sa = np.sqrt(var_a)
+    sb = np.sqrt(var_b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = cov / np.outer(sa, sb)
+    r[(sa == 0)[:, None] | (sb == 0)[None, :]] = np.nan
+    return np.clip(r, -1.0, 1.0)

@@ -1,0 +1,190 @@
+"""Firing counts: per neuron (a > 0 and |a| > t), per token (share of the site active),
+and per label value (the input of LAPE)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.kernels import Batch, as_batch, col_count, group_sum
+
+
+@register
+class Firing:
+    """How often each neuron is active, and how much of the site is active per token.
+
+    * ``pos_count[u] = #{samples: a_u > 0}`` — activation as "non-zero after ReLU"
+      (Voita et al., *Neurons in LLMs: Dead, N-gram, Positional*; Li et al., *The
+      Lazy Neuron Phenomenon*).
+    * ``abs_count[j, u] = #{samples: |a_u| > t_j}`` — the magnitude-threshold
+      definition of activation for non-ReLU nets (Zhang et al., *ReLU² Wins*).
+    * per token ``f = #{u: a_u > 0} / units``: kept as ``active_frac_sum = sum f``
+      and ``tokens``, so the mean share of active neurons per token (the Lazy-neuron
+      figure) is ``active_frac_sum / tokens``; plus ``frac_hist``, a histogram of
+      ``f`` over ``frac_bins`` equal bins of [0, 1] (``f = 1`` in the last bin).
+
+    All counts are integers, so merge is exact in any order.
+    """
+
+    kind = "firing"
+
+    def __init__(self, units: int, thresholds: Sequence[float] = (), frac_bins: int = 20) -> None:
+        self.units = int(units)
+        self.thresholds = np.asarray(sorted(float(t) for t in thresholds), dtype=np.float64)
+        if np.any(self.thresholds < 0):
+            raise NeuronscopeError("magnitude thresholds must be >= 0 (they compare |a| > t)")
+        self.frac_bins = int(frac_bins)
+        if self.frac_bins < 1:
+            raise NeuronscopeError("frac_bins must be >= 1")
+        self.pos_count = np.zeros(self.units, dtype=np.int64)
+        self.abs_count = np.zeros((len(self.thresholds), self.units), dtype=np.int64)
+        self.active_frac_sum = 0.0
+        self.tokens = 0
+        self.frac_hist = np.zeros(self.frac_bins, dtype=np.int64)
+
+    def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
+        """Fold in a float32 ``(n, units)`` batch."""
+        b = as_batch(acts, samples)
+        if b.acts.shape[1] != self.units:
+            raise NeuronscopeError(f"batch has {b.acts.shape[1]} units, summary has {self.units}")
+        if b.n == 0:
+            return
+        self.pos_count += col_count(b.pos_mask)
+        if len(self.thresholds):
+            absa = b.abs
+            for j, t in enumerate(self.thresholds.astype(np.float32)):
+                self.abs_count[j] += col_count(absa > t)
+        per_row = b.pos_row_count
+        self.active_frac_sum += float(per_row.sum()) / self.units
+        self.tokens += b.n
+        bins = np.minimum(per_row * self.frac_bins // self.units, self.frac_bins - 1)
+        self.frac_hist += np.bincount(bins, minlength=self.frac_bins)
+
+    def merge(self, other: Self) -> Self:
+        """Add the counts of a summary of disjoint samples."""
+        if other.units != self.units or not np.array_equal(other.thresholds, self.thresholds):
+            raise NeuronscopeError("cannot merge firing counts with different units or thresholds")
+        if other.frac_bins != self.frac_bins:
+            raise NeuronscopeError("cannot merge firing counts with different frac_bins")
+        self.pos_count += other.pos_count
+        self.abs_count += other.abs_count
+        self.active_frac_sum += other.active_frac_sum
+        self.tokens += other.tokens
+        self.frac_hist += other.frac_hist
+        return self
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``thresholds`` (T,), ``pos_count`` (units,), ``abs_count`` (T, units),
+        ``active_frac_sum`` (), ``tokens`` (), ``frac_hist`` (frac_bins,), ``frac_edges``."""
+        return {
+            "thresholds": self.thresholds.copy(),
+            "pos_count": self.pos_count.copy(),
+            "abs_count": self.abs_count.copy(),
+            "active_frac_sum": np.float64(self.active_frac_sum),
+            "tokens": np.int64(self.tokens),
+            "frac_hist": self.frac_hist.copy(),
+            "frac_edges": np.linspace(0.0, 1.0, self.frac_bins + 1),
+        }
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Count arrays plus ``active_frac_sum``/``tokens`` as (1,) arrays; attrs hold config."""
+        arrays = {
+            "pos_count": self.pos_count,
+            "abs_count": self.abs_count,
+            "active_frac_sum": np.array([self.active_frac_sum], dtype=np.float64),
+            "tokens": np.array([self.tokens], dtype=np.int64),
+            "frac_hist": self.frac_hist,
+        }
+        attrs = {
+            "kind": self.kind,
+            "units": self.units,
+            "thresholds": self.thresholds.tolist(),
+            "frac_bins": self.frac_bins,
+        }
+        return arrays, attrs
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`state`."""
+        self = cls(int(attrs["units"]), attrs["thresholds"], int(attrs["frac_bins"]))
+        self.pos_count = np.array(arrays["pos_count"], dtype=np.int64)
+        self.abs_count = np.array(arrays["abs_count"], dtype=np.int64).reshape(
+            len(self.thresholds), self.units
+        )
+        self.active_frac_sum = float(np.asarray(arrays["active_frac_sum"]).reshape(-1)[0])
+        self.tokens = int(np.asarray(arrays["tokens"]).reshape(-1)[0])
+        self.frac_hist = np.array(arrays["frac_hist"], dtype=np.int64)
+        return self
+
+
+@register
+class LabelFiring:
+    """Firing counts (``a > 0``) per value of one label field — the statistics of LAPE.
+
+    ``count[c, u] = #{samples with label c: a_u > 0}`` and ``n[c] = #{samples with
+    label c}``, so the activation probability of neuron ``u`` on language ``c`` is
+    ``count[c, u] / n[c]`` (Tang et al., *Language-Specific Neurons*, LAPE). Labels
+    arrive as int64 codes into ``categories``; codes outside ``[0, C)`` (e.g. -1 for
+    unlabeled) are not counted.
+    """
+
+    kind = "labels"
+
+    def __init__(self, units: int, field: str, categories: Sequence[str]) -> None:
+        self.units = int(units)
+        self.field = str(field)
+        self.categories = [str(c) for c in categories]
+        if not self.categories:
+            raise NeuronscopeError(f"label field {field!r} needs at least one category")
+        self.count = np.zeros((len(self.categories), self.units), dtype=np.int64)
+        self.n = np.zeros(len(self.categories), dtype=np.int64)
+
+    def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
+        """Fold in a batch; ``samples[field]`` holds the int64 label codes."""
+        b = as_batch(acts, samples)
+        codes = b.coord(self.field)
+        if codes is None:
+            raise NeuronscopeError(
+                f"samples lack label field {self.field!r}; drop it from SummaryConfig.label_fields"
+            )
+        if b.n == 0:
+            return
+        n_cat = len(self.categories)
+        groups, sums = group_sum(b.pos_mask_f32, codes, n_cat)
+        self.count[groups] += sums.astype(np.int64)
+        valid = codes[(codes >= 0) & (codes < n_cat)]
+        self.n += np.bincount(valid, minlength=n_cat)
+
+    def merge(self, other: Self) -> Self:
+        """Add the counts of a summary of disjoint samples."""
+        if other.categories != self.categories or other.units != self.units:
+            raise NeuronscopeError(f"cannot merge label counts of {self.field!r}: categories differ")
+        self.count += other.count
+        self.n += other.n
+        return self
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``count`` (C, units) int64 and ``n`` (C,) int64."""
+        return {"count": self.count.copy(), "n": self.n.copy()}
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays ``count``, ``n``; attrs ``units``, ``field``, ``categories``."""
+        attrs = {
+            "kind": self.kind,
+            "units": self.units,
+            "field": self.field,
+            "categories": list(self.categories),
+        }
+        return {"count": self.count, "n": self.n}, attrs
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`state`."""
+        self = cls(int(attrs["units"]), attrs["field"], attrs["categories"])
+        self.count = np.array(arrays["count"], dtype=np.int64)
+        self.n = np.array(arrays["n"], dtype=np.int64)
+        return self

@@ -1,0 +1,143 @@
+"""Vectorised kernels shared by the summaries, and the per-batch view they read.
+
+Each kernel is one or two passes over a ``(n, units)`` batch; no Python loop over
+samples or neurons. Group-by sums are a sparse one-hot product (``scipy.sparse``,
+single-threaded: ``torch.index_add_`` was 16x slower with 2 intra-op threads).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.base import Samples
+
+#: rows per uint8 partial count: 255 ones still fit in a uint8.
+_U8_CHUNK = 255
+#: float32 represents every integer below 2**24 exactly: cap for float32 count sums.
+_F32_EXACT = 1 << 24
+
+
+def col_count(mask: np.ndarray) -> np.ndarray:
+    """Number of True entries per column of a 2-D bool array, as int64 ``(units,)``.
+
+    Adds rows in uint8 blocks of 255 (no overflow, no dtype cast) and the block
+    totals in int64: ~10x faster than ``mask.sum(axis=0)``.
+    """
+    m8 = mask.view(np.uint8)
+    n, units = m8.shape
+    full = (n // _U8_CHUNK) * _U8_CHUNK
+    out = np.zeros(units, dtype=np.int64)
+    if full:
+        blocks = np.add.reduce(m8[:full].reshape(-1, _U8_CHUNK, units), axis=1, dtype=np.uint8)
+        out += blocks.sum(axis=0, dtype=np.int64)
+    if full < n:
+        out += np.add.reduce(m8[full:], axis=0, dtype=np.uint16)
+    return out
+
+
+def row_count(mask: np.ndarray) -> np.ndarray:
+    """Number of True entries per row of a 2-D bool array, as int64 ``(n,)``."""
+    m8 = mask.view(np.uint8)
+    dtype = np.uint16 if m8.shape[1] < 65536 else np.int64
+    return np.add.reduce(m8, axis=1, dtype=dtype).astype(np.int64)
+
+
+def group_sum(values: np.ndarray, keys: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of the rows of a float32 ``(n, units)`` batch per key, for the keys present.
+
+    Returns ``(groups, sums)``: the distinct keys in ``[0, n_groups)`` that occur
+    (ascending) and ``sums[i] = sum(values[keys == groups[i]])`` as float64. Rows with a
+    key outside ``[0, n_groups)`` are dropped. Only present keys get a row, so the cost
+    is one pass over the batch plus ``len(groups) * units``, not ``n_groups * units``.
+    Within the batch the sums run in float32 (CSR product), so 0/1 counts are exact
+    while ``n < 2**24``; callers add the result into float64/int64 accumulators.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    keys = np.asarray(keys, dtype=np.int64)
+    ok = (keys >= 0) & (keys < n_groups)
+    if not ok.all():
+        values, keys = values[ok], keys[ok]
+    groups, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    out = np.zeros((len(groups), values.shape[1]), dtype=np.float64)
+    for start in range(0, len(keys), _F32_EXACT - 1):
+        v, k = values[start : start + _F32_EXACT - 1], inverse[start : start + _F32_EXACT - 1]
+        out += _group_sum_f32(v, k, len(groups))
+    return groups, out
+
+
+def _group_sum_f32(values: np.ndarray, keys: np.ndarray, n_groups: int) -> np.ndarray:
+    """``onehot(keys).T @ values`` as a CSR product: one single-threaded pass in float32."""
+    import scipy.sparse as sp
+
+    n = len(keys)
+    onehot = sp.csr_matrix(
+        (np.ones(n, dtype=np.float32), keys, np.arange(n + 1)), shape=(n, n_groups)
+    ).T.tocsr()
+    return np.asarray(onehot @ values)
+
+
+class Batch:
+    """One batch as the summaries read it, with shared intermediates computed once.
+
+    ``acts`` float32 ``(n, units)``; ``samples`` maps coordinate names to int64
+    ``(n,)`` arrays (always ``sample``). Cached: the ``a > 0`` mask, its float32
+    copy, ``|a|`` and the per-row active counts.
+    """
+
+    def __init__(self, acts: np.ndarray, samples: Samples) -> None:
+        acts = np.asarray(acts)
+        if acts.ndim != 2:
+            raise NeuronscopeError(f"acts must be 2-D (samples, units), got shape {acts.shape}")
+        if acts.dtype != np.float32:
+            acts = acts.astype(np.float32)
+        self.acts = np.ascontiguousarray(acts)
+        self.n = self.acts.shape[0]
+        self.samples: dict[str, np.ndarray] = {}
+        for name, arr in samples.items():
+            arr = np.asarray(arr)
+            if arr.shape != (self.n,):
+                raise NeuronscopeError(
+                    f"sample coordinate {name!r} has shape {arr.shape}, expected ({self.n},)"
+                )
+            self.samples[name] = arr
+        if "sample" not in self.samples:
+            raise NeuronscopeError("samples must include 'sample' (global int64 sample index)")
+
+    def coord(self, name: str) -> np.ndarray | None:
+        """An int64 sample coordinate, or None when the source does not provide it."""
+        arr = self.samples.get(name)
+        return None if arr is None else arr.astype(np.int64, copy=False)
+
+    @cached_property
+    def pos_mask(self) -> np.ndarray:
+        """``acts > 0`` (bool)."""
+        return self.acts > 0
+
+    @cached_property
+    def pos_mask_f32(self) -> np.ndarray:
+        """``acts > 0`` as float32 0/1 (for group sums)."""
+        return self.pos_mask.view(np.uint8).astype(np.float32)
+
+    @cached_property
+    def abs(self) -> np.ndarray:
+        """``|acts|`` (float32)."""
+        return np.abs(self.acts)
+
+    @cached_property
+    def pos_row_count(self) -> np.ndarray:
+        """Active (``a > 0``) units per row, int64 ``(n,)``."""
+        return row_count(self.pos_mask)
+
+
+def as_batch(acts: Any, samples: Samples | None = None) -> Batch:
+    """Wrap ``(acts, samples)`` as a :class:`Batch` (a Batch is returned as is)."""
+    if isinstance(acts, Batch):
+        return acts
+    if samples is None:
+        raise NeuronscopeError("update needs the samples dict (at least 'sample')")
+    return Batch(acts, samples)

@@ -1,0 +1,249 @@
+"""Top-k activating examples per neuron, with each example's context window."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Self
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.kernels import Batch, as_batch, col_count
+
+_EMPTY_KEY = np.iinfo(np.int64).max
+
+
+def _group(b: Batch) -> np.ndarray | None:
+    """The rows' document id, or item id for sources without documents (conv positions)."""
+    doc = b.coord("doc")
+    return doc if doc is not None else b.coord("item")
+
+
+def _order_key(cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """int64 key ordering entries by (neuron asc, activation desc): the float32 bits made
+    monotone (``bits ^ 0x7fffffff`` for negatives), negated, in the low 33 bits."""
+    bits = values.astype(np.float32).view(np.int32).astype(np.int64)
+    ascending = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (cols.astype(np.int64) << 33) | ((1 << 31) - ascending)
+
+
+@register
+class TopK:
+    """The ``k`` highest activations of each neuron, exact in one pass with bounded memory
+    — the examples of Neuroscope pages and OpenAI's ``NeuronRecord``.
+
+    Per neuron the examples are ordered by (activation descending, global sample id
+    ascending); that total order makes the kept set independent of batch and merge
+    order. Each example keeps ``sample``, ``doc`` (the ``item`` id for sources without
+    documents), ``pos``, ``token_id`` (-1 when the source has none) and
+    ``context[j] = a(pos - W + j)`` of the same neuron in the same document or item (NaN
+    outside it; without documents or positions only the centre is set).
+
+    Update, vectorised: a batch value is a candidate only if it beats the neuron's
+    current k-th example (``a > kth``, or an equal value with a smaller sample id);
+    neurons not yet full, or with very many candidates, get the batch's exact top-k
+    by ``np.partition``. Candidates are ranked against the kept examples by a binary
+    search on an int64 (neuron, -activation) key and among themselves by one sort
+    (see ``_absorb``); only moved or new examples are written. Memory:
+    ``units * k * (5 + 2W + 1)`` numbers, independent of the number of batches.
+    """
+
+    kind = "topk"
+
+    def __init__(self, units: int, k: int = 32, window: int = 8) -> None:
+        self.units = int(units)
+        self.k = int(k)
+        self.window = int(window)
+        if self.k < 1 or self.window < 0:
+            raise NeuronscopeError("top-k needs k >= 1 and window >= 0")
+        shape = (self.units, self.k)
+        self.values = np.full(shape, -np.inf, dtype=np.float32)
+        self.sample = np.full(shape, -1, dtype=np.int64)
+        self.doc = np.full(shape, -1, dtype=np.int64)
+        self.pos = np.full(shape, -1, dtype=np.int64)
+        self.token_id = np.full(shape, -1, dtype=np.int64)
+        self.context = np.full((*shape, 2 * self.window + 1), np.nan, dtype=np.float32)
+
+    # -- update -----------------------------------------------------------------
+    def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
+        """Fold in a float32 ``(n, units)`` batch (rows of a document contiguous, in order)."""
+        b = as_batch(acts, samples)
+        a = b.acts
+        n, units = a.shape
+        if units != self.units:
+            raise NeuronscopeError(f"batch has {units} units, summary has {self.units}")
+        if n == 0:
+            return
+        sample = b.coord("sample")
+        full = self.sample[:, -1] >= 0
+        kth, kth_s = self.values[:, -1], self.sample[:, -1]
+        thr = np.where(full, kth, np.inf).astype(np.float32)
+        flat = np.flatnonzero(a > thr)
+        rows, cols = np.divmod(flat, units)
+        row_major = True  # candidates in (row, col) order until others are appended
+        # equal to the k-th value but with a smaller sample id (only if ids can be smaller)
+        tie_cols = np.flatnonzero(full & (kth_s > sample.min()))
+        if len(tie_cols):
+            eq = (a[:, tie_cols] == kth[tie_cols]) & (sample[:, None] < kth_s[tie_cols])
+            r, c = np.nonzero(eq)
+            rows, cols = np.concatenate([rows, r]), np.concatenate([cols, tie_cols[c]])
+            row_major = False
+        per_col = np.bincount(cols, minlength=units)
+        pre = ~full | (per_col > max(4 * self.k, n // 8))
+        if pre.any():
+            keep = ~pre[cols]
+            rows, cols = rows[keep], cols[keep]
+            pre_cols = np.flatnonzero(pre)
+            r, c = self._batch_topk(a if len(pre_cols) == units else a[:, pre_cols], sample)
+            rows = np.concatenate([rows, r])
+            cols = np.concatenate([cols, pre_cols[c]])
+            row_major = False
+        if len(rows):
+            self._absorb(b, rows, cols, row_major)
+
+    def _batch_topk(self, sub: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of the exact top-k of each column of ``sub`` (ties: smaller id)."""
+        n, m = sub.shape
+        if n <= self.k:
+            return np.repeat(np.arange(n), m), np.tile(np.arange(m), n)
+        kth = np.partition(sub, n - self.k, axis=0)[n - self.k]
+        gt = sub > kth
+        eq = sub == kth
+        need = self.k - col_count(gt)
+        over = np.flatnonzero(col_count(eq) > need)
+        if len(over):
+            # among values tied with the k-th, keep the `need` smallest sample ids
+            perm = np.argsort(sample, kind="stable")
+            e = eq[perm][:, over]
+            rank = np.cumsum(e, axis=0, dtype=np.int64)
+            take = np.zeros_like(e)
+            np.logical_and(e, rank <= need[over], out=take)
+            eq[:, over] = False
+            r, c = np.nonzero(take)
+            eq[perm[r], over[c]] = True
+        r, c = np.nonzero(gt | eq)
+        return r, c
+
+    def _absorb(self, b: Batch, rows: np.ndarray, cols: np.ndarray, row_major: bool) -> None:
+        """Insert batch candidates ``(rows, cols)`` into the sorted kept examples.
+
+        A candidate's new rank is (#kept examples that beat it) + (#candidates of the
+        same neuron that beat it); a kept example at rank ``i`` moves down by the number
+        of candidates that beat it, i.e. those whose kept-rank is ``<= i``. Only the
+        touched neurons are rewritten; no sort over the kept examples.
+        """
+        a, k = b.acts, self.k
+        sample = b.coord("sample")
+        v = a[rows, cols] + np.float32(0)  # -0.0 -> +0.0: equal floats, equal keys
+        s = sample[rows]
+        ckey = _order_key(cols, v)
+        kept_key = _order_key(np.repeat(np.arange(self.units), k), self.values.ravel() + np.float32(0))
+        base = cols * k
+        rank_kept = np.searchsorted(kept_key, ckey, side="left") - base  # kept with larger a
+        tied = np.flatnonzero(np.searchsorted(kept_key, ckey, side="right") - base > rank_kept)
+        if len(tied):
+            tc, tv, ts = cols[tied], v[tied, None], s[tied, None]
+            kv, ks = self.values[tc], self.sample[tc]
+            beaten = (kv > tv) | ((kv == tv) & (ks >= 0) & (ks < ts))
+            rank_kept[tied] = beaten.sum(axis=1)
+        live = rank_kept < k
+        rows, cols, v, s = rows[live], cols[live], v[live], s[live]
+        ckey, rank_kept = ckey[live], rank_kept[live]
+        if not len(rows):
+            return
+        if row_major and (len(s) < 2 or bool(np.all(s[1:] >= s[:-1]))):
+            order = np.argsort(ckey, kind="stable")  # ties keep row order = sample order
+        else:
+            order = np.lexsort((s, ckey))
+        rows, cols, v, s, rank_kept = rows[order], cols[order], v[order], s[order], rank_kept[order]
+        rank_cand = np.arange(len(cols)) - np.searchsorted(cols, cols, side="left")
+        new_rank = rank_kept + rank_cand
+        touched = np.unique(cols)
+        ti = np.searchsorted(touched, cols)
+        m = len(touched)
+        # kept example i of a touched neuron moves down by #{candidates with rank_kept <= i}
+        hist = np.bincount(ti * (k + 1) + rank_kept, minlength=m * (k + 1)).reshape(m, k + 1)
+        shift = np.cumsum(hist[:, :k], axis=1)
+        old_rank = np.broadcast_to(np.arange(k), (m, k))
+        kept_rank = old_rank + shift
+        # only kept examples that move (shift > 0) and stay in the top k are rewritten;
+        # filled slots stay filled, so nothing else needs clearing
+        moving = (shift > 0) & (kept_rank < k) & (self.sample[touched] >= 0)
+        mt, mr = np.nonzero(moving)
+        move_col, move_from, move_to = touched[mt], mr, kept_rank[moving]
+        win = new_rank < k
+        rows, cols, new_rank = rows[win], cols[win], new_rank[win]
+        coords = {"doc": _group(b), "pos": b.coord("pos"), "token_id": b.coord("token_id")}
+        batch_vals = {
+            "values": v[win],
+            "sample": s[win],
+            **{n: (-1 if c is None else c[rows]) for n, c in coords.items()},
+            "context": self._context(b, rows, cols),
+        }
+        for name, value in batch_vals.items():
+            arr = getattr(self, name)
+            arr[move_col, move_to] = arr[move_col, move_from]
+            arr[cols, new_rank] = value
+
+    def _context(self, b: Batch, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``a[row + j - W, col]`` for rows of the same document (or item) at position
+        ``pos + j - W``, NaN elsewhere."""
+        n = b.n
+        offs = np.arange(-self.window, self.window + 1)
+        nb = rows[:, None] + offs
+        ok = (nb >= 0) & (nb < n)
+        nbc = np.clip(nb, 0, n - 1)
+        doc, pos = _group(b), b.coord("pos")
+        if doc is None or (pos is None and b.coord("doc") is None):
+            ok &= offs == 0
+        else:
+            ok &= doc[nbc] == doc[rows][:, None]
+            if pos is not None:
+                ok &= pos[nbc] == pos[rows][:, None] + offs
+        return np.where(ok, b.acts[nbc, cols[:, None]], np.float32(np.nan))
+
+    # -- merge / result / state -------------------------------------------------
+    def merge(self, other: Self) -> Self:
+        """Keep the top-k of the union, by (activation desc, sample id asc)."""
+        if (other.units, other.k, other.window) != (self.units, self.k, self.window):
+            raise NeuronscopeError("cannot merge top-k summaries with different units, k or window")
+        vals = np.concatenate([self.values, other.values], axis=1)
+        samp = np.concatenate([self.sample, other.sample], axis=1)
+        key = np.where(samp < 0, _EMPTY_KEY, samp)
+        idx = np.lexsort((key, -vals), axis=1)[:, : self.k]
+        self.values = np.take_along_axis(vals, idx, axis=1)
+        self.sample = np.take_along_axis(samp, idx, axis=1)
+        for name in ("doc", "pos", "token_id"):
+            both = np.concatenate([getattr(self, name), getattr(other, name)], axis=1)
+            setattr(self, name, np.take_along_axis(both, idx, axis=1))
+        ctx = np.concatenate([self.context, other.context], axis=1)
+        self.context = np.take_along_axis(ctx, idx[:, :, None], axis=1)
+        return self
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``values`` (units, k) float32 (-inf empty), ``sample``/``doc``/``pos``/``token_id``
+        (units, k) int64 (-1 empty), ``context`` (units, k, 2W+1) float32 (NaN outside)."""
+        return {
+            "values": self.values.copy(),
+            "sample": self.sample.copy(),
+            "doc": self.doc.copy(),
+            "pos": self.pos.copy(),
+            "token_id": self.token_id.copy(),
+            "context": self.context.copy(),
+        }
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The result arrays; attrs ``units``, ``k``, ``window``."""
+        attrs = {"kind": self.kind, "units": self.units, "k": self.k, "window": self.window}
+        return self.result(), attrs
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`state`."""
+        self = cls(int(attrs["units"]), int(attrs["k"]), int(attrs["window"]))
+        self.values = np.array(arrays["values"], dtype=np.float32)
+        for name in ("sample", "doc", "pos", "token_id"):
+            setattr(self, name, np.array(arrays[name], dtype=np.int64))
+        self.context = np.array(arrays["context"], dtype=np.float32)
+        return self

@@ -1,0 +1,1 @@
+"""Small real models and data for tests, benchmarks and demos (no mocks: these are trained)."""

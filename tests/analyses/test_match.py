@@ -1,0 +1,226 @@
+"""Neuron matching on real trained digit networks: universality, alignments, Rosetta neurons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Lasso
+from sklearn.metrics import adjusted_rand_score
+
+from neuronscope.analyses.match import (
+    _orthogonal,
+    best_buddies,
+    match_many_to_many,
+    match_one_to_many,
+    match_one_to_one,
+    max_correlation,
+    rosetta_neurons,
+    rotation_baseline,
+    universal_fractions,
+    universal_neurons,
+)
+from neuronscope.lockstep import Lockstep, record_lockstep
+from neuronscope.sources.tensors import TensorSource
+from neuronscope.summaries.crossprod import CrossProducts
+from neuronscope.testing.digits import digits_accuracy, digits_data, permuted_copy, train_digits
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return digits_data("all")[0]
+
+
+@pytest.fixture(scope="module")
+def trained(x):
+    models = {f"seed{s}": train_digits("mlp", s) for s in SEEDS}
+    for m in models.values():
+        assert digits_accuracy(m) > 0.93
+    return record_lockstep(models, TensorSource(x, batch_size=256), "act*")
+
+
+@pytest.fixture(scope="module")
+def untrained(x):
+    models = {f"seed{s}": train_digits("mlp", s, trained=False) for s in SEEDS}
+    return record_lockstep(models, TensorSource(x, batch_size=256), "act*")
+
+
+def test_universal_fraction_exceeds_rotation_and_untrained_baselines(trained, untrained):
+    thr = 0.75
+    neurons = universal_neurons(trained, threshold=thr)
+    assert len(neurons) == 3 * 128
+    assert {"corr[seed1]", "match[seed1]", "max_corr", "baseline_corr", "excess"} <= set(neurons)
+    base = universal_neurons(untrained, threshold=thr, baseline=False)
+    frac = universal_fractions(neurons, untrained=base)
+    assert len(frac) == 6  # 3 models × 2 sites
+    assert (frac["universal_frac"] > frac["baseline_frac"] + 0.1).all()
+    assert (frac["universal_frac"] > frac["untrained_frac"] + 0.1).all()
+    assert (frac["excess"] > 0.1).all()
+    live = neurons[~neurons["dead"]]
+    # the statistic is the minimum over the other models of each max correlation
+    np.testing.assert_allclose(live["max_corr"], np.minimum(
+        live.filter(like="corr[").min(axis=1), 1.0))
+    # against an explicit computation for one model pair
+    r = trained.correlation("seed0", "seed2")
+    val, arg = max_correlation(r)
+    s0 = neurons[neurons["model"] == "seed0"]
+    np.testing.assert_allclose(s0["corr[seed2]"], val)
+    site, unit = trained.labels("seed2")
+    assert list(s0["match[seed2]"]) == [f"{site[j]}:{unit[j]}" for j in arg]
+
+
+def test_permuted_copy_is_matched_exactly_and_fully_universal(x):
+    rng = np.random.default_rng(7)
+    net = train_digits("mlp", 0)
+    perms = {"act1": rng.permutation(64), "act2": rng.permutation(64)}
+    perms2 = {"act1": rng.permutation(64), "act2": rng.permutation(64)}
+    twin, twin2 = permuted_copy(net, perms), permuted_copy(net, perms2)
+    lock = record_lockstep({"net": net, "twin": twin, "twin2": twin2}, TensorSource(x, batch_size=300), "act*")
+    for site, p in perms.items():
+        m = match_one_to_one(lock.cross("net", "twin", site, site))
+        # unit j of the twin is unit p[j] of the net, so net unit p[j] matches twin unit j
+        inverse = np.argsort(p)
+        np.testing.assert_array_equal(m["unit_b"], inverse[m["unit_a"]])
+        np.testing.assert_allclose(m["corr"], 1.0, atol=1e-5)
+    u = universal_neurons(lock, threshold=0.99, same_site=True)
+    assert u["universal"].all() and not u["dead"].any()
+    ros = rosetta_neurons(lock)
+    assert ros["group"].nunique() == 128
+    wide = ros.pivot(index="group", columns="model", values="unit")
+    sites = ros.pivot(index="group", columns="model", values="site")
+    assert (sites["net"] == sites["twin"]).all()
+    for site in ("act1", "act2"):
+        rows = sites["net"] == site
+        np.testing.assert_array_equal(np.argsort(perms[site])[wide.loc[rows, "net"]], wide.loc[rows, "twin"])
+        np.testing.assert_array_equal(np.argsort(perms2[site])[wide.loc[rows, "net"]], wide.loc[rows, "twin2"])
+
+
+def test_rosetta_groups_are_pairwise_best_buddies(trained):
+    ros = rosetta_neurons(trained, sites="act2", min_corr=0.5)
+    assert ros["group"].nunique() >= 5
+    models = trained.models
+    for _, g in ros.groupby("group"):
+        assert sorted(g["model"]) == sorted(models)
+        unit = dict(zip(g["model"], g["unit"], strict=True))
+        for i, a in enumerate(models):
+            for b in models[i + 1 :]:
+                r = trained.correlation(a, b, "act2", "act2")
+                assert np.nanargmax(r[unit[a]]) == unit[b] and np.nanargmax(r[:, unit[b]]) == unit[a]
+                assert r[unit[a], unit[b]] >= 0.5
+
+
+def test_max_correlation_and_best_buddies_known_answer():
+    r = np.array([[0.1, 0.9, 0.2], [np.nan, np.nan, np.nan], [0.8, 0.95, 0.3]])
+    val, arg = max_correlation(r)
+    np.testing.assert_array_equal(arg, [1, -1, 1])
+    assert val[0] == 0.9 and np.isnan(val[1])
+    np.testing.assert_array_equal(best_buddies(r), [[2, 1]])
+    np.testing.assert_array_equal(best_buddies(r, min_corr=0.99).shape, (0, 2))
+
+
+def test_rotation_baseline_equals_explicit_rotation():
+    rng = np.random.default_rng(0)
+    xa = rng.normal(size=(500, 6))
+    ya = np.concatenate([xa[:, :3] + 0.1 * rng.normal(size=(500, 3)), rng.normal(size=(500, 5))], axis=1)
+    cp = CrossProducts.from_arrays(xa.astype(np.float32), ya.astype(np.float32), gram=True)
+    got = rotation_baseline(cp, blocks=[3, 5], seed=4)
+    g = np.random.default_rng(4)
+    q = np.zeros((8, 8))
+    q[:3, :3] = _orthogonal(3, g)
+    q[3:, 3:] = _orthogonal(5, g)
+    y32 = ya.astype(np.float32).astype(np.float64)
+    ref = np.corrcoef(xa.astype(np.float32).astype(np.float64).T, (y32 @ q).T)[:6, 6:]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(q @ q.T, np.eye(8), atol=1e-12)
+
+
+def test_one_to_many_lasso_agrees_with_sklearn_and_finds_sums():
+    rng = np.random.default_rng(2)
+    b = rng.normal(size=(2000, 12))
+    a = np.stack([b[:, 0] + b[:, 1], b[:, 5] - 0.5 * b[:, 7] + 0.3 * rng.normal(size=2000)], axis=1)
+    cp = CrossProducts.from_arrays(a.astype(np.float32), b.astype(np.float32), gram=True)
+    res = match_one_to_many(cp, alpha=0.05, tol=1e-10, max_iter=2000)
+    za = (a - a.mean(0)) / a.std(0)
+    zb = (b - b.mean(0)) / b.std(0)
+    for i in range(2):
+        ref = Lasso(alpha=0.05, fit_intercept=False, tol=1e-12, max_iter=100000).fit(zb, za[:, i]).coef_
+        np.testing.assert_allclose(res.coef[:, i], ref, atol=2e-5)
+    table = res.table()
+    assert set(table.loc[0, "predictors"]) == {0, 1} and table.loc[0, "n_predictors"] == 2
+    assert set(table.loc[1, "predictors"][:2]) == {5, 7}
+    assert res.r2[0] > 0.85 and res.r2_single[0] < 0.6  # a sum is one-to-many, not one-to-one
+
+
+def test_many_to_many_recovers_shared_subspaces():
+    rng = np.random.default_rng(3)
+    latent = rng.normal(size=(3000, 4))
+    # each net spreads every latent factor over 3 of its own neurons (mixed, noisy)
+    truth_a, truth_b = np.repeat(np.arange(4), 3), rng.permutation(np.repeat(np.arange(4), 3))
+    a = latent[:, truth_a] * rng.uniform(0.5, 2, 12) + 0.3 * rng.normal(size=(3000, 12))
+    b = latent[:, truth_b] * rng.uniform(0.5, 2, 12) + 0.3 * rng.normal(size=(3000, 12))
+    cp = CrossProducts.from_arrays(a.astype(np.float32), b.astype(np.float32), gram=True)
+    res = match_many_to_many(cp, n_clusters=4)
+    joint_truth = np.concatenate([truth_a, truth_b])
+    assert adjusted_rand_score(joint_truth, np.concatenate([res.labels_a, res.labels_b])) == 1.0
+    assert (res.clusters[["n_a", "n_b"]] == 3).all().all()
+    assert (res.clusters["mean_between"] > 0.8).all()
+
+
+def test_lockstep_from_arrays_matches_record(trained, x):
+    import torch
+
+    models = {f"seed{s}": train_digits("mlp", s) for s in SEEDS}
+    acts = {}
+    for k, m in models.items():
+        with torch.no_grad():
+            h1 = m.act1(m.fc1(torch.from_numpy(x)))
+            acts[k] = {"act1": h1.numpy(), "act2": m.act2(m.fc2(h1)).numpy()}
+    lock = Lockstep.from_arrays(acts)
+    np.testing.assert_allclose(lock.correlation("seed0", "seed1"), trained.correlation("seed0", "seed1"), atol=5e-6)
+
+
+def _cli():
+    import typer
+
+    from neuronscope.cli_match import match_command, sysid_command
+
+    app = typer.Typer()
+    app.command("match")(match_command)
+    app.command("sysid")(sysid_command)
+    return app
+
+
+def test_match_cli_json_agrees_with_api(trained, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(_cli(), [
+        "match", "--models", "digits-mlp:0", "digits-mlp:1", "digits-mlp:2", "--threshold", "0.75",
+        "--out", str(tmp_path / "m"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["models"] == ["digits-mlp:0", "digits-mlp:1", "digits-mlp:2"] and out["samples"] == 1797
+    api = universal_fractions(universal_neurons(trained, threshold=0.75))
+    cli = {(r["model"].replace("digits-mlp:", "seed"), r["site"]): r["universal_frac"] for r in out["universal"]}
+    for r in api.itertuples():
+        assert cli[(r.model, r.site)] == pytest.approx(r.universal_frac)
+    assert {m["site"] for m in out["matching"]} == {"act1", "act2"} and len(out["matching"]) == 6
+    assert out["rosetta"]["groups"] == len(rosetta_neurons(trained, min_corr=0.75).groupby("group"))
+    back = Lockstep.load(tmp_path / "m" / "lockstep.npz")
+    np.testing.assert_allclose(back.correlation("digits-mlp:0", "digits-mlp:1"),
+                               trained.correlation("seed0", "seed1"), atol=1e-5)
+    assert (tmp_path / "m" / "neurons.csv").exists()
+
+
+def test_cli_errors_name_the_fix():
+    from typer.testing import CliRunner
+
+    from neuronscope.errors import NeuronscopeError
+
+    for args in (["match", "--models", "digits-mlp:0"],
+                 ["match", "--models", "digits-mlp:0", "minilm"],
+                 ["sysid", "--models", "digits-mlp:0", "--metrics", "nope"]):
+        res = CliRunner().invoke(_cli(), args)
+        assert isinstance(res.exception, NeuronscopeError), args

@@ -1,0 +1,95 @@
+"""``neuronscope compare``: response files, RDM files and a real recorded run (tiny torch
+model through ``neuronscope.record``), single values and site matrices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import typer
+from scipy.spatial.distance import squareform
+from typer.testing import CliRunner
+
+from neuronscope.analyses.compare import linear_cka, procrustes_distance, rsa
+from neuronscope.analyses.rsa import rdm
+from neuronscope.cli_compare import compare_command
+from neuronscope.errors import NeuronscopeError
+
+app = typer.Typer()
+app.command("compare")(compare_command)
+app.command("noop")(lambda: None)  # keep `compare` a subcommand, as in the real CLI
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> dict:
+    res = runner.invoke(app, ["compare", *args, "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    return json.loads(res.output)
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 12))
+    y = x @ rng.normal(size=(12, 7)) + rng.normal(size=(30, 7))
+    np.save(tmp_path / "model.npy", x)
+    np.save(tmp_path / "brain.npy", y)
+    return tmp_path / "model.npy", tmp_path / "brain.npy", x, y
+
+
+def test_compare_response_files(files: tuple) -> None:
+    a, b, x, y = files
+    out = _invoke(str(a), str(b))
+    assert out["metric"] == "cka" and out["value"] == pytest.approx(linear_cka(x, y), abs=1e-12)
+    out = _invoke(str(a), str(b), "--metric", "procrustes")
+    assert out["value"] == pytest.approx(procrustes_distance(x, y), abs=1e-9)
+    out = _invoke(str(a), str(b), "--metric", "rsa", "--compare", "pearson")
+    assert out["value"] == pytest.approx(rsa(x, y, compare="pearson"), abs=1e-12)
+    out = _invoke(str(a), str(b), "--metric", "encoding", "--cv", "3")
+    assert -1 <= out["value"] <= 1
+    plain = runner.invoke(app, ["compare", str(a), str(b), "--metric", "svcca"])
+    assert plain.exit_code == 0 and "svcca(model, brain) =" in plain.output
+
+
+def test_compare_with_precomputed_rdm_file(files: tuple, tmp_path: Path) -> None:
+    a, _, x, y = files
+    scipy.io.savemat(tmp_path / "subjects.mat", {"rdms": np.stack([squareform(rdm(y)), squareform(rdm(y + 0.3))])})
+    out = _invoke(str(a), str(tmp_path / "subjects.mat"), "--metric", "rsa")
+    assert out["value"] == pytest.approx(np.mean([rsa(x, y), rsa(x, y + 0.3)]), abs=1e-10)
+    res = runner.invoke(app, ["compare", str(a), str(tmp_path / "subjects.mat"), "--metric", "cka"])
+    assert isinstance(res.exception, NeuronscopeError)
+
+
+def test_compare_bad_specs(files: tuple) -> None:
+    a, _, _, _ = files
+    res = runner.invoke(app, ["compare", str(a), "nowhere/run:layer*"])
+    assert isinstance(res.exception, NeuronscopeError) and "does not exist" in str(res.exception)
+    res = runner.invoke(app, ["compare", str(a), str(a), "--metric", "bogus"])
+    assert isinstance(res.exception, NeuronscopeError) and "unknown metric" in str(res.exception)
+
+
+def test_compare_sites_of_a_recorded_run(tmp_path: Path, files: tuple) -> None:
+    import neuronscope
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.Tanh())
+    _, b, x, y = files
+    src = neuronscope.TensorSource(torch.tensor(x, dtype=torch.float32), batch_size=8)
+    run_dir = tmp_path / "run"
+    neuronscope.record(model, src, "1,3", out=run_dir, keep="activations", dtype="float32", progress=False)
+    with torch.no_grad():
+        h1 = model[1](model[0](torch.tensor(x, dtype=torch.float32))).numpy()
+        h3 = model(torch.tensor(x, dtype=torch.float32)).numpy()
+    out = _invoke(f"{run_dir}:*", str(b))
+    assert out["rows"] == ["1", "3"] and out["cols"] == ["brain"]
+    assert out["values"][0][0] == pytest.approx(linear_cka(h1, y), abs=1e-6)
+    assert out["values"][1][0] == pytest.approx(linear_cka(h3, y), abs=1e-6)
+    out = _invoke(f"{run_dir}:*", f"{run_dir}:*", "--metric", "shape")
+    m = np.array(out["values"])
+    assert m.shape == (2, 2) and np.allclose(np.diag(m), 0, atol=1e-5) and m[0, 1] == pytest.approx(m[1, 0])
+    table = runner.invoke(app, ["compare", f"{run_dir}:*", str(b)])
+    assert table.exit_code == 0 and "cka" in table.output
