@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--p", type=int, default=1536)
     ap.add_argument("--t", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats of neuronscope and scikit-learn")
     args = ap.parse_args()
     n, p, t = args.n, args.p, args.t
     rng = np.random.default_rng(0)
@@ -34,18 +35,20 @@ def main() -> None:
     y = latent @ w + 2 * rng.standard_normal((n + 1000, t)).astype(np.float32)
     xtr, ytr, xte, yte = x[:n], y[:n], x[n:], y[n:]
 
-    rows = []
-    t0 = time.perf_counter()
-    enc = RidgeEncoder(alphas=alphas, cv=5).fit(xtr, ytr)
-    t_ours = time.perf_counter() - t0
-    r_ours = pearson_per_target(enc.predict(xte), yte)
-    rows.append(("neuronscope `RidgeEncoder(cv=5)` (5-fold)", t_ours, r_ours))
-
     from sklearn.linear_model import RidgeCV as SkRidgeCV
 
-    t0 = time.perf_counter()
-    sk = SkRidgeCV(alphas=alphas, alpha_per_target=True).fit(xtr, ytr)
-    t_sk = time.perf_counter() - t0
+    rows = []
+    ours_times, sk_times = [], []
+    for _ in range(args.repeats):  # interleaved: the machine is shared
+        t0 = time.perf_counter()
+        enc = RidgeEncoder(alphas=alphas, cv=5).fit(xtr, ytr)
+        ours_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sk = SkRidgeCV(alphas=alphas, alpha_per_target=True).fit(xtr, ytr)
+        sk_times.append(time.perf_counter() - t0)
+    t_ours, t_sk = min(ours_times), min(sk_times)
+    r_ours = pearson_per_target(enc.predict(xte), yte)
+    rows.append(("neuronscope `RidgeEncoder(cv=5)` (5-fold)", t_ours, r_ours))
     rows.append(("scikit-learn `RidgeCV(alpha_per_target=True)` (leave-one-out)", t_sk,
                  pearson_per_target(sk.predict(xte), yte)))
 
@@ -62,7 +65,8 @@ def main() -> None:
     table = "\n".join(f"| {name} | {s:.2f} | {s / t_ours:.2f} | {np.mean(r):.4f} |" for name, s, r in rows)
     same = float(np.mean(np.isclose(enc.alpha_, np.asarray(hi.best_alphas_, dtype=np.float64), rtol=1e-4)))
     body = f"""
-X {n} × {p} → Y {t} targets (float32), {len(alphas)} α, α chosen per target.
+X {n} × {p} → Y {t} targets (float32), {len(alphas)} α, α chosen per target; neuronscope and
+scikit-learn best of {args.repeats} interleaved fits, himalaya one fit.
 
 | method | fit s | time / neuronscope | mean held-out r (1000 new stimuli) |
 |---|---|---|---|

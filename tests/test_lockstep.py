@@ -146,8 +146,33 @@ def test_lockstep_equals_corrcoef_of_stored_runs(tmp_path):
         pops[k] = run.population().values.astype(np.float64)
     lock = record_lockstep(models, TensorSource(x, batch_size=64), "act1,act2")
     assert lock.n_samples == len(x) * 64 == len(pops["a"])  # one sample per image and position
-    ref = np.corrcoef(pops["a"].T, pops["b"].T)[:48, 48:]
+    ref = np.corrcoef(pops["a"].T, pops["b"].T)[:24, 24:]
     got = lock.correlation("a", "b")
     ok = ~np.isnan(ref)
     assert np.isnan(got[~ok]).all()
     np.testing.assert_allclose(got[ok], ref[ok], atol=5e-6)
+
+
+def test_lockstep_restores_grad_mode(digits_pair):
+    x, a, b = digits_pair
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    record_lockstep({"a": a, "b": b, "c": train_digits("mlp", 2)}, TensorSource(x[:300], batch_size=100), "act1")
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    with pytest.raises(NeuronscopeError):
+        record_lockstep({"a": a, "b": b}, {"a": TensorSource(x, batch_size=100), "b": TensorSource(x, batch_size=64)}, "act1")
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_streamed_linear_cka_equals_compare(digits_pair):
+    from neuronscope.analyses import compare
+
+    x, a, b = digits_pair
+    lock = record_lockstep({"a": a, "b": b}, TensorSource(x, batch_size=100), "act*")
+    xa, xb = _acts(a, x), _acts(b, x)
+    cp = lock.cross("a", "b", "act1", "act2")
+    ref = compare.linear_cka(xa[:, :64], xb[:, 64:])
+    assert cp.linear_cka() == pytest.approx(ref, abs=1e-6)
+    r = cp.result()
+    from_stats = compare.linear_cka_from_stats(int(r["n"]), r["sum_x"], r["sum_y"], r["sum_xx"],
+                                               r["sum_yy"], r["sum_xy"])
+    assert from_stats == pytest.approx(ref, abs=1e-5)

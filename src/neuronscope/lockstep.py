@@ -85,7 +85,10 @@ class Lockstep:
         return site[cols], unit[cols]
 
     def cross(self, a: str, b: str, sites_a: str | None = None, sites_b: str | None = None) -> CrossProducts:
-        """The ``CrossProducts`` of model ``a`` (x, sites ``sites_a``) with model ``b`` (y)."""
+        """The ``CrossProducts`` of model ``a`` (x, sites ``sites_a``) with model ``b`` (y).
+
+        With no site globs and ``a`` before ``b`` this is the stored pair itself (no copy;
+        do not update it); otherwise a sliced (and, for ``b`` before ``a``, transposed) copy."""
         self._check_model(a)
         self._check_model(b)
         if a == b:
@@ -222,6 +225,8 @@ def record_lockstep(
     ``max_samples`` stops after that many samples (the last batch is cut). Batches must give
     the same samples to every model, or a ``NeuronscopeError`` is raised.
     """
+    import torch
+
     from neuronscope.recording import forward_batches
     from neuronscope.sources.torch_sites import sites as resolve_sites
 
@@ -233,6 +238,25 @@ def record_lockstep(
     site_globs = {m: (sites[m] if isinstance(sites, Mapping) else sites) for m in names}
     sources = {m: (source[m] if isinstance(source, Mapping) else source) for m in names}
     site_lists = {m: resolve_sites(models[m], site_globs[m]) for m in names}
+    # each forward_batches generator holds torch.inference_mode() open while suspended and
+    # the generators end in interleaved order; one outer context restores the caller's mode
+    with torch.inference_mode():
+        return _record(names, models, sources, site_lists, forward_batches, within, max_samples,
+                       conv, block_rows, progress)
+
+
+def _record(
+    names: list[str],
+    models: Mapping[str, Any],
+    sources: Mapping[str, Any],
+    site_lists: Mapping[str, list[Any]],
+    forward_batches: Any,
+    within: bool,
+    max_samples: int | None,
+    conv: str,
+    block_rows: int | None,
+    progress: bool,
+) -> Lockstep:
     gens = {m: forward_batches(models[m], sources[m], site_lists[m], conv=conv) for m in names}
     lock: Lockstep | None = None
     seen = 0
@@ -273,7 +297,7 @@ def record_lockstep(
             if max_samples is not None and seen >= max_samples:
                 break
     finally:
-        for g in gens.values():
+        for g in reversed(list(gens.values())):
             g.close()
         if bar is not None:
             bar.close()

@@ -24,6 +24,7 @@ Nothing is ever unpickled: arrays are numeric or UTF-8 strings, attributes are J
 from __future__ import annotations
 
 import fnmatch
+import os
 import shutil
 from collections.abc import Mapping
 from functools import cached_property
@@ -70,18 +71,52 @@ def _meta(group: zarr.Group, path: Path) -> dict[str, Any]:
 
 
 def _save_state(group: zarr.Group, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+    """Store a state (named arrays + JSON attrs) in a group.
+
+    Numeric arrays are packed into one flat, uncompressed array per dtype
+    (``packed.<dtype>``) with a JSON layout ``{name: [dtype, offset, shape]}``: summary
+    states hold ~60 arrays per site and are rewritten at every checkpoint, and one Zarr
+    array costs ~10 ms to create whatever its size. Strings get one array each.
+    """
+    layout: dict[str, list[Any]] = {}
+    parts: dict[str, list[np.ndarray]] = {}
+    sizes: dict[str, int] = {}
+    strings: list[str] = []
     for key, value in arrays.items():
         value = np.asarray(value)
-        group.create_array(key, data=value, overwrite=True) if value.size else group.create_array(
-            key, shape=value.shape, dtype=value.dtype, overwrite=True
-        )
-    group.attrs["state"] = dict(attrs)
-    group.attrs["keys"] = sorted(arrays)
+        if value.dtype.kind in "OUS":
+            z = group.create_array(f"str.{key}", shape=value.shape, dtype=str, overwrite=True)
+            if value.size:
+                z[...] = value.astype(object)
+            strings.append(key)
+            continue
+        dt = value.dtype.str
+        layout[key] = [dt, sizes.get(dt, 0), list(value.shape)]
+        parts.setdefault(dt, []).append(value.ravel())
+        sizes[dt] = sizes.get(dt, 0) + value.size
+    for dt, chunks in parts.items():
+        flat = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        z = group.create_array(f"packed.{np.dtype(dt).name}", shape=flat.shape, dtype=flat.dtype, overwrite=True,
+                               compressors=None, chunks=(max(flat.size, 1),))
+        if flat.size:
+            z[...] = flat
+    group.attrs.update({"state": dict(attrs), "layout": layout, "strings": strings})
 
 
 def _load_state(group: zarr.Group) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    keys = group.attrs.get("keys", [])
-    return {k: np.asarray(group[k][...]) for k in keys}, dict(group.attrs.get("state", {}))
+    """Inverse of :func:`_save_state` (no pickle: numbers and UTF-8 strings only)."""
+    layout = group.attrs.get("layout", {})
+    flats: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
+    for key, (dt, offset, shape) in layout.items():
+        dtype = np.dtype(dt)
+        if dtype.name not in flats:
+            flats[dtype.name] = np.asarray(group[f"packed.{dtype.name}"][...])
+        size = int(np.prod(shape)) if shape else 1
+        out[key] = flats[dtype.name][offset : offset + size].reshape(shape)
+    for key in group.attrs.get("strings", []):
+        out[key] = np.asarray(group[f"str.{key}"][...])
+    return out, dict(group.attrs.get("state", {}))
 
 
 class RunWriter:
@@ -314,10 +349,16 @@ class RunWriter:
         try:
             if summary_states is not None:
                 sg = self.group.require_group("summaries")
+                slot = self.meta.get("checkpoint")
                 for s, (arrays, attrs) in summary_states.items():
                     if s in sg:
                         del sg[s]
-                    _save_state(sg.require_group(s), arrays, attrs)
+                    ckpt = self.path / "checkpoints" / str(slot) / s
+                    if slot is not None and ckpt.is_dir():
+                        # the last commit wrote exactly this state: move it instead of rewriting it
+                        os.replace(ckpt, self.path / "summaries" / s)
+                    else:
+                        _save_state(sg.require_group(s), arrays, attrs)
             meta = dict(self.meta)
             meta["status"] = "complete"
             meta.update(info)

@@ -48,6 +48,11 @@ def test_alpha_and_predictions_match_sklearn(n: int, p: int) -> None:
     lazy = RidgeEncoder(alphas=ALPHAS, cv=5, batch_size=4).fit(x, y)
     np.testing.assert_allclose(lazy.predict(xt), pred, atol=1e-8)
     assert not hasattr(lazy, "coef_")
+    from sklearn.base import clone
+
+    again = clone(enc).fit(x, y)  # a scikit-learn estimator: clone / get_params work
+    np.testing.assert_array_equal(again.alpha_, enc.alpha_)
+    assert again.get_params()["cv"] == 5
     r2 = enc.score(x, y)
     sk_r2 = np.mean([Ridge(alpha=a).fit(x, y[:, j]).score(x, y[:, j]) for j, a in enumerate(enc.alpha_)])
     assert r2 == pytest.approx(sk_r2, abs=1e-10)

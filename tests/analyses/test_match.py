@@ -224,3 +224,44 @@ def test_cli_errors_name_the_fix():
                  ["sysid", "--models", "digits-mlp:0", "--metrics", "nope"]):
         res = CliRunner().invoke(_cli(), args)
         assert isinstance(res.exception, NeuronscopeError), args
+
+
+def test_digits_nets_are_deterministic_and_permutation_preserves_function(x):
+    import hashlib
+
+    import torch
+
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.testing.digits import _trained_state, digits_model
+
+    def digest(state):
+        h = hashlib.sha256()
+        for v in state.values():
+            h.update(v.numpy().tobytes())
+        return h.hexdigest()
+
+    cached = digest(train_digits("mlp", 4).state_dict())
+    assert digest(_trained_state.__wrapped__("mlp", 4, 64, 30, True)) == cached  # retrained, not cached
+    assert digest(train_digits("mlp", 0).state_dict()) != cached
+    net = digits_model("digits-mlp:0")
+    twin = permuted_copy(net, {"act1": np.arange(64)[::-1], "act2": np.roll(np.arange(64), 5)})
+    with torch.no_grad():
+        inp = torch.from_numpy(x[:100])
+        np.testing.assert_allclose(net(inp).numpy(), twin(inp).numpy(), atol=1e-5)
+    assert digits_model("digits-mlp:0:untrained").neuronscope_id == "digits-mlp:0:untrained"
+    with pytest.raises(NeuronscopeError, match="digits-mlp:SEED"):
+        digits_model("digits-mlp:x")
+
+
+def test_baselines_and_alignments_need_within_gram():
+    from neuronscope.errors import NeuronscopeError
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 5))
+    lock = Lockstep.from_arrays({"a": z, "b": z @ _orthogonal(5, rng)}, within=False)
+    u = universal_neurons(lock, threshold=0.5, baseline=False)
+    assert len(u) == 10 and "baseline_corr" not in u
+    for call in (lambda: universal_neurons(lock), lambda: match_one_to_many(lock.cross("a", "b")),
+                 lambda: match_many_to_many(lock.cross("a", "b"), 2)):
+        with pytest.raises(NeuronscopeError, match="within=True"):
+            call()

@@ -13,7 +13,8 @@ rsatoolbox = pytest.importorskip("rsatoolbox")
 from rsatoolbox.data import Dataset  # noqa: E402
 from rsatoolbox.inference import boot_noise_ceiling  # noqa: E402
 from rsatoolbox.rdm import RDMs as TBRDMs  # noqa: E402
-from rsatoolbox.rdm import calc_rdm, compare, geotopological_transform as tb_gt  # noqa: E402
+from rsatoolbox.rdm import calc_rdm, compare  # noqa: E402
+from rsatoolbox.rdm import geotopological_transform as tb_gt  # noqa: E402
 
 from neuronscope.analyses.rsa import (  # noqa: E402
     RDMs,
@@ -38,6 +39,13 @@ def test_rdm_matches_rsatoolbox(method: str) -> None:
     x = _pop()
     ref = calc_rdm(Dataset(x), method=method).get_vectors()[0]
     np.testing.assert_allclose(rdm(x, method), ref, atol=1e-10)
+
+
+def test_float32_precision_within_1e6() -> None:
+    x = _pop(n=40, p=500)
+    exact = rdm(x, "correlation")
+    np.testing.assert_allclose(rdm(x, "correlation", precision="float32"), exact, atol=1e-6)
+    np.testing.assert_allclose(rdm(x.astype(np.float32), "correlation"), exact, atol=2e-6)
 
 
 def test_cosine_rdm_closed_form() -> None:

@@ -39,7 +39,7 @@ def test_procrustes_zero_for_rotated_copy_and_metric_axioms() -> None:
     assert angular_shape_distance(x, 3.0 * x @ q) == pytest.approx(0.0, abs=1e-6)
     assert procrustes_distance(x, x @ np.diag(np.linspace(1, 2, 7))) > 0.1
     rng = np.random.default_rng(5)
-    for trial in range(15):
+    for _ in range(15):
         widths = rng.integers(3, 9, size=3)
         a, b, c = (rng.normal(size=(25, w)) * rng.uniform(0.5, 2) for w in widths)
         for alpha in (1.0, 0.5, 0.0):

@@ -253,6 +253,19 @@ def test_browser_site_table_sorted_and_paginated(synthetic, chromium):
     assert root.find(cls="status").text == "150 of 150 neurons"
 
 
+def test_browser_site_table_state_from_url(synthetic, chromium):
+    data, index = synthetic
+    site = data["sites"][1]
+    url = page_url(index, site["name"]) + "?q=SVG&sort=mean&desc=0&dead=0"
+    root = chromium.dom(url)
+    units = [int(r.find(tag="a").text) for r in root.find(id="neurons").find(tag="tbody").find_all(tag="tr")]
+    t = site["table"]
+    mean = build._round_sig(t["mean"], 4)
+    keep = [i for i in range(len(mean)) if "svg" in t["top_token"][i].lower() and not t["dead"][i]]
+    assert units == sorted(keep, key=lambda i: (mean[i], i))
+    assert root.find(cls="status").text == f"{len(keep)} of {len(mean)} neurons"
+
+
 def test_browser_comparison_heatmap_and_screenshot(synthetic, chromium, tmp_path):
     data, index = synthetic
     root = chromium.dom(page_url(index, "compare", "cka"))
@@ -398,6 +411,26 @@ def test_atlas_of_a_non_text_run(tmp_path, chromium):
     unit = int(np.argmax(res["topk.values"][:, 0]))
     root = chromium.dom(page_url(index, "1", unit))
     heads = [h.text for h in root.find(id="examples").find_all(cls="exhead")]
-    assert heads == [f"activation {float(f'{v:.6g}'):.4g} · sample {int(s)}"
-                     for v, s in zip(res["topk.values"][unit], res["topk.sample"][unit], strict=True)]
+    expected = []
+    for j in range(4):
+        doc, pos = int(res["topk.doc"][unit, j]), int(res["topk.pos"][unit, j])
+        value = float(f"{res['topk.values'][unit, j]:.6g}")
+        expected.append(f"activation {value:.4g}"
+                        + (f" · doc {doc}" if doc >= 0 else "") + (f" · pos {pos}" if pos >= 0 else "")
+                        + f" · sample {int(res['topk.sample'][unit, j])}")
+    assert heads == expected
     assert not root.find(id="examples").find_all(cls="ctx")
+
+
+def test_build_atlas_needs_summaries(tmp_path):
+    import torch
+
+    import neuronscope
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU())
+    x = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
+    run = neuronscope.record(model, neuronscope.TensorSource(x, batch_size=20), "1", out=tmp_path / "run",
+                             keep="activations", progress=False)
+    with pytest.raises(NeuronscopeError, match="no summaries"):
+        build.build_atlas(run, tmp_path / "atlas")
+    assert not (tmp_path / "atlas").exists()

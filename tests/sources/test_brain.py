@@ -94,7 +94,7 @@ def test_response_files_round_trip(tmp_path: Path) -> None:
     assert pop.shape == (18, 5) and list(pop.repeat.values[:4]) == [0, 1, 2, 0]
     assert pop.site.values[0] == "v1"
     flat = data.reshape(18, 5)
-    stim = np.repeat(np.array(["s%d" % i for i in range(6)]), 3)
+    stim = np.repeat(np.array([f"s{i}" for i in range(6)]), 3)
     np.savez(tmp_path / "it.npz", responses=flat, stimulus=stim)
     npz = load_responses(tmp_path / "it.npz")
     np.testing.assert_array_equal(npz.values, flat)

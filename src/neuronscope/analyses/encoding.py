@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from sklearn.base import BaseEstimator
+
 from neuronscope.analyses.cka import _ata, _gram
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import ArrayLike, _id_coord, align, to_matrix
@@ -70,7 +72,7 @@ def _decompose_primal(g: np.ndarray, n: int, s: np.ndarray) -> _Decomp:
     return _Decomp(True, v, lam, mu)
 
 
-class RidgeEncoder:
+class RidgeEncoder(BaseEstimator):
     """Ridge regression from features X (n, p) to targets Y (n, t) with an α per target
     chosen by k-fold cross-validation (scikit-learn style ``fit`` / ``predict`` / ``score``).
 
@@ -97,9 +99,8 @@ class RidgeEncoder:
         keep_coef: bool = False,
         solver: str = "auto",
     ):
-        self.alphas = np.asarray(alphas, dtype=np.float64).ravel()
-        if self.alphas.size == 0 or (self.alphas <= 0).any():
-            raise NeuronscopeError("alphas must be positive numbers, e.g. np.logspace(-2, 6, 9)")
+        self.alphas = alphas
+        self._grid()
         if scoring not in ("mse", "r"):
             raise NeuronscopeError("scoring must be 'mse' or 'r'")
         if solver not in ("auto", "primal", "dual"):
@@ -107,6 +108,12 @@ class RidgeEncoder:
         self.cv, self.scoring, self.alpha_per_target = cv, scoring, alpha_per_target
         self.fit_intercept, self.batch_size, self.keep_coef, self.solver = (
             fit_intercept, batch_size, keep_coef, solver)
+
+    def _grid(self) -> np.ndarray:
+        a = np.asarray(self.alphas, dtype=np.float64).ravel()
+        if a.size == 0 or not np.isfinite(a).all() or (a <= 0).any():
+            raise NeuronscopeError("alphas must be positive numbers, e.g. np.logspace(-2, 6, 9)")
+        return a
 
     # ---------------------------------------------------------------- fitting
     def _prepare(self, X: ArrayLike, Y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +131,7 @@ class RidgeEncoder:
 
     def fit(self, X: ArrayLike, Y: ArrayLike) -> RidgeEncoder:
         """Choose α per target by k-fold CV, then refit on all rows."""
+        alphas = self._grid()
         x, y = self._prepare(X, Y)
         n, p = x.shape
         t = y.shape[1]
@@ -133,7 +141,7 @@ class RidgeEncoder:
         self.solver_ = "primal" if primal else "dual"
         xm = x.mean(0) if self.fit_intercept else np.zeros(p)
         xg = x - xm  # globally centered: fold means are then small (no cancellation)
-        na = len(self.alphas)
+        na = len(alphas)
         sse = np.zeros((na, t))
         sums = {k: np.zeros((na, t)) for k in ("sp", "spp", "spy")}
         ysum, yy = np.zeros(t), np.zeros(t)
@@ -188,7 +196,7 @@ class RidgeEncoder:
                     ym = ytr.mean(0) if self.fit_intercept else np.zeros(yb.shape[1])
                     b = dec.vecs.T @ (ytr - ym)
                 yte = yb[f]
-                for j, alpha in enumerate(self.alphas):
+                for j, alpha in enumerate(alphas):
                     pred = (a @ (b / (dec.lam + alpha)[:, None]).astype(pdt, copy=False)) + ym
                     sse[j, sl] += ((yte - pred) ** 2).sum(0)
                     sums["sp"][j, sl] += pred.sum(0)
@@ -201,7 +209,7 @@ class RidgeEncoder:
             best = np.argmax(self.cv_scores_, axis=0)
         else:
             best = np.full(t, int(np.argmax(self.cv_scores_.sum(1))))
-        self.alpha_ = self.alphas[best]
+        self.alpha_ = alphas[best]
         self.cv_r_ = r_all[best, np.arange(t)]
 
         # refit on all rows

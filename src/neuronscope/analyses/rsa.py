@@ -96,9 +96,11 @@ class RDMs:
 
     @property
     def n_stimuli(self) -> int:
+        """Number of stimuli n (m = n(n-1)/2 dissimilarities per RDM)."""
         return _n_from_m(self.dissimilarities.shape[1])
 
     def __len__(self) -> int:
+        """Number of RDMs in the stack."""
         return len(self.dissimilarities)
 
     def square(self, i: int = 0) -> np.ndarray:

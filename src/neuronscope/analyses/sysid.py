@@ -191,23 +191,26 @@ def collect_activations(
     """The first ``max_samples`` samples' activations of each site of ``model`` over
     ``source`` ({site: float32 (samples, units)}) — a stimulus pool held in memory, bounded
     by ``max_samples``; the forward passes stop as soon as the pool is full."""
+    import torch
+
     from neuronscope.recording import forward_batches
 
     if max_samples < 3:
         raise NeuronscopeError("the stimulus pool needs at least 3 samples")
     parts: dict[str, list[np.ndarray]] = {}
     seen = 0
-    gen = forward_batches(model, source, sites, conv=conv)
-    try:
-        for _, acts in gen:
-            take = min(max_samples - seen, len(next(iter(acts.values()))))
-            for k, a in acts.items():
-                parts.setdefault(k, []).append(a[:take].copy())
-            seen += take
-            if seen >= max_samples:
-                break
-    finally:
-        gen.close()
+    with torch.inference_mode():  # the generator's own context must not outlive this call
+        gen = forward_batches(model, source, sites, conv=conv)
+        try:
+            for _, acts in gen:
+                take = min(max_samples - seen, len(next(iter(acts.values()))))
+                for k, a in acts.items():
+                    parts.setdefault(k, []).append(a[:take].copy())
+                seen += take
+                if seen >= max_samples:
+                    break
+        finally:
+            gen.close()
     if seen < 3:
         raise NeuronscopeError("the source gave fewer than 3 samples; give a longer corpus")
     return {k: np.concatenate(v) for k, v in parts.items()}

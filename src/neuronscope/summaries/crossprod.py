@@ -319,6 +319,16 @@ class CrossProducts:
         self._need_samples()
         return _corr(self.cov_xy(), self.var_x(), self.var_y())
 
+    def linear_cka(self) -> float:
+        """Linear CKA (Kornblith et al. 2019) from the streamed statistics (needs ``gram``):
+        ``‖C_xy‖²_F / (‖C_xx‖_F ‖C_yy‖_F)`` with the centered (co)variances — equal to
+        ``neuronscope.analyses.compare.linear_cka`` on the same rows."""
+        cxy, cxx, cyy = self.cov_xy(), self.cov_xx(), self.cov_yy()
+        den = np.linalg.norm(cxx) * np.linalg.norm(cyy)
+        if den <= 0:
+            raise NeuronscopeError("a population has zero variance; CKA is undefined")
+        return float(np.linalg.norm(cxy) ** 2 / den)
+
     def corr_xx(self) -> np.ndarray:
         """Pearson correlation among the x neurons (needs ``gram=True``)."""
         v = self.var_x()

@@ -138,29 +138,32 @@ class TopK:
         v = a[rows, cols] + np.float32(0)  # -0.0 -> +0.0: equal floats, equal keys
         s = sample[rows]
         ckey = _order_key(cols, v)
+        # order candidates by (neuron, -a, sample) first: sorted queries make the binary
+        # searches below cache-friendly, and the rank among candidates is then positional
+        if row_major and (len(s) < 2 or bool(np.all(s[1:] >= s[:-1]))):
+            order = np.argsort(ckey, kind="stable")  # ties keep row order = sample order
+        else:
+            order = np.lexsort((s, ckey))
+        rows, cols, v, s, ckey = rows[order], cols[order], v[order], s[order], ckey[order]
         kept_key = _order_key(np.repeat(np.arange(self.units), k), self.values.ravel() + np.float32(0))
-        base = cols * k
-        rank_kept = np.searchsorted(kept_key, ckey, side="left") - base  # kept with larger a
-        tied = np.flatnonzero(np.searchsorted(kept_key, ckey, side="right") - base > rank_kept)
+        at = np.searchsorted(kept_key, ckey, side="left")
+        rank_kept = at - cols * k  # kept examples with a larger activation
+        tied = np.flatnonzero(kept_key[np.minimum(at, len(kept_key) - 1)] == ckey)
         if len(tied):
             tc, tv, ts = cols[tied], v[tied, None], s[tied, None]
             kv, ks = self.values[tc], self.sample[tc]
             beaten = (kv > tv) | ((kv == tv) & (ks >= 0) & (ks < ts))
             rank_kept[tied] = beaten.sum(axis=1)
+        # a candidate beaten by k kept examples is out, and so are the worse ones after it
         live = rank_kept < k
-        rows, cols, v, s = rows[live], cols[live], v[live], s[live]
-        ckey, rank_kept = ckey[live], rank_kept[live]
+        rows, cols, v, s, rank_kept = rows[live], cols[live], v[live], s[live], rank_kept[live]
         if not len(rows):
             return
-        if row_major and (len(s) < 2 or bool(np.all(s[1:] >= s[:-1]))):
-            order = np.argsort(ckey, kind="stable")  # ties keep row order = sample order
-        else:
-            order = np.lexsort((s, ckey))
-        rows, cols, v, s, rank_kept = rows[order], cols[order], v[order], s[order], rank_kept[order]
-        rank_cand = np.arange(len(cols)) - np.searchsorted(cols, cols, side="left")
+        head = np.r_[True, cols[1:] != cols[:-1]]
+        ti = np.cumsum(head) - 1
+        touched = cols[head]
+        rank_cand = np.arange(len(cols)) - np.flatnonzero(head)[ti]
         new_rank = rank_kept + rank_cand
-        touched = np.unique(cols)
-        ti = np.searchsorted(touched, cols)
         m = len(touched)
         # kept example i of a touched neuron moves down by #{candidates with rank_kept <= i}
         hist = np.bincount(ti * (k + 1) + rank_kept, minlength=m * (k + 1)).reshape(m, k + 1)
@@ -187,20 +190,23 @@ class TopK:
             arr[cols, new_rank] = value
 
     def _context(self, b: Batch, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``a[row + j - W, col]`` for rows of the same document (or item) at position
-        ``pos + j - W``, NaN elsewhere."""
+        """``a[row + j - W, col]`` for rows of the same document (or item), NaN elsewhere.
+
+        A document's rows are contiguous and in position order (the batch contract), so
+        row ``row + j - W`` is position ``pos + j - W`` when it lies in the document's
+        row range ``[first, last]``."""
         n = b.n
         offs = np.arange(-self.window, self.window + 1)
         nb = rows[:, None] + offs
-        ok = (nb >= 0) & (nb < n)
-        nbc = np.clip(nb, 0, n - 1)
-        doc, pos = _group(b), b.coord("pos")
-        if doc is None or (pos is None and b.coord("doc") is None):
-            ok &= offs == 0
+        doc = _group(b)
+        if doc is None or (b.coord("pos") is None and b.coord("doc") is None):
+            ok = np.broadcast_to(offs == 0, nb.shape)
         else:
-            ok &= doc[nbc] == doc[rows][:, None]
-            if pos is not None:
-                ok &= pos[nbc] == pos[rows][:, None] + offs
+            change = np.flatnonzero(doc[1:] != doc[:-1]) + 1
+            first = np.r_[0, change][np.searchsorted(change, rows, side="right")]
+            last = np.r_[change, n][np.searchsorted(change, rows, side="right")] - 1
+            ok = (nb >= first[:, None]) & (nb <= last[:, None])
+        nbc = np.clip(nb, 0, n - 1)
         return np.where(ok, b.acts[nbc, cols[:, None]], np.float32(np.nan))
 
     # -- merge / result / state -------------------------------------------------

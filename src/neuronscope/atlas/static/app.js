@@ -373,6 +373,15 @@
       sort: "freq", desc: true, q: "", hideDead: false, dormantOnly: false, positionalOnly: false, page: 0,
     });
     const cols = columnSpec(data, true);
+    /* The table state is also in the URL (shareable links): sort, desc, q, dead, dormant, positional, page. */
+    const qp = query();
+    if (qp.has("sort") && cols.some((c) => c.key === qp.get("sort"))) st.sort = qp.get("sort");
+    if (qp.has("desc")) st.desc = qp.get("desc") !== "0";
+    if (qp.has("q")) st.q = qp.get("q");
+    if (qp.has("dead")) st.hideDead = qp.get("dead") === "0";
+    if (qp.has("dormant")) st.dormantOnly = qp.get("dormant") === "1";
+    if (qp.has("positional")) st.positionalOnly = qp.get("positional") === "1";
+    if (qp.has("page")) st.page = Math.max(0, (parseInt(qp.get("page"), 10) || 1) - 1);
     const n = data.rows.unit.length;
     const controls = el("div", { cls: "controls" });
     const q = el("input", { type: "search", placeholder: "filter: unit number or top token", id: "filter" });
@@ -400,7 +409,7 @@
 
     function order() {
       const R = data.rows, query = st.q.trim().toLowerCase();
-      let idxs = [];
+      const idxs = [];
       for (let i = 0; i < n; i++) {
         if (st.hideDead && R.dead && R.dead[i]) continue;
         if (st.dormantOnly && R.dormant && !R.dormant[i]) continue;
@@ -467,6 +476,13 @@
           disabled: st.page >= pages - 1 ? "" : null }),
         el("button", { text: "last »", onclick: go(pages - 1), disabled: st.page >= pages - 1 ? "" : null }),
       ]);
+      const params = new URLSearchParams({ sort: st.sort, desc: st.desc ? "1" : "0" });
+      if (st.q) params.set("q", st.q);
+      if (st.hideDead) params.set("dead", "0");
+      if (st.dormantOnly) params.set("dormant", "1");
+      if (st.positionalOnly) params.set("positional", "1");
+      if (st.page) params.set("page", String(st.page + 1));
+      try { history.replaceState(null, "", siteHref(s.name) + "?" + params.toString()); } catch (e) { /* ignore */ }
       document.body.setAttribute("data-render-ms", (performance.now() - t0).toFixed(1));
     }
     draw();
@@ -565,8 +581,14 @@
 
   /* ---------- router ---------- */
 
+  /* "#/site?sort=mean&desc=0&q=the" -> route parts ["site"] and the query parameters. */
+  function query() {
+    const h = location.hash, i = h.indexOf("?");
+    return new URLSearchParams(i < 0 ? "" : h.slice(i + 1));
+  }
+
   function parts() {
-    const h = location.hash.replace(/^#\/?/, "");
+    const h = location.hash.replace(/^#\/?/, "").split("?")[0];
     if (!h) return [];
     return h.split("/").map((p) => { try { return decodeURIComponent(p); } catch (e) { return p; } });
   }
