@@ -27,8 +27,21 @@ _API = {
     # characterize
     "characterize": "neuronscope.analyses.characterize",
     "site_summary": "neuronscope.analyses.characterize",
-    "summarize_run": "neuronscope.recording",
     "top_examples": "neuronscope.analyses.characterize",
+    "summarize_run": "neuronscope.distributed",
+    "record_distributed": "neuronscope.distributed",
+    # compare
+    "compare": "neuronscope.analyses.compare",
+    "compare_all": "neuronscope.analyses.compare",
+    "linear_cka": "neuronscope.analyses.compare",
+    "rsa": "neuronscope.analyses.compare",
+    # match / sysid
+    "record_lockstep": "neuronscope.lockstep",
+    "Lockstep": "neuronscope.lockstep",
+    "universal_neurons": "neuronscope.analyses.match",
+    "match_one_to_one": "neuronscope.analyses.match",
+    "rosetta_neurons": "neuronscope.analyses.match",
+    "sysid": "neuronscope.analyses.sysid",
     # atlas
     "build_atlas": "neuronscope.atlas.build",
     "NeuronscopeError": "neuronscope.errors",

@@ -146,7 +146,7 @@ def _glob(site: str) -> str:
 
 def match_command(
     models: list[str] = typer.Option(..., "--models", help=_MODELS_HELP),
-    more: list[str] = typer.Argument(None, help=_MORE_HELP, show_default=False),
+    more: list[str] = typer.Argument(None, help=_MORE_HELP, show_default=False, metavar="MODEL"),
     corpus: str = typer.Option("default", help="Text corpus (.txt / .jsonl, or 'default' for the bundled one); digits models ignore it."),
     sites: str = typer.Option("", help="Module glob(s), comma-separated (default: the FFN sites of text models, 'act*' for digits nets)."),
     threshold: float = typer.Option(0.5, help="A neuron is universal when its maximum correlation with every other model exceeds this."),
@@ -218,7 +218,7 @@ def _json_default(o: Any) -> Any:
 
 def sysid_command(
     models: list[str] = typer.Option(..., "--models", help=_MODELS_HELP + " With two or more, the tRSA design: the brain is --truth-site of the first model, the candidates are the sites of the other models (other seeds)."),
-    more: list[str] = typer.Argument(None, help=_MORE_HELP, show_default=False),
+    more: list[str] = typer.Argument(None, help=_MORE_HELP, show_default=False, metavar="MODEL"),
     truth_site: str = typer.Option("", help="The site that generates the simulated brain (default: the first recorded site)."),
     corpus: str = typer.Option("default", help="Text corpus for text models ('default' = the bundled one); its tokens are the stimuli."),
     sites: str = typer.Option("", help="Module glob(s) of the candidate sites (default: FFN sites of text models, 'act*,out' for digits nets)."),

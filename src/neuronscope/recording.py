@@ -49,15 +49,19 @@ def forward_batches(
     if isinstance(site_list, str):
         site_list = resolve_sites(model, site_list)
     model.eval()
-    with torch.inference_mode(), SiteCapture(model, site_list) as cap:
+    with SiteCapture(model, site_list) as cap:
         for batch in source.batches(start=start):
             cap.clear()
-            _run_model(model, batch)
-            acts: dict[str, np.ndarray] = {}
-            for s in site_list:
-                if s.name not in cap.outputs:
-                    raise NeuronscopeError(f"site {s.name!r} did not run in the forward pass; choose modules the model calls")
-                acts[s.name] = to_samples(cap.outputs[s.name], batch.mask, conv).numpy()
+            # inference mode only around the forward pass: a generator that held it across
+            # ``yield`` would leave the caller's code in inference mode too
+            with torch.inference_mode():
+                _run_model(model, batch)
+                acts: dict[str, np.ndarray] = {}
+                for s in site_list:
+                    if s.name not in cap.outputs:
+                        raise NeuronscopeError(f"site {s.name!r} did not run in the forward pass; choose modules the model calls")
+                    acts[s.name] = to_samples(cap.outputs[s.name], batch.mask, conv).numpy()
+            cap.clear()
             counts = {a.shape[0] for a in acts.values()}
             if len(counts) > 1:
                 desc = ", ".join(f"{k}: {v.shape[0]}" for k, v in acts.items())

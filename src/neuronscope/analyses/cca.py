@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuronscope.analyses.cka import _ata, _center
+from neuronscope.analyses.cka import _ata, _center, _eigh
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import ArrayLike, paired
 
@@ -37,7 +37,7 @@ class _Basis:
 
 
 def _basis_from_cov(c: np.ndarray, what: str) -> _Basis:
-    lam, v = np.linalg.eigh((c + c.T) / 2)
+    lam, v = _eigh((c + c.T) / 2)
     lam, v = lam[::-1], v[:, ::-1]
     if lam.size == 0 or lam[0] <= 0:
         raise NeuronscopeError(f"{what} has zero variance across stimuli (all columns constant)")

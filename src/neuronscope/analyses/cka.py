@@ -70,6 +70,17 @@ def _gram(a: np.ndarray, b: np.ndarray | None = None, dtype: type = np.float64) 
     return out
 
 
+def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.linalg.eigh`` on one BLAS thread for large matrices: OpenBLAS's threaded
+    tridiagonal reduction is several times slower than one thread on a busy machine."""
+    if a.shape[0] < 256:
+        return np.linalg.eigh(a)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return np.linalg.eigh(a)
+
+
 def _frob2(a: np.ndarray) -> float:
     return float(np.einsum("ij,ij->", a, a))
 

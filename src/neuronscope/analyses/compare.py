@@ -38,6 +38,7 @@ from neuronscope.analyses.cca import (
 from neuronscope.analyses.cka import (
     _ata,
     _center,
+    _eigh,
     _feature_space,
     _frob2,
     _gram,
@@ -458,7 +459,7 @@ def ridge_from_stats(
         my = (tot["sum_y"] - s["sum_y"]) / ntr
         cxx = (tot["xtx"] - s["xtx"]) - ntr * np.outer(mx, mx)
         cxy = (tot["xty"] - s["xty"]) - ntr * np.outer(mx, my)
-        lam, v = np.linalg.eigh(cxx)
+        lam, v = _eigh(cxx)
         lam = np.maximum(lam, 0.0)
         b = v.T @ cxy
         # held-out fold statistics centered at the training means
@@ -477,6 +478,6 @@ def ridge_from_stats(
     mx, my = tot["sum_x"] / n_all, tot["sum_y"] / n_all
     cxx = tot["xtx"] - n_all * np.outer(mx, mx)
     cxy = tot["xty"] - n_all * np.outer(mx, my)
-    lam, v = np.linalg.eigh(cxx)
+    lam, v = _eigh(cxx)
     coef = v @ ((v.T @ cxy) / (np.maximum(lam, 0.0)[:, None] + alpha[None, :]))
     return {"coef": coef, "intercept": my - mx @ coef, "alpha": alpha, "cv_mse": cv_mse}

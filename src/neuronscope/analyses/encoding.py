@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-
 from sklearn.base import BaseEstimator
 
-from neuronscope.analyses.cka import _ata, _gram
+from neuronscope.analyses.cka import _ata, _eigh, _gram
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import ArrayLike, _id_coord, align, to_matrix
 
@@ -68,7 +67,7 @@ class _Decomp:
 
 def _decompose_primal(g: np.ndarray, n: int, s: np.ndarray) -> _Decomp:
     mu = s / n
-    lam, v = np.linalg.eigh(g - n * np.outer(mu, mu))
+    lam, v = _eigh(g - n * np.outer(mu, mu))
     return _Decomp(True, v, lam, mu)
 
 
@@ -168,7 +167,7 @@ class RidgeEncoder(BaseEstimator):
                     c = r.mean()
                     ket = ket - ket.mean(1, keepdims=True) - r[None, :] + c
                     ktt = ktt - r[:, None] - r[None, :] + c
-                lam, u = np.linalg.eigh(ktt)
+                lam, u = _eigh(ktt)
                 dec = _Decomp(False, u, lam, xg[tr].mean(0) if self.fit_intercept else np.zeros(p))
                 dec.train = tr  # type: ignore[attr-defined]
                 decs.append((dec, ket @ u))
@@ -218,7 +217,7 @@ class RidgeEncoder(BaseEstimator):
         if primal:
             self._dec = _decompose_primal(g_all, n, np.zeros(p))
         else:
-            lam, u = np.linalg.eigh(_gram(xg))
+            lam, u = _eigh(_gram(xg))
             self._dec = _Decomp(False, u, lam, np.zeros(p))
         self._ym = y.mean(0, dtype=np.float64) if self.fit_intercept else np.zeros(t)
         if self.keep_coef:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuronscope.analyses.cka import _ata, _center
+from neuronscope.analyses.cka import _ata, _center, _eigh
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import ArrayLike, _id_coord, paired, to_matrix
 
@@ -35,7 +35,7 @@ def _principal_scores(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores P (n, r) with PᵀP = diag(λ), a rotation of centered ``xc`` (rank-r part)."""
     n, p = xc.shape
     if p <= n:
-        lam, v = np.linalg.eigh(_ata(xc))
+        lam, v = _eigh(_ata(xc))
         lam = np.maximum(lam[::-1], 0.0)
         v = v[:, ::-1]
         keep = lam > _EIG_TOL * max(lam[0], 1e-300)
@@ -144,7 +144,7 @@ def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[n
 
 
 def _psd_sqrt(c: np.ndarray) -> np.ndarray:
-    lam, v = np.linalg.eigh(c)
+    lam, v = _eigh(c)
     return (v * np.sqrt(np.maximum(lam, 0.0))[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 

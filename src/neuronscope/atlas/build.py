@@ -423,6 +423,8 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     src = run.config.get("source") or {}
     model = run.config.get("model")
     corpus = src.get("corpus") or src.get("name")
+    if corpus and ("/" in corpus or "\\" in corpus):
+        corpus = Path(corpus).name  # a shared atlas should not carry the recording machine's paths
     meta = {
         "model": model,
         "corpus": corpus,
