@@ -19,7 +19,8 @@ from torch import nn
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.base import Batch
-from neuronscope.sources.torch_sites import Site, SiteCapture, sites as resolve_sites, to_samples
+from neuronscope.sources.torch_sites import Site, SiteCapture, to_samples
+from neuronscope.sources.torch_sites import sites as resolve_sites
 from neuronscope.store import Run, RunWriter, open_run
 
 KEEP = ("both", "activations", "summaries")
@@ -113,7 +114,13 @@ def _site_units(model: nn.Module, source: Any, site_list: list[Site], conv: str)
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]recording"),

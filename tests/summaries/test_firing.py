@@ -117,3 +117,14 @@ def test_state_round_trip():
         back = summary_from_state(attrs["kind"], arrays, attrs)
         for key, value in s.result().items():
             np.testing.assert_array_equal(back.result()[key], value)
+
+
+def test_position_state_trims_unseen_positions():
+    acts, samples = make_corpus(6, max_len=4)
+    pf = PositionFiring(acts.shape[1], max_pos=100)
+    pf.update(acts, samples)
+    arrays, attrs = pf.state()
+    assert arrays["count"].shape == (samples["pos"].max() + 1, acts.shape[1])
+    back = summary_from_state(attrs["kind"], arrays, attrs)
+    np.testing.assert_array_equal(back.count, pf.count)
+    np.testing.assert_array_equal(back.n, pf.n)

@@ -69,3 +69,24 @@ def test_state_round_trip():
     back = summary_from_state(attrs["kind"], arrays, attrs)
     for key, value in tm.result().items():
         np.testing.assert_array_equal(back.result()[key], value)
+
+
+def test_state_keeps_only_held_slots_and_keeps_streaming_equal():
+    rng = np.random.default_rng(7)
+    tok = rng.integers(0, 40, 600)
+    acts = rng.standard_normal((600, 2)).astype(np.float32)
+
+    def batch(i):
+        return acts[i : i + 100], {"sample": np.arange(i, i + 100), "token_id": tok[i : i + 100]}
+
+    tm = TokenMeans(2, slots=16)  # beyond the bound: evictions happen
+    for i in range(0, 300, 100):
+        tm.update(*batch(i))
+    arrays, attrs = tm.state()
+    assert len(arrays["ids"]) == (tm.ids >= 0).sum() <= 16
+    back = summary_from_state(attrs["kind"], arrays, attrs)
+    for i in range(300, 600, 100):
+        tm.update(*batch(i))
+        back.update(*batch(i))
+    for key, value in tm.result().items():
+        np.testing.assert_array_equal(back.result()[key], value)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuronscope.analyses.cka import _ata, _center, _eigh
+from neuronscope.analyses.cka import _ata, _center, _eigh, _svd
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import ArrayLike, paired
 
@@ -52,7 +52,7 @@ def _basis(x: np.ndarray, what: str) -> _Basis:
         b = _basis_from_cov(_ata(xc), what)
         b.scores = xc.astype(np.float64) @ b.vecs
         return b
-    u, s, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+    u, s, vt = _svd(xc.astype(np.float64))
     lam = s**2
     if lam[0] <= 0:
         raise NeuronscopeError(f"{what} has zero variance across stimuli (all columns constant)")
@@ -88,7 +88,7 @@ def _cca_core(bx: _Basis, by: _Basis, mxy: np.ndarray, keep: float | int | None,
     wx = 1.0 / np.sqrt(bx.lam[:kx] + eps * bx.lam[0])
     wy = 1.0 / np.sqrt(by.lam[:ky] + eps * by.lam[0])
     t = wx[:, None] * mxy[:kx, :ky] * wy[None, :]
-    u, rho, vt = np.linalg.svd(t, full_matrices=False)
+    u, rho, vt = _svd(t)
     rho = np.clip(rho, 0.0, 1.0)
     bx2 = _Basis(bx.vecs[:, :kx], bx.lam[:kx], None if bx.scores is None else bx.scores[:, :kx])
     by2 = _Basis(by.vecs[:, :ky], by.lam[:ky], None if by.scores is None else by.scores[:, :ky])

@@ -14,6 +14,7 @@ accumulate float32 input in float64 row blocks and never call a threaded float64
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,16 @@ def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     with threadpool_limits(limits=1, user_api="blas"):
         return np.linalg.eigh(a)
+
+
+def _svd(a: np.ndarray, compute_uv: bool = True) -> Any:
+    """Thin ``np.linalg.svd`` (one BLAS thread for large matrices, see :func:`_eigh`)."""
+    if min(a.shape) < 256:
+        return np.linalg.svd(a, full_matrices=False, compute_uv=compute_uv)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return np.linalg.svd(a, full_matrices=False, compute_uv=compute_uv)
 
 
 def _frob2(a: np.ndarray) -> float:

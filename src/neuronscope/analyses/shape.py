@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuronscope.analyses.cka import _ata, _center, _eigh
+from neuronscope.analyses.cka import _ata, _center, _eigh, _svd
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import ArrayLike, _id_coord, paired, to_matrix
 
@@ -40,7 +40,7 @@ def _principal_scores(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         v = v[:, ::-1]
         keep = lam > _EIG_TOL * max(lam[0], 1e-300)
         return xc.astype(np.float64) @ v[:, keep], lam[keep]
-    u, s, _ = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+    u, s, _ = _svd(xc.astype(np.float64))
     lam = s**2
     keep = lam > _EIG_TOL * max(lam[0], 1e-300)
     return u[:, keep] * s[keep], lam[keep]
@@ -71,7 +71,7 @@ def whiten_scale(lam: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _nuclear(a: np.ndarray) -> float:
-    return float(np.linalg.svd(a, compute_uv=False).sum()) if a.size else 0.0
+    return float(_svd(a, compute_uv=False).sum()) if a.size else 0.0
 
 
 def _shape_terms(X: ArrayLike, Y: ArrayLike, alpha: float, normalize: bool) -> tuple[float, float, float]:
@@ -133,7 +133,7 @@ def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[n
     flat = a.reshape(m * r, p)
     flat = flat - flat.mean(0)
     if p > m * r:  # lossless rotation onto the span of all responses
-        u, s, _ = np.linalg.svd(flat, full_matrices=False)
+        u, s, _ = _svd(flat)
         keep = s > _EIG_TOL * s[0]
         flat = u[:, keep] * s[keep]
     a = flat.reshape(m, r, -1)

@@ -63,14 +63,18 @@ class PositionFiring:
         return {"count": self.count.copy(), "n": self.n.copy()}
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays ``count``, ``n``; attrs ``units``, ``max_pos``."""
+        """Arrays ``count``, ``n`` up to the last position seen (trailing empty positions
+        are not stored); attrs ``units``, ``max_pos``."""
+        seen = np.flatnonzero(self.n)
+        last = int(seen[-1]) + 1 if len(seen) else 0
         attrs = {"kind": self.kind, "units": self.units, "max_pos": self.max_pos}
-        return {"count": self.count, "n": self.n}, attrs
+        return {"count": self.count[:last], "n": self.n[:last]}, attrs
 
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state`."""
         self = cls(int(attrs["units"]), int(attrs["max_pos"]))
-        self.count = np.array(arrays["count"], dtype=np.int64)
-        self.n = np.array(arrays["n"], dtype=np.int64)
+        n = np.asarray(arrays["n"], dtype=np.int64)
+        self.count[: len(n)] = np.asarray(arrays["count"], dtype=np.int64).reshape(len(n), self.units)
+        self.n[: len(n)] = n
         return self

@@ -133,11 +133,13 @@ class TokenMeans:
         }
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays ``ids``, ``count``, ``sums``, ``other_count`` (1,), ``other_sum``."""
+        """Arrays ``ids``, ``count``, ``sums`` of the held slots only, ``other_count`` (1,),
+        ``other_sum``; attrs ``units``, ``slots``."""
+        used = np.flatnonzero(self.ids >= 0)
         arrays = {
-            "ids": self.ids,
-            "count": self.count,
-            "sums": self.sums,
+            "ids": self.ids[used],
+            "count": self.count[used],
+            "sums": self.sums[used],
             "other_count": np.array([self.other_count], dtype=np.int64),
             "other_sum": self.other_sum,
         }
@@ -147,9 +149,10 @@ class TokenMeans:
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state`."""
         self = cls(int(attrs["units"]), int(attrs["slots"]))
-        self.ids = np.array(arrays["ids"], dtype=np.int64)
-        self.count = np.array(arrays["count"], dtype=np.int64)
-        self.sums = np.array(arrays["sums"], dtype=np.float64)
+        ids = np.asarray(arrays["ids"], dtype=np.int64)
+        self.ids[: len(ids)] = ids
+        self.count[: len(ids)] = np.asarray(arrays["count"], dtype=np.int64)
+        self.sums[: len(ids)] = np.asarray(arrays["sums"], dtype=np.float64).reshape(len(ids), self.units)
         self.other_count = int(np.asarray(arrays["other_count"]).reshape(-1)[0])
         self.other_sum = np.array(arrays["other_sum"], dtype=np.float64)
         return self
