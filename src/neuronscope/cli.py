@@ -85,10 +85,11 @@ def record(
     """Record the neurons of a model over a corpus into a resumable run."""
     from neuronscope.recording import record as record_run
     from neuronscope.sources.models import load_model
-    from neuronscope.sources.text import TextSource
+    from neuronscope.sources.text import TextSource, load_corpus
 
+    docs = load_corpus(corpus)  # corpus errors come before the seconds of loading a model
     m, tok = load_model(model)
-    source = TextSource(corpus, tok, batch_size=batch_size, max_tokens=max_tokens)
+    source = TextSource(docs, tok, batch_size=batch_size, max_tokens=max_tokens)
     if workers or scheduler:
         from neuronscope.distributed import record_distributed
 

@@ -36,9 +36,10 @@ def _stats(x: np.ndarray, y: np.ndarray) -> dict:
     return {"n": len(x), "sum_x": x.sum(0), "sum_y": y.sum(0), "xtx": x.T @ x, "yty": y.T @ y, "xty": x.T @ y}
 
 
-def test_canonical_correlations_closed_form() -> None:
-    x, y = _pair()
-    np.testing.assert_allclose(canonical_correlations(x, y, eps=0.0), _qr_cca(x, y), atol=1e-10)
+@pytest.mark.parametrize("n,p,q", [(300, 8, 6), (600, 280, 300)])
+def test_canonical_correlations_closed_form(n: int, p: int, q: int) -> None:
+    x, y = _pair(n, p, q)
+    np.testing.assert_allclose(canonical_correlations(x, y, eps=0.0), _qr_cca(x, y), atol=1e-8)
 
 
 def test_cca_invariant_to_invertible_linear_maps() -> None:

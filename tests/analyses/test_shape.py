@@ -65,12 +65,14 @@ def test_partial_whitening() -> None:
         procrustes_distance(x, y, alpha=1.5)
 
 
-def test_wide_populations_use_the_gram_path() -> None:
-    x, y = _rand(n=12, p=40, seed=9), _rand(n=12, p=30, seed=10)
+@pytest.mark.parametrize("n,p,q", [(12, 40, 30), (320, 280, 260), (270, 300, 20)])
+def test_all_shapes_match_the_closed_form(n: int, p: int, q: int) -> None:
+    """Wide (SVD path), tall (eigh path) and large (single-thread LAPACK) populations."""
+    x, y = _rand(n=n, p=p, seed=9), _rand(n=n, p=q, seed=10)
     xc, yc = x - x.mean(0), y - y.mean(0)
     nuc = np.linalg.svd(xc.T @ yc, compute_uv=False).sum()
     ref = np.sqrt(np.sum(xc**2) + np.sum(yc**2) - 2 * nuc)
-    assert procrustes_distance(x, y) == pytest.approx(ref, abs=1e-9)
+    assert procrustes_distance(x, y) == pytest.approx(ref, rel=1e-9)
 
 
 def _noisy(m: int, r: int, p: int, seed: int, noise: float = 0.5) -> np.ndarray:
