@@ -171,6 +171,12 @@ def demo(
     source = TextSource(corpus, tok, batch_size=32, max_tokens=128)
     run = record_run(model, source, BERT_FFN_SITES, out=out / "minilm.zarr", keep="both",
                      dtype="float16", sample_rate=sample_rate, progress=not json_out)
+    # layer × layer linear CKA on the stored activations, kept in the run for the atlas
+    from neuronscope.analyses.compare import compare_all
+    from neuronscope.analyses.extras import save_comparison
+
+    cka = compare_all({s.split(".")[2]: run.population(s).values for s in run.sites}, "cka")
+    save_comparison(run, cka, "cka", title="linear CKA between MiniLM's FFN layers (stored tokens)")
     table = characterize_run(run)
     table.to_parquet(out / "neurons.parquet")
     sites_df = site_summary(run)

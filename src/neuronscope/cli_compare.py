@@ -73,6 +73,8 @@ def compare_command(
                                 help="Partial whitening for procrustes/shape (1 = none, 0 = full)."),
     keep: float = typer.Option(0.99, "--keep", help="Variance fraction kept by svcca."),
     cv: int = typer.Option(5, "--cv", help="Cross-validation folds for the encoding metric."),
+    save: Path = typer.Option(None, "--save",
+                              help="Store the matrix in this run (extras/compare-<metric>) so its atlas shows the heatmap."),
 ) -> None:
     """Compare representations (networks with networks, networks with brains)."""
     from rich.console import Console
@@ -96,6 +98,10 @@ def compare_command(
     pa, pb = load_spec(a), load_spec(b)
     mat = compare_all(pa, metric, others=pb, **kw)
     values = mat.values
+    if save is not None:
+        from neuronscope.analyses.extras import save_comparison
+
+        save_comparison(save, mat, metric, title=f"{metric}: {a} vs {b}")
     if json_out:
         if values.shape == (1, 1):
             payload: dict[str, Any] = {"metric": metric, "a": a, "b": b, "value": float(values[0, 0])}
