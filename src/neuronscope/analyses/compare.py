@@ -8,8 +8,10 @@ and the linear metrics from streamed sufficient statistics.
   with each population's own factor (centered matrix and its norm, RDM, principal basis)
   computed once, so a pair costs one cross product.
 * :class:`CrossStats` and ``*_from_stats`` — n, Σx, Σy, XᵀX, YᵀY, XᵀY accumulated in one pass
-  over a corpus larger than memory (float64, mergeable); linear CKA, CCA/SVCCA/PWCCA,
-  Procrustes/angular shape distances and ridge regression from them.
+  over a corpus larger than memory (float64, mergeable; a layer over
+  :class:`~neuronscope.summaries.crossprod.CrossProducts`, whose ``sufficient_stats()`` the
+  functions accept too); linear CKA, CCA/SVCCA/PWCCA, Procrustes/angular shape distances and
+  ridge regression from them.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from neuronscope.analyses.shape import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.brain import _id_coord, average_repeats, to_matrix
+from neuronscope.summaries.crossprod import CrossProducts
 
 __all__ = [
     "CrossStats", "RDMs", "RidgeEncoder", "METRICS", "angular_shape_distance",
@@ -289,103 +292,74 @@ def compare_all(
 
 
 class CrossStats:
-    """One-pass sufficient statistics of two populations seen in lockstep.
+    """One-pass sufficient statistics of two populations seen in lockstep, in the form the
+    ``*_from_stats`` functions take.
 
-    Accumulates n, Σx, Σy, XᵀX, YᵀY (or only its diagonal, ``full_yty=False``, enough for
-    ridge), XᵀY in float64 (float32 batches multiply in float32 and add in float64). Rows are
-    shifted by the first batch's column means before the products (the shifted-data
-    algorithm), so float32 activations with large means do not lose the centered variance to
-    cancellation; :meth:`result` converts back to raw moments in float64. ``merge`` is exact
-    and associative, so chunks can be reduced on Dask workers.
+    n, Σx, Σy, XᵀX, YᵀY (or only its diagonal Σy², ``full_yty=False``, enough for ridge, so
+    50k-voxel targets fit) and XᵀY, accumulated by
+    :class:`neuronscope.summaries.crossprod.CrossProducts` (``gram=True``, or ``gram="x"``
+    without the full YᵀY; available as :attr:`cross`): rows are shifted by the first batch's
+    means before the products (the shifted-data algorithm) so float32 activations with large
+    means keep their centered variance, float32 batches multiply in float32 and add in
+    float64 (float64 batches multiply in float64), and :meth:`result` converts back to raw
+    moments in float64. ``merge`` is exact and associative, so chunks can be reduced on Dask
+    workers.
     """
 
-    _KEYS = ("sum_x", "sum_y", "xtx", "yty", "xty")
-
     def __init__(self, p: int, q: int, full_yty: bool = True):
-        self.n = 0
-        self.full_yty = full_yty
-        self.shift_x, self.shift_y = np.zeros(p), np.zeros(q)
-        self.sum_x, self.sum_y = np.zeros(p), np.zeros(q)
-        self.xtx, self.xty = np.zeros((p, p)), np.zeros((p, q))
-        self.yty = np.zeros((q, q)) if full_yty else np.zeros(q)
+        self.full_yty = bool(full_yty)
+        self.cross = CrossProducts(p, q, gram=True if self.full_yty else "x")
+
+    @property
+    def n(self) -> int:
+        """Number of rows folded in so far."""
+        self.cross.flush()
+        return self.cross.n
 
     def update(self, x: np.ndarray, y: np.ndarray) -> CrossStats:
-        """Fold in a batch of paired rows ``x`` (b, p), ``y`` (b, q)."""
-        x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
-            raise NeuronscopeError("update needs paired 2-D batches with the same number of rows")
-        if x.shape[1] != len(self.sum_x) or y.shape[1] != len(self.sum_y):
-            raise NeuronscopeError("batch widths differ from the CrossStats shape")
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            raise NeuronscopeError("batch contains NaN or Inf; clean the activations first")
-        if len(x) == 0:
-            return self
-        if self.n == 0:
-            self.shift_x = x.mean(0, dtype=np.float64)
-            self.shift_y = y.mean(0, dtype=np.float64)
-        dt = np.float32 if x.dtype == np.float32 and y.dtype == np.float32 else np.float64
-        xs = (x - self.shift_x).astype(dt)
-        ys = (y - self.shift_y).astype(dt)
-        self.n += len(x)
-        self.sum_x += xs.sum(0, dtype=np.float64)
-        self.sum_y += ys.sum(0, dtype=np.float64)
-        self.xtx += _ata(xs)
-        self.xty += _ata(xs, ys)
-        if self.full_yty:
-            self.yty += _ata(ys)
-        else:
-            self.yty += np.einsum("ij,ij->j", ys, ys, dtype=np.float64)
+        """Fold in a batch of paired rows ``x`` (b, p), ``y`` (b, q); rejects NaN/Inf."""
+        self.cross.update_pair(x, y)
         return self
-
-    def _shifted(self, cx: np.ndarray, cy: np.ndarray) -> dict[str, np.ndarray]:
-        """The statistics of rows shifted by (cx, cy) instead of the stored shift (float64)."""
-        dx, dy, n = self.shift_x - cx, self.shift_y - cy, self.n
-        sx, sy = self.sum_x, self.sum_y
-        out = {
-            "sum_x": sx + n * dx,
-            "sum_y": sy + n * dy,
-            "xtx": self.xtx + np.outer(sx, dx) + np.outer(dx, sx) + n * np.outer(dx, dx),
-            "xty": self.xty + np.outer(sx, dy) + np.outer(dx, sy) + n * np.outer(dx, dy),
-        }
-        if self.full_yty:
-            out["yty"] = self.yty + np.outer(sy, dy) + np.outer(dy, sy) + n * np.outer(dy, dy)
-        else:
-            out["yty"] = self.yty + 2 * sy * dy + n * dy**2
-        return out
 
     def merge(self, other: CrossStats) -> CrossStats:
         """Add another CrossStats of disjoint rows (in place)."""
-        if other.full_yty != self.full_yty or other.xty.shape != self.xty.shape:
-            raise NeuronscopeError("cannot merge CrossStats of different shapes")
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            self.shift_x, self.shift_y = other.shift_x.copy(), other.shift_y.copy()
-        conv = other._shifted(self.shift_x, self.shift_y)
-        self.n += other.n
-        for k in self._KEYS:
-            setattr(self, k, getattr(self, k) + conv[k])
+        if other.full_yty != self.full_yty or (other.cross.nx, other.cross.ny) != (
+            self.cross.nx, self.cross.ny
+        ):
+            raise NeuronscopeError(
+                "cannot merge CrossStats of different shapes; build both with the same p, q, "
+                "full_yty"
+            )
+        self.cross.merge(other.cross)
         return self
 
     def result(self) -> dict[str, Any]:
         """``dict(n, sum_x, sum_y, xtx, yty, xty)`` of the raw rows — the keyword arguments
-        of the ``*_from_stats`` functions."""
-        raw = self._shifted(np.zeros_like(self.shift_x), np.zeros_like(self.shift_y))
-        return {"n": self.n, **raw}
+        of the ``*_from_stats`` functions (``yty`` is the diagonal with ``full_yty=False``)."""
+        return self.cross.sufficient_stats()
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays and JSON attributes to rebuild this object (``from_state``)."""
-        arrays = {k: getattr(self, k) for k in (*self._KEYS, "shift_x", "shift_y")}
-        return arrays, {"n": int(self.n), "full_yty": self.full_yty}
+        """Arrays and JSON attributes to rebuild this object (``from_state``); the state of
+        the underlying ``CrossProducts``."""
+        return self.cross.state()
 
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> CrossStats:
         """Rebuild from :meth:`state`."""
-        obj = cls(len(arrays["sum_x"]), len(arrays["sum_y"]), bool(attrs["full_yty"]))
-        for k in (*cls._KEYS, "shift_x", "shift_y"):
-            setattr(obj, k, np.array(arrays[k], dtype=np.float64))
-        obj.n = int(attrs["n"])
+        cross = CrossProducts.from_state(arrays, attrs)
+        if not cross.gram_x:
+            raise NeuronscopeError("this state has no XᵀX; pass the state of a CrossStats")
+        obj = cls.__new__(cls)
+        obj.full_yty, obj.cross = cross.gram_y, cross
         return obj
+
+
+def _fold_stats(f: CrossStats | CrossProducts | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(f, CrossStats):
+        return f.result()
+    if isinstance(f, CrossProducts):
+        return f.sufficient_stats()
+    return dict(f)
 
 
 def linear_cka_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray,
@@ -424,21 +398,22 @@ def angular_shape_distance_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarr
 
 
 def ridge_from_stats(
-    folds: Sequence[CrossStats | Mapping[str, Any]],
+    folds: Sequence[CrossStats | CrossProducts | Mapping[str, Any]],
     alphas: Sequence[float] = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6),
     alpha_per_target: bool = True,
 ) -> dict[str, np.ndarray]:
     """Ridge regression with k-fold α selection from per-fold sufficient statistics.
 
-    ``folds`` are the CrossStats of k disjoint parts of the corpus (e.g. documents hashed to
-    k folds during the one pass; ``full_yty=False`` suffices). For fold f and α the model is
+    ``folds`` are the CrossStats (or ``CrossProducts`` with ``gram="x"`` or ``True``, or the
+    dicts of ``CrossStats.result()``) of k disjoint parts of the corpus (e.g. documents hashed to k folds
+    during the one pass; ``full_yty=False`` suffices). For fold f and α the model is
     fit on the other folds' centered statistics, W = (Cxx + αI)⁻¹ Cxy, and its held-out error
     Σ(y - ŷ)² = Σ(y - ȳ)² - 2 wᵀ X̃ᵀỹ + wᵀ X̃ᵀX̃ w is read from fold f's statistics (X̃, ỹ
     centered at the training means). Returns ``coef`` (p, t) and ``intercept`` (t,) refit on
     all folds at the chosen ``alpha`` (t,), and ``cv_mse`` (n_alphas, t). Matches
     :class:`RidgeEncoder` (``scoring="mse"``) on the same folds.
     """
-    st = [f.result() if isinstance(f, CrossStats) else dict(f) for f in folds]
+    st = [_fold_stats(f) for f in folds]
     if len(st) < 2:
         raise NeuronscopeError("ridge_from_stats needs the statistics of at least 2 folds")
     alphas = np.asarray(alphas, dtype=np.float64)
