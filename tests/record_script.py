@@ -28,12 +28,13 @@ def main() -> int:
     model = TinyText(delay=delay)
     source = TextSource(corpus, tok, batch_size=4, max_tokens=32)
     calls = []
+    if limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # main thread only; on_batch runs on a worker
 
     def limit_after_a_few_batches(site, acts, samples):
         # the store exists and has committed; from now on files may not grow past `limit`
         calls.append(site)
         if limit and len(calls) == 6:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,7 @@ def record(
     progress: bool = True,
     on_batch: BatchHook | None = None,
     model_id: str | None = None,
+    overlap: bool = True,
 ) -> Run | dict[str, Any]:
     """Record the neurons of ``model`` at ``sites`` over ``source`` into a run at ``out``.
 
@@ -161,8 +163,10 @@ def record(
     * ``dtype``: ``float16`` or ``float32`` for stored activations (summaries always see float32).
     * ``sample_rate``: store activations of a deterministic subsample of samples; summaries
       see every sample.
-    * ``on_batch(site, acts, samples)``: called for every batch and site (a hook for extra
-      streaming computations).
+    * ``on_batch(site, acts, samples)``: called for every batch and site, in order (a hook
+      for extra streaming computations; with ``overlap`` it runs on the worker thread).
+    * ``overlap``: summarize and store batch *i* on a worker thread while the forward pass
+      of batch *i+1* runs (numpy and Zarr release the GIL); one batch in flight at most.
     * Resume: running again into an unfinished run with the same configuration continues
       from its last commit (every ``commit_seconds`` or ``commit_every`` batches); a
       different configuration is refused unless ``overwrite``. A commit checkpoints the
@@ -230,55 +234,72 @@ def record(
             summaries = {s: SiteSummaries.from_state(*state[s]) for s in units}
 
     t0 = time.perf_counter()
-    last_commit = time.monotonic()
-    batches_since = 0
-    items_since = 0
-    commit_cost = 0.0
-    with _progress(progress) as bar:
+    st = {"n_done": n_done, "seen": 0, "batches": 0, "items": 0, "last_commit": time.monotonic(),
+          "commit_cost": 0.0, "summaries": summaries}
+
+    def consume(batch: Batch, acts: dict[str, np.ndarray]) -> None:
+        """Everything after the forward pass of one batch: finite check, summaries, hook,
+        store, commit. Runs on a worker thread while the next forward pass runs."""
+        n = len(next(iter(acts.values())))
+        sample_ids = np.arange(st["n_done"], st["n_done"] + n, dtype=np.int64)
+        samples = {"sample": sample_ids, **batch.samples}
+        clean: dict[str, np.ndarray] = {}
+        for s, a in acts.items():
+            # one cheap reduction first: a NaN/Inf anywhere makes the sum non-finite
+            if np.isfinite(a.sum()):
+                clean[s] = a
+                continue
+            finite = np.isfinite(a)
+            bad = int(a.size - np.count_nonzero(finite))
+            nonfinite[s] += bad
+            clean[s] = np.where(finite, a, np.float32(0)) if bad else a
+        if want_summaries:
+            if st["summaries"] is None:
+                st["summaries"] = {s: SiteSummaries.create(units[s], cfg, clean[s]) for s in units}
+            for s in units:
+                st["summaries"][s].update(clean[s], samples)
+        if on_batch is not None:
+            for s in units:
+                on_batch(s, clean[s], samples)
+        if writer is not None:
+            mask = keep_mask(sample_ids, sample_rate)
+            rows = sample_ids[mask]
+            kept = {s: (a if mask.all() else a[mask]) for s, a in acts.items()} if store_acts else None
+            writer.append(batch.samples, rows, kept)
+        st["n_done"] += n
+        st["seen"] += n
+        st["batches"] += 1
+        st["items"] += batch.items
+        if writer is not None and (
+            (commit_every is not None and st["batches"] >= commit_every)
+            or (commit_every is None and time.monotonic() - st["last_commit"] >= max(commit_seconds, 20 * st["commit_cost"]))
+        ):
+            c0 = time.monotonic()
+            writer.commit(st["items"], nonfinite, _states(st["summaries"]))
+            st["batches"] = st["items"] = 0
+            st["last_commit"] = time.monotonic()
+            # keep checkpoints to ≤ 5% of the run: wait 20× the last commit's cost
+            st["commit_cost"] = st["last_commit"] - c0
+
+    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ns-consume") as pool:
         task = bar.add_task("record", total=len(source), completed=start_item, rate=0.0)
-        seen = 0
+        pending = None
+        done_items = 0
         for batch, acts in forward_batches(model, source, site_list, start=start_item, conv=conv):
-            n = len(next(iter(acts.values())))
-            sample_ids = np.arange(n_done, n_done + n, dtype=np.int64)
-            samples = {"sample": sample_ids, **batch.samples}
-            clean: dict[str, np.ndarray] = {}
-            for s, a in acts.items():
-                # one cheap reduction first: a NaN/Inf anywhere makes the sum non-finite
-                if np.isfinite(a.sum()):
-                    clean[s] = a
-                    continue
-                finite = np.isfinite(a)
-                bad = int(a.size - np.count_nonzero(finite))
-                nonfinite[s] += bad
-                clean[s] = np.where(finite, a, np.float32(0)) if bad else a
-            if want_summaries:
-                if summaries is None:
-                    summaries = {s: SiteSummaries.create(units[s], cfg, clean[s]) for s in units}
-                for s in units:
-                    summaries[s].update(clean[s], samples)
-            if on_batch is not None:
-                for s in units:
-                    on_batch(s, clean[s], samples)
-            if writer is not None:
-                mask = keep_mask(sample_ids, sample_rate)
-                rows = sample_ids[mask]
-                kept = {s: (a if mask.all() else a[mask]) for s, a in acts.items()} if store_acts else None
-                writer.append(batch.samples, rows, kept)
-            n_done += n
-            seen += n
-            batches_since += 1
-            items_since += batch.items
-            if writer is not None and (
-                (commit_every is not None and batches_since >= commit_every)
-                or (commit_every is None and time.monotonic() - last_commit >= max(commit_seconds, 20 * commit_cost))
-            ):
-                c0 = time.monotonic()
-                writer.commit(items_since, nonfinite, _states(summaries))
-                batches_since = items_since = 0
-                last_commit = time.monotonic()
-                # keep checkpoints to ≤ 5% of the run: wait 20× the last commit's cost
-                commit_cost = last_commit - c0
-            bar.update(task, advance=batch.items, rate=seen / max(time.perf_counter() - t0, 1e-9))
+            if pending is not None:
+                pending.result()  # at most one batch in flight; re-raises its error here
+                bar.update(task, advance=done_items, rate=st["seen"] / max(time.perf_counter() - t0, 1e-9))
+            done_items = batch.items
+            if overlap:
+                pending = pool.submit(consume, batch, acts)
+            else:
+                consume(batch, acts)
+                bar.update(task, advance=done_items, rate=st["seen"] / max(time.perf_counter() - t0, 1e-9))
+        if pending is not None:
+            pending.result()
+            bar.update(task, advance=done_items, rate=st["seen"] / max(time.perf_counter() - t0, 1e-9))
+    summaries = st["summaries"]
+    items_since = st["items"]
 
     if writer is None:
         return summaries or {}
