@@ -27,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--chunk-rows", type=int, default=None, help="rows per task (default: summarize_run's share per worker)")
     args = ap.parse_args()
     model, tok = ns.load_model("minilm")
     corpus = load_corpus("default")
@@ -38,10 +39,10 @@ def main() -> None:
         times: dict[int, list[float]] = {1: [], 2: []}
         for workers in (1, 2):
             with dask_client(workers=workers) as client:
-                summarize_run(run, client=client, chunk_rows=2048)  # warm-up: imports on workers
+                summarize_run(run, client=client, chunk_rows=args.chunk_rows)  # warm-up: imports on workers
                 for _ in range(args.repeats):
                     t = time.perf_counter()
-                    summarize_run(run, client=client, chunk_rows=2048)
+                    summarize_run(run, client=client, chunk_rows=args.chunk_rows)
                     times[workers].append(time.perf_counter() - t)
         nbytes = run.n_rows * sum(run.sites.values()) * 2
     m1, m2 = statistics.median(times[1]), statistics.median(times[2])

@@ -129,7 +129,7 @@ def summarize(
     sites: str = typer.Option("", help="Site glob(s) to summarize (default: all)."),
     workers: int = typer.Option(2, help="Workers of the local Dask cluster."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler (instead of a local cluster)."),
-    chunk_rows: int = typer.Option(8192, help="Rows per task (chunks never split a document)."),
+    chunk_rows: int = typer.Option(0, help="Rows per task (0 = an even share per worker, at most 32768; chunks never split a document)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
 ) -> None:
     """Compute the streaming summaries of a stored run chunk by chunk with Dask and store them
@@ -138,7 +138,7 @@ def summarize(
     from neuronscope.store import open_run
 
     r = open_run(run)
-    result = summarize_run(r, sites or None, workers=workers, scheduler=scheduler or None, chunk_rows=chunk_rows)
+    result = summarize_run(r, sites or None, workers=workers, scheduler=scheduler or None, chunk_rows=chunk_rows or None)
     r.write_summaries(result)
     if json_out:
         emit_json(open_run(run).info())

@@ -48,14 +48,20 @@ def _merge_states(a: State, b: State) -> State:
     return SiteSummaries.from_state(*a).merge(SiteSummaries.from_state(*b)).state()
 
 
-def tree_reduce(client: Any, futures: list[Any]) -> State:
-    """Merge summary-state futures pairwise on the cluster (a balanced tree); return the root."""
+def tree_future(client: Any, futures: list[Any]) -> Any:
+    """Submit a balanced tree of pairwise merges of summary-state futures on the cluster;
+    return the root future (nothing waits here, so several trees run side by side)."""
     while len(futures) > 1:
         nxt = [client.submit(_merge_states, futures[i], futures[i + 1], pure=False) for i in range(0, len(futures) - 1, 2)]
         if len(futures) % 2:
             nxt.append(futures[-1])
         futures = nxt
-    return futures[0].result()
+    return futures[0]
+
+
+def tree_reduce(client: Any, futures: list[Any]) -> State:
+    """Merge summary-state futures pairwise on the cluster (a balanced tree); return the root."""
+    return tree_future(client, futures).result()
 
 
 # -- summarize a stored run -------------------------------------------------------------
@@ -97,13 +103,16 @@ def summarize_run(
     workers: int | None = None,
     scheduler: str | None = None,
     summary_config: Mapping[str, Any] | None = None,
-    chunk_rows: int = 8192,
+    chunk_rows: int | None = None,
     client: Any = None,
 ) -> dict[str, Any]:
     """Streaming summaries of a stored run's activations, chunk by chunk on a Dask
     cluster, tree-merged: ``{site: SiteSummaries}``.
 
-    Chunks never split a document (top-k context needs whole documents). Histogram bins
+    Chunks never split a document (top-k context needs whole documents). ``chunk_rows``
+    defaults to an even share of the rows per worker, at most 32,768 rows (~200 MB of
+    float32 for 1,536 units): every task ships a full summary state (~11 MB per MiniLM
+    site) to the merge tree, so fewer, larger tasks scale better. Histogram bins
     come from the same calibration rows as ``record`` (the first batch of the source), so
     with float32 storage the result equals the summaries computed while recording.
     """
@@ -121,16 +130,17 @@ def summarize_run(
     key = "doc" if "doc" in run.samples else "item"
     ids = run.samples[key][rows]
     calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
-    chunks = _doc_aligned_chunks(ids, chunk_rows)
-
     def go(c: Any) -> dict[str, Any]:
-        out = {}
-        for s in names:
+        n_workers = max(len(c.scheduler_info().get("workers", {})), 1)
+        rows_per = chunk_rows or min(32768, -(-len(ids) // n_workers))
+        chunks = _doc_aligned_chunks(ids, rows_per)
+        roots = {}
+        for s in names:  # every site's chunks and merge tree are submitted before any wait
             cal = np.asarray(run.group["sites"][s]["activations"][: max(calib_rows, 1)], dtype=np.float32)
             cal = np.where(np.isfinite(cal), cal, np.float32(0))
             futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal, pure=False) for a, b in chunks]
-            out[s] = SiteSummaries.from_state(*tree_reduce(c, futs))
-        return out
+            roots[s] = tree_future(c, futs)
+        return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}
 
     if client is not None:
         return go(client)
@@ -278,10 +288,8 @@ def record_distributed(
             dask_progress(futs)
         from neuronscope.summaries.site import SiteSummaries
 
-        return {
-            s: SiteSummaries.from_state(*tree_reduce(c, [c.submit(_site_state, f, s, pure=False) for f in futs]))
-            for s in units
-        }
+        roots = {s: tree_future(c, [c.submit(_site_state, f, s, pure=False) for f in futs]) for s in units}
+        return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}
 
     if client is not None:
         merged = go(client)
