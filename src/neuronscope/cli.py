@@ -195,13 +195,25 @@ def demo(
 def print_site_summary(df: Any) -> None:
     """The per-site characterization as a rich table."""
     t = Table(title="per-site characterization")
-    cols = [c for c in ("site", "units", "samples", "pct_active_per_token", "dead_frac", "dormant_frac",
-                        "powerlaw_exponent", "top20_share") if c in df.columns]
+    heads = {"site": "site", "units": "units", "pct_active_per_token": "% act.", "dead_frac": "% dead",
+             "dormant_frac": "% dorm.", "powerlaw_exponent": "α", "top20_share": "% top20"}
+    cols = [c for c in heads if c in df.columns]
     for c in cols:
-        t.add_column(c, justify="left" if c == "site" else "right")
+        t.add_column(heads[c], justify="left" if c == "site" else "right", no_wrap=c == "site")
     for _, row in df.iterrows():
-        t.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+        cells = []
+        for c in cols:
+            v = row[c]
+            if c in ("dead_frac", "dormant_frac", "top20_share"):
+                cells.append(f"{100 * v:.1f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.3g}")
+            else:
+                cells.append(str(v))
+        t.add_row(*cells)
     console.print(t)
+    console.print("% act.: neurons active per token; α: power-law exponent of firing frequency by rank; "
+                  "% top20: share of all firing carried by the hottest 20% of neurons (PowerInfer)")
 
 
 def _register() -> None:
