@@ -38,6 +38,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             client.close()
         return
     n = workers or 2
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
 
@@ -138,7 +141,8 @@ def summarize_run(
         for s in names:  # every site's chunks and merge tree are submitted before any wait
             cal = np.asarray(run.group["sites"][s]["activations"][: max(calib_rows, 1)], dtype=np.float32)
             cal = np.where(np.isfinite(cal), cal, np.float32(0))
-            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal, pure=False) for a, b in chunks]
+            cal_f = c.scatter([cal], broadcast=True)[0]
+            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal_f, pure=False) for a, b in chunks]
             roots[s] = tree_future(c, futs)
         return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}
 
@@ -228,6 +232,9 @@ def record_distributed(
 
     if not isinstance(source, TextSource):
         raise NeuronscopeError("distributed recording shards text corpora; record tensor sources in one process")
+    import time
+
+    t0 = time.perf_counter()
     local_model, tok = load_model(model) if isinstance(model, str) else model
     from neuronscope.recording import forward_batches, model_fingerprint
 
@@ -275,13 +282,14 @@ def record_distributed(
         # Ship a Python model as one opaque blob: Dask's own torch serializer rebuilds modules
         # with plain-dict hook tables that no longer accept forward hooks.
         payload = model if isinstance(model, str) else c.scatter([_ModelBlob(local_model, tok)], broadcast=True)[0]
+        calib = c.scatter([calibration], broadcast=True)[0]  # sent once, not with every task
         futs = []
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             if b <= a:
                 continue
             labels = {f: v[a:b] for f, v in source.corpus.labels.items()}
             futs.append(c.submit(_record_shard, payload, source.corpus.texts[a:b], labels, a, int(offsets[a]), sites,
-                                 bs, source.max_tokens, cfg.to_dict(), calibration, pure=False))
+                                 bs, source.max_tokens, cfg.to_dict(), calib, pure=False))
         if progress:
             from distributed import progress as dask_progress
 
@@ -298,5 +306,5 @@ def record_distributed(
             merged = go(c)
     states = {s: merged[s].state() for s in units}
     writer.commit(n_docs, dict.fromkeys(units, 0), states)
-    writer.finish(states, {"workers": workers or 0})
+    writer.finish(states, {"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})
     return open_run(out)
