@@ -80,7 +80,7 @@ def main() -> None:
         f"batch 32, {torch.get_num_threads()} torch threads, median of {args.repeats} alternating repeats.\n\n"
         + "\n".join(rows)
     )
-    write_section("record", body)
+    write_section("record" if args.docs == 600 else f"record-{args.docs}-docs", body)
 
 
 if __name__ == "__main__":

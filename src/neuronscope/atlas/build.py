@@ -57,7 +57,7 @@ _JS_ESCAPES = {
 def js_literal(obj: Any) -> str:
     """JSON text of ``obj`` that is also safe inside a ``<script>`` element.
 
-    ``<``, ``>``, ``&``, U+2028 and U+2029 become ``\\uXXXX`` escapes (JSON string escapes,
+    ``<``, ``>``, ``&``, U+2028 and U+2029 become ``\\u003c``-style escapes (JSON string escapes,
     so the value is unchanged), which means no ``</script>`` or ``<!--`` can appear and the
     text is a valid JavaScript expression even on engines older than ES2019.
     """
