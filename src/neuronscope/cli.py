@@ -186,34 +186,12 @@ def demo(
         emit_json({"run": str(run.path), "neurons": str(out / "neurons.parquet"), "sites": sites_df.to_dict("records"),
                    "atlas": str(index.resolve())})
         return
+    from neuronscope.cli_characterize import site_table
+
     print_info(run.info())
-    print_site_summary(sites_df)
+    console.print(site_table(sites_df, table))
     console.print(f"per-neuron table: {out / 'neurons.parquet'} ({len(table)} neurons)")
     console.print(f"atlas: [bold]{index.resolve()}[/bold]")
-
-
-def print_site_summary(df: Any) -> None:
-    """The per-site characterization as a rich table."""
-    t = Table(title="per-site characterization")
-    heads = {"site": "site", "units": "units", "pct_active_per_token": "% act.", "dead_frac": "% dead",
-             "dormant_frac": "% dorm.", "powerlaw_exponent": "α", "top20_share": "% top20"}
-    cols = [c for c in heads if c in df.columns]
-    for c in cols:
-        t.add_column(heads[c], justify="left" if c == "site" else "right", no_wrap=c == "site")
-    for _, row in df.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            if c in ("dead_frac", "dormant_frac", "top20_share"):
-                cells.append(f"{100 * v:.1f}")
-            elif isinstance(v, float):
-                cells.append(f"{v:.3g}")
-            else:
-                cells.append(str(v))
-        t.add_row(*cells)
-    console.print(t)
-    console.print("% act.: neurons active per token; α: power-law exponent of firing frequency by rank; "
-                  "% top20: share of all firing carried by the hottest 20% of neurons (PowerInfer)")
 
 
 def _register() -> None:

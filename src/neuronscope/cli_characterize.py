@@ -41,17 +41,39 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def short_site_names(names: list[str]) -> tuple[list[str], str]:
+    """Site names without their common dotted prefix and suffix, and the glob they share
+    (``encoder.layer.3.intermediate`` → ``layer.3`` under ``encoder.*.intermediate``)."""
+    parts = [n.split(".") for n in names]
+    if len(parts) < 2:
+        return list(names), ""
+    pre = 0
+    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
+        pre += 1
+    suf = 0
+    while all(len(p) > pre + suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
+        suf += 1
+    if not pre and not suf:
+        return list(names), ""
+    short = [".".join(p[pre : len(p) - suf]) for p in parts]
+    glob = ".".join([*parts[0][:pre], "*", *(parts[0][len(parts[0]) - suf :] if suf else [])])
+    return short, glob
+
+
 def site_table(sites: pd.DataFrame, neurons: pd.DataFrame) -> Table:
     """A rich table of :func:`site_summary` rows plus counts of flagged neurons."""
-    t = Table(title="neurons per site")
+    labels, glob = short_site_names([str(x) for x in sites["site"]])
+    t = Table(title=f"neurons per site ({glob})" if glob else "neurons per site")
     for col, justify in (("site", "left"), ("units", "right"), ("samples", "right"),
-                         ("% active/token", "right"), ("dead", "right"), ("dormant", "right"),
-                         ("positional", "right"), ("power-law α", "right"), ("top-20% share", "right")):
-        t.add_column(col, justify=justify)
+                         ("% act.", "right"), ("dead", "right"), ("dorm.", "right"),
+                         ("pos.", "right"), ("α", "right"), ("top20", "right")):
+        t.add_column(col, justify=justify, no_wrap=col == "site")
+    t.caption = ("% act.: neurons active per token · pos.: positional neurons · α: power-law exponent of "
+                 "firing by rank · top20: share of firing by the hottest 20% (PowerInfer)")
     flags = neurons.groupby("site", sort=False)[["positional"]].sum()
-    for row in sites.itertuples(index=False):
+    for label, row in zip(labels, sites.itertuples(index=False), strict=True):
         t.add_row(
-            row.site,
+            label,
             str(row.units),
             str(row.samples),
             _fmt(row.pct_active_per_token, 2),

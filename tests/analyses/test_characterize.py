@@ -202,3 +202,13 @@ def test_recorded_run_characterize_top_examples_and_cli(minilm, small_corpus, tm
     assert res.exit_code == 0 and "neurons per site" in res.output
     res = CliRunner().invoke(app, [str(tmp_path / "run.zarr"), "--out", str(tmp_path / "x.txt")])
     assert isinstance(res.exception, NeuronscopeError) and ".parquet or .csv" in str(res.exception)
+
+
+def test_short_site_names_strip_the_shared_glob():
+    from neuronscope.cli_characterize import short_site_names
+
+    names = [f"encoder.layer.{i}.intermediate" for i in range(3)]
+    assert short_site_names(names) == (["0", "1", "2"], "encoder.layer.*.intermediate")
+    assert short_site_names(["net.act1", "net.act2"]) == (["act1", "act2"], "net.*")
+    assert short_site_names(["a.x", "b.y"]) == (["a.x", "b.y"], "")
+    assert short_site_names(["hidden"]) == (["hidden"], "")

@@ -49,7 +49,10 @@ def _site_summaries(run_or_summaries: Any, site: str | None) -> list[tuple[str, 
     out = [(n, get(n)) for n in names]
     out = [(n, s) for n, s in out if s is not None]
     if not out:
-        raise NeuronscopeError("no summaries found; record the run with summaries enabled")
+        raise NeuronscopeError(
+            "no summaries found; run `neuronscope summarize RUN` on its stored activations "
+            "or record with --keep both / summaries"
+        )
     return out
 
 

@@ -394,7 +394,8 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     if missing:
         raise NeuronscopeError(
             f"run {run.path} has no summaries for {', '.join(missing)} (status {run.status}); "
-            "finish the recording or re-record with keep='both' or 'summaries'"
+            "finish the recording, run `neuronscope summarize RUN` on its stored activations, "
+            "or re-record with keep='both' or 'summaries'"
         )
     if examples is not None and examples < 0:
         raise NeuronscopeError(f"examples must be >= 0, not {examples}")
