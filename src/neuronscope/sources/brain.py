@@ -300,10 +300,9 @@ def load_rdms(path: str | Path, key: str | None = None) -> RDMs:
     elif suf == ".mat":
         import scipy.io
 
-        try:
-            m = scipy.io.loadmat(p)
-        except NotImplementedError:
-            raise NeuronscopeError(f"{p} is a MATLAB v7.3 file; re-save it with -v7 or as .npz") from None
+        if scipy.io.matlab.matfile_version(p)[0] == 2:  # v7.3 is HDF5, which loadmat cannot read
+            raise NeuronscopeError(f"{p} is a MATLAB v7.3 file; re-save it with -v7 or as .npz")
+        m = scipy.io.loadmat(p)
         arrays = {k: np.asarray(v) for k, v in m.items() if not k.startswith("__")}
     else:
         raise NeuronscopeError(f"unknown RDM file type {suf!r}; use .npy, .npz or .mat")
