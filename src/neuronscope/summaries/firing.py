@@ -48,9 +48,7 @@ class Firing:
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a float32 ``(n, units)`` batch."""
-        b = as_batch(acts, samples)
-        if b.acts.shape[1] != self.units:
-            raise NeuronscopeError(f"batch has {b.acts.shape[1]} units, summary has {self.units}")
+        b = as_batch(acts, samples, self.units)
         if b.n == 0:
             return
         self.pos_count += col_count(b.pos_mask)
@@ -145,7 +143,7 @@ class LabelFiring:
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a batch; ``samples[field]`` holds the int64 label codes."""
-        b = as_batch(acts, samples)
+        b = as_batch(acts, samples, self.units)
         codes = b.coord(self.field)
         if codes is None:
             raise NeuronscopeError(

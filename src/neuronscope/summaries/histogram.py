@@ -62,9 +62,7 @@ class Histogram:
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a float32 ``(n, units)`` batch."""
-        b = as_batch(acts, samples)
-        if b.acts.shape[1] != self.units:
-            raise NeuronscopeError(f"batch has {b.acts.shape[1]} units, summary has {self.units}")
+        b = as_batch(acts, samples, self.units)
         a = b.acts
         if self.stride > 1:
             a = a[b.coord("sample") % self.stride == 0]

@@ -134,10 +134,13 @@ class Batch:
         return row_count(self.pos_mask)
 
 
-def as_batch(acts: Any, samples: Samples | None = None) -> Batch:
-    """Wrap ``(acts, samples)`` as a :class:`Batch` (a Batch is returned as is)."""
-    if isinstance(acts, Batch):
-        return acts
-    if samples is None:
-        raise NeuronscopeError("update needs the samples dict (at least 'sample')")
-    return Batch(acts, samples)
+def as_batch(acts: Any, samples: Samples | None = None, units: int | None = None) -> Batch:
+    """Wrap ``(acts, samples)`` as a :class:`Batch` (a Batch is returned as is); with
+    ``units``, refuse a batch of another width."""
+    if not isinstance(acts, Batch):
+        if samples is None:
+            raise NeuronscopeError("update needs the samples dict (at least 'sample')")
+        acts = Batch(acts, samples)
+    if units is not None and acts.acts.shape[1] != units:
+        raise NeuronscopeError(f"batch has {acts.acts.shape[1]} units, summary has {units}")
+    return acts

@@ -41,9 +41,7 @@ class Moments:
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a float32 ``(n, units)`` batch."""
-        b = as_batch(acts, samples)
-        if b.acts.shape[1] != self.units:
-            raise NeuronscopeError(f"batch has {b.acts.shape[1]} units, summary has {self.units}")
+        b = as_batch(acts, samples, self.units)
         if b.n == 0:
             return
         a = b.acts

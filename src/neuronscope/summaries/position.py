@@ -35,7 +35,7 @@ class PositionFiring:
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a batch; needs ``samples['pos']``."""
-        b = as_batch(acts, samples)
+        b = as_batch(acts, samples, self.units)
         pos = b.coord("pos")
         if pos is None:
             raise NeuronscopeError(

@@ -80,14 +80,12 @@ class TokenMeans:
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a batch; needs ``samples['token_id']``."""
-        b = as_batch(acts, samples)
+        b = as_batch(acts, samples, self.units)
         tok = b.coord("token_id")
         if tok is None:
             raise NeuronscopeError(
                 "samples lack 'token_id'; set SummaryConfig(token_slots=0) for non-text sources"
             )
-        if b.acts.shape[1] != self.units:
-            raise NeuronscopeError(f"batch has {b.acts.shape[1]} units, summary has {self.units}")
         if b.n == 0:
             return
         uniq, inv, cnt = np.unique(tok, return_inverse=True, return_counts=True)

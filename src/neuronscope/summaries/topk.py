@@ -68,11 +68,9 @@ class TopK:
     # -- update -----------------------------------------------------------------
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a float32 ``(n, units)`` batch (rows of a document contiguous, in order)."""
-        b = as_batch(acts, samples)
+        b = as_batch(acts, samples, self.units)
         a = b.acts
         n, units = a.shape
-        if units != self.units:
-            raise NeuronscopeError(f"batch has {units} units, summary has {self.units}")
         if n == 0:
             return
         sample = b.coord("sample")
