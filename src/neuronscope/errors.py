@@ -1,9 +1,16 @@
-"""Errors that the CLI turns into a one-line message and a non-zero exit code."""
+"""Errors that the CLI turns into a one-line message and a non-zero exit code.
+
+Every user-facing error is a :class:`NeuronscopeError`, a ``ValueError`` subclass, so
+``except ValueError`` catches bad input from neuronscope as it does from numpy or
+scikit-learn.
+"""
 
 from __future__ import annotations
 
+__all__ = ["ConfigMismatchError", "FormatVersionError", "NeuronscopeError"]
 
-class NeuronscopeError(Exception):
+
+class NeuronscopeError(ValueError):
     """A user-facing error: the message is one line and names the fix."""
 
     exit_code = 2

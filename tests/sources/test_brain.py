@@ -14,13 +14,11 @@ from scipy.spatial.distance import squareform
 
 from neuronscope.analyses.rsa import rdm, rsa
 from neuronscope.errors import NeuronscopeError
+from neuronscope.population import align, average_repeats, paired
 from neuronscope.sources.brain import (
-    align,
-    average_repeats,
     load_rdms,
     load_responses,
     nwb_population,
-    paired,
     responses_population,
 )
 

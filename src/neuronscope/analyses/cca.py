@@ -24,7 +24,7 @@ import numpy as np
 
 from neuronscope.analyses.cka import _ata, _center, _eigh, _svd
 from neuronscope.errors import NeuronscopeError
-from neuronscope.sources.brain import ArrayLike, paired
+from neuronscope.population import ArrayLike, paired
 
 _TOL = 1e-10
 

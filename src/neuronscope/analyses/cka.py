@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.sources.brain import ArrayLike, paired, to_matrix
+from neuronscope.population import ArrayLike, paired, to_matrix
 
 _BLOCK = 4096  # rows per float32 block accumulated in float64
 _BIG = 8192  # output side above which Gram products are computed in row blocks

@@ -76,7 +76,7 @@ from neuronscope.analyses.shape import (
     whiten_scale,
 )
 from neuronscope.errors import NeuronscopeError
-from neuronscope.sources.brain import _id_coord, average_repeats, to_matrix
+from neuronscope.population import average_repeats, id_coord, to_matrix
 from neuronscope.summaries.crossprod import CrossProducts
 
 __all__ = [
@@ -144,14 +144,14 @@ def compare(a: Any, b: Any, metric: str = "cka", **kw: Any) -> float:
 def _prepared(pops: Sequence[Any]) -> list[Any]:
     """Average repeats and align every DataArray to the first one's stimulus order."""
     out = [average_repeats(p) if isinstance(p, xr.DataArray) and "repeat" in p.coords else p for p in pops]
-    ref = next((p for p in out if isinstance(p, xr.DataArray) and _id_coord(p)), None)
+    ref = next((p for p in out if isinstance(p, xr.DataArray) and id_coord(p)), None)
     if ref is None:
         return out
-    by = _id_coord(ref)
+    by = id_coord(ref)
     ids = np.asarray(ref.coords[by].values)
     aligned = []
     for i, p in enumerate(out):
-        if isinstance(p, xr.DataArray) and _id_coord(p) == by:
+        if isinstance(p, xr.DataArray) and id_coord(p) == by:
             pid = np.asarray(p.coords[by].values)
             if not np.array_equal(pid, ids):
                 pos = {v: k for k, v in enumerate(pid.tolist())}

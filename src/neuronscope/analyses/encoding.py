@@ -27,7 +27,14 @@ from sklearn.base import BaseEstimator
 
 from neuronscope.analyses.cka import _ata, _eigh, _gram
 from neuronscope.errors import NeuronscopeError
-from neuronscope.sources.brain import ArrayLike, _id_coord, align, to_matrix
+from neuronscope.population import (
+    ArrayLike,
+    align,
+    average_repeats,
+    id_coord,
+    split_repeats,
+    to_matrix,
+)
 
 DEFAULT_ALPHAS = np.logspace(-2, 6, 9)
 
@@ -287,12 +294,10 @@ class RidgeEncoder(BaseEstimator):
 def _repeat_array(Y: Any) -> np.ndarray:
     """(stimuli, repeats, targets) from a 3-D array or a DataArray with stimulus/repeat coords."""
     if isinstance(Y, xr.DataArray):
-        by = _id_coord(Y)
+        by = id_coord(Y)
         if by is None or "repeat" not in Y.coords:
             raise NeuronscopeError("a noise ceiling needs `stimulus` and `repeat` coordinates")
-        from neuronscope.analyses.rsa import _split_repeats
-
-        reps, _ = _split_repeats(to_matrix(Y), np.asarray(Y.coords[by].values), np.asarray(Y.coords["repeat"].values))
+        reps, _ = split_repeats(to_matrix(Y), np.asarray(Y.coords[by].values), np.asarray(Y.coords["repeat"].values))
         return np.transpose(reps, (1, 0, 2))
     a = np.asarray(Y, dtype=np.float64)
     if a.ndim != 3 or a.shape[1] < 2:
@@ -371,8 +376,6 @@ def encoding_score(
         if isinstance(X, xr.DataArray):
             X, Y = align(X, Y)
         else:
-            from neuronscope.sources.brain import average_repeats
-
             Y = average_repeats(Y)
     elif np.ndim(Y) == 3:
         y_rep = np.asarray(Y, dtype=np.float64)

@@ -13,17 +13,23 @@ neural representations".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.stats
 import xarray as xr
-from scipy.spatial.distance import squareform
 
 from neuronscope.analyses.cka import _gram
 from neuronscope.errors import NeuronscopeError
-from neuronscope.sources.brain import ArrayLike, _id_coord, align, average_repeats, to_matrix
+from neuronscope.population import (
+    ArrayLike,
+    align,
+    average_repeats,
+    id_coord,
+    split_repeats,
+    to_matrix,
+)
+from neuronscope.rdms import RDMs, as_rdm_stack, condense_square
 
 RDM_METHODS = ("correlation", "euclidean", "cosine", "crossnobis")
 COMPARATORS = ("pearson", "spearman", "kendall", "cosine", "rho-a")
@@ -31,136 +37,17 @@ _ALIASES = {"corr": "pearson", "tau-a": "kendall", "tau_a": "kendall", "kendall_
             "rho_a": "rho-a"}
 
 
-def _n_from_m(m: int) -> int:
-    n = int(round((1 + np.sqrt(1 + 8 * m)) / 2))
-    if n * (n - 1) // 2 != m:
-        raise NeuronscopeError(f"{m} dissimilarities is not n(n-1)/2 for any n; give a condensed RDM")
-    return n
-
-
-def _condense_square(a: np.ndarray, overwrite: bool = False) -> np.ndarray:
-    """Upper triangles (row-major, scipy ``squareform`` order) of square matrices."""
-    if a.ndim == 2:
-        a = np.array(a, dtype=np.float64, order="C", copy=not overwrite)
-        np.fill_diagonal(a, 0.0)
-        return squareform(a, checks=False)
-    iu = np.triu_indices(a.shape[-1], k=1)
-    return a[..., iu[0], iu[1]]
-
-
-@dataclass
-class RDMs:
-    """A stack of RDMs over the same stimuli (one per subject, session or repeat).
-
-    ``dissimilarities`` is (k, m) condensed, m = n(n-1)/2; ``stimulus`` optionally names the
-    n stimuli (used to align with a population's ``stimulus`` coordinate).
-    """
-
-    dissimilarities: np.ndarray
-    stimulus: np.ndarray | None = None
-    names: list[str] = field(default_factory=list)
-    measure: str = ""
-
-    def __post_init__(self) -> None:
-        d = np.atleast_2d(np.asarray(self.dissimilarities, dtype=np.float64))
-        if d.ndim != 2:
-            raise NeuronscopeError("RDMs must be a (k, m) stack of condensed RDMs")
-        if not np.isfinite(d).all():
-            raise NeuronscopeError("RDMs contain NaN or Inf; remove missing dissimilarities first")
-        self.dissimilarities = d
-        n = _n_from_m(d.shape[1])
-        if n < 3:
-            raise NeuronscopeError(f"RDMs over {n} stimuli; RSA needs at least 3 stimuli")
-        if self.stimulus is not None:
-            self.stimulus = np.asarray(self.stimulus)
-            if len(self.stimulus) != n:
-                raise NeuronscopeError(f"{len(self.stimulus)} stimulus ids for RDMs over {n} stimuli")
-            if len(np.unique(self.stimulus)) != n:
-                raise NeuronscopeError("RDM stimulus ids are duplicated; give one id per stimulus")
-        if not self.names:
-            self.names = [str(i) for i in range(len(d))]
-
-    @classmethod
-    def from_array(cls, a: np.ndarray, stimulus: np.ndarray | None = None, name: str = "rdm") -> RDMs:
-        """From a square (n, n), stack (k, n, n), condensed (m,) or stack (k, m) array."""
-        a = np.asarray(a, dtype=np.float64)
-        if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and a.shape[-1] > 1 and \
-                np.allclose(np.diagonal(a, axis1=-2, axis2=-1), 0) and np.allclose(a, np.swapaxes(a, -1, -2)):
-            a = _condense_square(a)
-        if a.ndim == 1:
-            a = a[None]
-        if a.ndim != 2:
-            raise NeuronscopeError(f"RDM array of shape {a.shape}; give (n,n), (k,n,n), (m,) or (k,m)")
-        names = [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
-        return cls(a, stimulus=stimulus, names=names)
-
-    @property
-    def n_stimuli(self) -> int:
-        """Number of stimuli n (m = n(n-1)/2 dissimilarities per RDM)."""
-        return _n_from_m(self.dissimilarities.shape[1])
-
-    def __len__(self) -> int:
-        """Number of RDMs in the stack."""
-        return len(self.dissimilarities)
-
-    def square(self, i: int = 0) -> np.ndarray:
-        """RDM ``i`` as a square (n, n) matrix."""
-        return squareform(self.dissimilarities[i], checks=False)
-
-    def reorder(self, stimulus: np.ndarray) -> RDMs:
-        """The RDMs with rows/columns in the order of ``stimulus`` ids (all must be present)."""
-        if self.stimulus is None:
-            raise NeuronscopeError("these RDMs carry no stimulus ids; save them with a `stimulus` array")
-        pos = {v: i for i, v in enumerate(self.stimulus.tolist())}
-        want = np.asarray(stimulus).tolist()
-        missing = [v for v in want if v not in pos]
-        if missing or len(want) != self.n_stimuli or len(set(want)) != len(want):
-            raise NeuronscopeError(
-                f"RDM stimulus ids do not match the population's (e.g. missing {missing[:3]}); "
-                "select the common stimuli first"
-            )
-        idx = np.array([pos[v] for v in want])
-        sq = np.stack([self.square(i)[np.ix_(idx, idx)] for i in range(len(self))])
-        return RDMs(_condense_square(sq), stimulus=np.asarray(stimulus), names=list(self.names),
-                    measure=self.measure)
-
-
-def _as_rdm_stack(a: Any) -> RDMs:
-    if isinstance(a, RDMs):
-        return a
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == arr.shape[1]) or arr.ndim == 3:
-        return RDMs.from_array(arr)
-    return RDMs(arr)
-
-
 # --------------------------------------------------------------------------- RDMs
 
 
 def _stimulus_repeat(X: ArrayLike, stimulus: Any, repeat: Any) -> tuple[np.ndarray, Any, Any]:
     if isinstance(X, xr.DataArray):
-        by = _id_coord(X)
+        by = id_coord(X)
         if stimulus is None and by is not None:
             stimulus = np.asarray(X.coords[by].values)
         if repeat is None and "repeat" in X.coords:
             repeat = np.asarray(X.coords["repeat"].values)
     return to_matrix(X), stimulus, repeat
-
-
-def _split_repeats(x: np.ndarray, stimulus: Any, repeat: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(repeats, stimuli, p) array from rows labelled by stimulus and repeat (balanced)."""
-    if stimulus is None or repeat is None:
-        raise NeuronscopeError("crossnobis and repeat noise ceilings need `stimulus` and `repeat` labels per row")
-    stim, rep = np.asarray(stimulus), np.asarray(repeat)
-    us, si = np.unique(stim, return_inverse=True)
-    ur, ri = np.unique(rep, return_inverse=True)
-    if len(ur) < 2:
-        raise NeuronscopeError("only one repeat per stimulus; cross-validation needs at least 2 repeats")
-    if len(stim) != len(us) * len(ur) or len(set(zip(si.tolist(), ri.tolist(), strict=True))) != len(stim):
-        raise NeuronscopeError("repeats are unbalanced; every stimulus needs each repeat exactly once")
-    out = np.empty((len(ur), len(us), x.shape[1]))
-    out[ri, si] = x
-    return out, us
 
 
 def rdm(
@@ -196,7 +83,7 @@ def rdm(
     gdt = np.float32 if precision == "float32" else np.float64
     x, stimulus, repeat = _stimulus_repeat(X, stimulus, repeat)
     if method == "crossnobis":
-        reps, _ = _split_repeats(x, stimulus, repeat)
+        reps, _ = split_repeats(x, stimulus, repeat)
         if noise is not None:
             reps = reps @ np.linalg.cholesky(np.asarray(noise, dtype=np.float64))
         r, n, p = reps.shape
@@ -205,7 +92,7 @@ def rdm(
         k = (_gram(s) - _gram(cat)) / (r - 1)  # Σ_r a^{(-r)} b^{(r)}ᵀ
         dg = np.diagonal(k)
         d = dg[:, None] + dg[None, :] - k - k.T
-        return _condense_square(d, overwrite=True) / (r * p)
+        return condense_square(d, overwrite=True) / (r * p)
     if method not in RDM_METHODS:
         raise NeuronscopeError(f"unknown RDM method {method!r}; use one of {', '.join(RDM_METHODS)}")
     if repeat is not None and stimulus is not None:
@@ -220,7 +107,7 @@ def rdm(
         g *= -2.0
         g += sq[:, None]
         g += sq[None, :]
-        return np.maximum(_condense_square(g, overwrite=True), 0.0) / x.shape[1]
+        return np.maximum(condense_square(g, overwrite=True), 0.0) / x.shape[1]
     z = x - x.mean(axis=1, keepdims=True) if method == "correlation" else x
     norms = np.sqrt(np.einsum("ij,ij->i", z, z))
     if (norms == 0).any():
@@ -234,14 +121,14 @@ def rdm(
         np.subtract(1.0, g, out=g)
     else:
         g = np.subtract(1.0, g, dtype=np.float64)
-    return _condense_square(g, overwrite=True)
+    return condense_square(g, overwrite=True)
 
 
 def rdms_from_repeats(X: ArrayLike, method: str = "correlation", stimulus: Any = None,
                       repeat: Any = None) -> RDMs:
     """One RDM per repeat index (for a noise ceiling from repeats)."""
     x, stimulus, repeat = _stimulus_repeat(X, stimulus, repeat)
-    reps, us = _split_repeats(x, stimulus, repeat)
+    reps, us = split_repeats(x, stimulus, repeat)
     return RDMs(np.stack([rdm(r, method) for r in reps]), stimulus=us,
                 names=[f"repeat{i}" for i in range(len(reps))], measure=method)
 
@@ -285,7 +172,7 @@ def compare_rdms(a: Any, b: Any, method: str = "spearman") -> float | np.ndarray
     method = _ALIASES.get(method, method)
     if method not in COMPARATORS:
         raise NeuronscopeError(f"unknown RDM comparator {method!r}; use one of {', '.join(COMPARATORS)}")
-    ra, rb = _as_rdm_stack(a), _as_rdm_stack(b)
+    ra, rb = as_rdm_stack(a), as_rdm_stack(b)
     va, vb = ra.dissimilarities, rb.dissimilarities
     if va.shape[1] != vb.shape[1]:
         raise NeuronscopeError(
@@ -310,9 +197,9 @@ def _to_rdms(X: Any, rdm_method: str) -> RDMs:
     if np.ndim(X) == 1:
         return RDMs(np.asarray(X, dtype=np.float64)[None])
     stim = None
-    if isinstance(X, xr.DataArray) and _id_coord(X):
+    if isinstance(X, xr.DataArray) and id_coord(X):
         X = average_repeats(X) if "repeat" in X.coords else X
-        stim = np.asarray(X.coords[_id_coord(X)].values)
+        stim = np.asarray(X.coords[id_coord(X)].values)
     return RDMs(rdm(X, rdm_method)[None], stimulus=stim, measure=rdm_method)
 
 
@@ -369,7 +256,7 @@ def noise_ceiling(data: Any, method: str = "spearman", rdm_method: str = "correl
     if isinstance(data, xr.DataArray) and "repeat" in data.coords:
         stack = rdms_from_repeats(data, rdm_method)
     else:
-        stack = _as_rdm_stack(data)
+        stack = as_rdm_stack(data)
     v = stack.dissimilarities
     if len(v) < 2:
         raise NeuronscopeError("a noise ceiling needs at least 2 RDMs (subjects, sessions or repeats)")

@@ -26,7 +26,7 @@ import xarray as xr
 
 from neuronscope.analyses.cka import _ata, _center, _eigh, _svd
 from neuronscope.errors import NeuronscopeError
-from neuronscope.sources.brain import ArrayLike, _id_coord, paired, to_matrix
+from neuronscope.population import ArrayLike, id_coord, paired, split_repeats, to_matrix
 
 _EIG_TOL = 1e-10
 
@@ -111,7 +111,7 @@ def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[n
             raise NeuronscopeError("give (means (M, p), covariances (M, p, p)) for a Gaussian population")
         return mu, cov
     if isinstance(X, xr.DataArray):
-        by = _id_coord(X)
+        by = id_coord(X)
         if by is None or "repeat" not in X.coords:
             raise NeuronscopeError("stochastic shape metrics need `stimulus` and `repeat` coordinates")
         stimulus, repeat = np.asarray(X.coords[by].values), np.asarray(X.coords["repeat"].values)
@@ -120,9 +120,7 @@ def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[n
     if a.ndim == 2:
         if stimulus is None:
             raise NeuronscopeError("give (stimuli, repeats, neurons) responses or stimulus/repeat labels")
-        from neuronscope.analyses.rsa import _split_repeats
-
-        a = np.transpose(_split_repeats(a, stimulus, repeat)[0], (1, 0, 2))
+        a = np.transpose(split_repeats(a, stimulus, repeat)[0], (1, 0, 2))
     if a.ndim != 3 or a.shape[1] < 2:
         raise NeuronscopeError("stochastic shape metrics need responses (stimuli, repeats >= 2, neurons)")
     if not np.isfinite(a).all():

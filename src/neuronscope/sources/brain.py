@@ -1,4 +1,4 @@
-"""Brain data as populations, and the alignment every comparison starts with.
+"""Brain data as populations: spike-sorted NWB files, response arrays and RDM files.
 
 * :func:`nwb_population` — an NWB file's Units table (spike times) binned into trial or
   stimulus intervals (the trials table, or given intervals) and optional time bins. All
@@ -7,8 +7,6 @@
   optionally with repeats (e.g. fMRI voxel responses).
 * :func:`load_rdms` — precomputed RDMs (square or condensed; ``.npy``, ``.npz``, MATLAB
   ``.mat``), one per subject or session.
-* :func:`to_matrix`, :func:`align`, :func:`paired` — turn arrays / DataArrays into float
-  matrices, aligned by ``stimulus`` (or ``item``) id, repeats averaged.
 
 A population is an ``xarray.DataArray`` with dims ``("sample", "neuron")``; brain
 populations carry sample coords ``stimulus``, ``repeat`` (and ``time``) and neuron coords
@@ -19,151 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from neuronscope.errors import NeuronscopeError
-
-if TYPE_CHECKING:
-    from neuronscope.analyses.rsa import RDMs
-
-ArrayLike = Any
-ID_COORDS = ("stimulus", "item")
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def to_matrix(x: ArrayLike, name: str = "X", min_samples: int = 3) -> np.ndarray:
-    """Return ``x`` (ndarray, DataArray, dask-backed or not) as a finite 2-D float array.
-
-    float32 stays float32 (the heavy products accumulate it in float64 blocks); every other
-    dtype becomes float64. Raises :class:`NeuronscopeError` on NaN/Inf, on fewer than
-    ``min_samples`` rows, or on a shape that is not (samples, neurons).
-    """
-    a = x.values if isinstance(x, xr.DataArray) else np.asarray(x)
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.ndim != 2:
-        raise NeuronscopeError(
-            f"{name} has shape {a.shape}; give a 2-D (samples, neurons) array "
-            "(average repeats or reshape first)"
-        )
-    a = a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
-    if a.shape[0] < min_samples:
-        raise NeuronscopeError(
-            f"{name} has {a.shape[0]} samples; comparisons need at least {min_samples} stimuli"
-        )
-    if a.shape[1] < 1:
-        raise NeuronscopeError(f"{name} has no neurons; select at least one unit")
-    if not np.isfinite(a).all():
-        raise NeuronscopeError(f"{name} contains NaN or Inf; drop or impute those values first")
-    return a
-
-
-def _id_coord(da: xr.DataArray) -> str | None:
-    for c in ID_COORDS:
-        if c in da.coords and da.coords[c].dims == ("sample",):
-            return c
-    return None
-
-
-def average_repeats(da: xr.DataArray, by: str | None = None) -> xr.DataArray:
-    """Average a population over repeats of the same stimulus (one row per stimulus id).
-
-    Rows are grouped by the ``stimulus`` (or ``item``) coordinate, in order of first
-    appearance. A population without repeated ids is returned unchanged.
-    """
-    by = by or _id_coord(da)
-    if by is None:
-        return da
-    ids = np.asarray(da.coords[by].values)
-    if "time" in da.coords and len(np.unique(np.asarray(da.coords["time"].values))) > 1:
-        raise NeuronscopeError(
-            "population has several time bins per stimulus; select one first, "
-            "e.g. pop.isel(sample=pop.time == t)"
-        )
-    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    if len(uniq) == len(ids):
-        return da
-    order = np.argsort(first)  # first-appearance order
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    group = rank[inverse]
-    vals = np.asarray(da.values, dtype=np.float64)
-    sums = np.zeros((len(uniq), vals.shape[1]))
-    np.add.at(sums, group, vals)
-    counts = np.bincount(group, minlength=len(uniq)).astype(np.float64)
-    mean = sums / counts[:, None]
-    neuron_coords = {k: v for k, v in da.coords.items() if v.dims == ("neuron",)}
-    return xr.DataArray(
-        mean,
-        dims=("sample", "neuron"),
-        coords={by: ("sample", uniq[order]), **neuron_coords},
-        name=da.name,
-    )
-
-
-def _check_ids(ids: np.ndarray, name: str, by: str) -> None:
-    u, c = np.unique(ids, return_counts=True)
-    if (c > 1).any():
-        raise NeuronscopeError(
-            f"{name} has duplicate {by} ids (e.g. {u[c > 1][0]!r}); give a `repeat` coordinate "
-            "so repeats are averaged, or drop the duplicates"
-        )
-
-
-def _one_per_id(da: xr.DataArray, by: str, name: str) -> xr.DataArray:
-    if "repeat" in da.coords:
-        return average_repeats(da, by)
-    _check_ids(np.asarray(da.coords[by].values), name, by)
-    return da
-
-
-def align(x: ArrayLike, y: ArrayLike, names: tuple[str, str] = ("X", "Y")) -> tuple[Any, Any]:
-    """Align two populations by stimulus id before a comparison.
-
-    When both are DataArrays sharing a ``stimulus`` (or ``item``) sample coordinate, repeats
-    are averaged (only if a ``repeat`` coordinate marks them) and ``y`` is reordered to ``x``'s
-    order; ids missing on either side or duplicated without a ``repeat`` coordinate are an
-    error. Otherwise rows are taken as already paired and must have equal counts.
-    """
-    if isinstance(x, xr.DataArray) and isinstance(y, xr.DataArray):
-        bx, by_ = _id_coord(x), _id_coord(y)
-        if bx is not None and bx == by_:
-            x, y = (_one_per_id(d, bx, nm) for d, nm in ((x, names[0]), (y, names[1])))
-            ix, iy = np.asarray(x.coords[bx].values), np.asarray(y.coords[bx].values)
-            if not (len(ix) == len(iy) and np.array_equal(ix, iy)):
-                sx, sy = set(ix.tolist()), set(iy.tolist())
-                if sx != sy:
-                    miss = sorted(map(str, sx ^ sy))[:3]
-                    raise NeuronscopeError(
-                        f"{names[0]} and {names[1]} have different {bx} ids (e.g. {miss}); "
-                        "select the common stimuli first"
-                    )
-                pos = {v: i for i, v in enumerate(iy.tolist())}
-                y = y.isel(sample=[pos[v] for v in ix.tolist()])
-            return x, y
-    if isinstance(x, xr.DataArray) and "repeat" in x.coords and _id_coord(x):
-        x = average_repeats(x)
-    if isinstance(y, xr.DataArray) and "repeat" in y.coords and _id_coord(y):
-        y = average_repeats(y)
-    nx, ny = np.shape(x)[0], np.shape(y)[0]
-    if nx != ny:
-        raise NeuronscopeError(
-            f"{names[0]} has {nx} samples and {names[1]} has {ny}; give the same stimuli "
-            "(or DataArrays with a `stimulus` coordinate to align by id)"
-        )
-    return x, y
-
-
-def paired(x: ArrayLike, y: ArrayLike, min_samples: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`align` then :func:`to_matrix` both: two finite (n, p), (n, q) float arrays."""
-    x, y = align(x, y)
-    return to_matrix(x, "X", min_samples), to_matrix(y, "Y", min_samples)
-
+from neuronscope.rdms import RDMs
 
 # --------------------------------------------------------------------------- response arrays
 
@@ -286,8 +146,6 @@ def load_rdms(path: str | Path, key: str | None = None) -> RDMs:
     numeric array). MATLAB files are read with ``scipy.io.loadmat`` (v5/v7; v7.3 is HDF5:
     re-save as .npz).
     """
-    from neuronscope.analyses.rsa import RDMs
-
     p = Path(path)
     if not p.exists():
         raise NeuronscopeError(f"RDM file {p} does not exist; check the path")
