@@ -100,3 +100,31 @@ def test_streamed_statistics_equal_in_memory() -> None:
     assert pwcca_from_stats(**st) == pytest.approx(pwcca(x, y), abs=1e-6)
     with pytest.raises(NeuronscopeError, match="NaN"):
         CrossStats(12, 9).update(np.full((2, 12), np.nan), y[:2])
+
+
+@pytest.mark.parametrize(("metric", "options"), [
+    ("svcca", {"keep": 0.8}), ("pwcca", {"side": "y"}), ("trsa", {"low": 0.2, "up": 0.7}),
+    ("rsa", {"rdm_method": "euclidean", "compare": "pearson"}), ("procrustes", {"alpha": 0.5, "normalize": True}),
+    ("shape", {"alpha": 0.0}),
+])
+def test_factored_path_takes_the_options_of_the_pair_path(metric: str, options: dict) -> None:
+    pops = _pops(4)
+    mat = compare_all(pops, metric, **options)
+    names = list(pops)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            want = compare(pops[a], pops[b], metric, **options)
+            assert mat.values[i, j] == pytest.approx(want, abs=1e-9), (a, b)
+
+
+def test_options_are_validated_on_every_path() -> None:
+    pops = _pops(5)
+    for call in (lambda: compare(pops["narrow"], pops["wide"], "procrustes", alpha=-1.0),
+                 lambda: compare_all(pops, "procrustes", alpha=-1.0),
+                 lambda: compare_all(pops, "shape", alpha=5.0)):
+        with pytest.raises(NeuronscopeError, match=r"alpha must be in \[0, 1\]"):
+            call()
+    with pytest.raises(NeuronscopeError, match="metric 'cka' takes debiased; drop alpha"):
+        compare_all(pops, "cka", alpha=0.5)
+    with pytest.raises(NeuronscopeError, match="drop keep"):
+        compare(pops["narrow"], pops["wide"], "rsa", keep=0.9)

@@ -110,17 +110,54 @@ def test_ridge_from_streamed_fold_statistics_equals_in_memory() -> None:
 
 def test_bad_input() -> None:
     x, y = _data(30, 4, 2)
-    with pytest.raises(NeuronscopeError, match="samples"):
+    # RidgeEncoder validates like scikit-learn (ValueError); encoding_score with our one-line errors
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         RidgeEncoder().fit(x, y[:20])
+    with pytest.raises(NeuronscopeError, match="30 samples and Y has 20"):
+        encoding_score(x, y[:20])
     bad = y.copy()
     bad[0, 0] = np.nan
-    with pytest.raises(NeuronscopeError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN"):
         RidgeEncoder().fit(x, bad)
+    with pytest.raises(NeuronscopeError, match="NaN"):
+        encoding_score(x, bad)
     with pytest.raises(NeuronscopeError, match="not fitted"):
         RidgeEncoder().predict(x)
     with pytest.raises(NeuronscopeError, match="positive"):
-        RidgeEncoder(alphas=[0.0, 1.0])
+        RidgeEncoder(alphas=[0.0, 1.0]).fit(x, y)
+    with pytest.raises(NeuronscopeError, match="scoring"):
+        RidgeEncoder(scoring="r2").fit(x, y)
     with pytest.raises(NeuronscopeError, match="repeats"):
         encoding_score(x, y, ceiling="ncsnr")
-    with pytest.raises(NeuronscopeError, match="features"):
+    with pytest.raises(ValueError, match="X has 3 features, but RidgeEncoder is expecting 4"):
         RidgeEncoder(alphas=ALPHAS).fit(x, y).predict(x[:, :3])
+
+
+def test_scikit_learn_estimator_checks() -> None:
+    """scikit-learn's own estimator checks (parameters stored in __init__, validated in fit,
+    clone/get_params/set_params, n_features_in_, input validation, 1-D and 2-D targets).
+    Only the array-API check does not apply (it needs SCIPY_ARRAY_API set before import)."""
+    import warnings
+
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(RidgeEncoder(cv=3), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert failed == []
+    not_run = {r["check_name"] for r in results if r["status"] != "passed"}
+    assert not_run <= {"check_array_api_input"}
+    assert sum(r["status"] == "passed" for r in results) >= 50
+
+
+def test_clone_keeps_parameters_and_fit_validates() -> None:
+    from sklearn.base import clone
+
+    enc = RidgeEncoder(alphas=(1.0, 10.0), cv=4, scoring="r")
+    twin = clone(enc)
+    assert twin.get_params() == enc.get_params()
+    twin.set_params(cv=1)  # stored as given; refused only when fitting
+    x, y = _data(30, 4, 2)
+    with pytest.raises(ValueError, match="cv must be an integer >= 2"):
+        twin.fit(x, y)

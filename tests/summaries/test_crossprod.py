@@ -90,22 +90,42 @@ def test_nonfinite_batch_is_rejected_and_leaves_the_statistics_untouched() -> No
         np.testing.assert_array_equal(after[k], v)
 
 
-def test_crossstats_is_a_layer_over_crossproducts() -> None:
+def test_crossstats_sums_equal_numpy_and_ridge_equals_sklearn() -> None:
+    """CrossStats merged from two parts holds the raw moments numpy computes on the whole,
+    and ridge from per-fold statistics equals scikit-learn's Ridge at the chosen α."""
+    from sklearn.linear_model import Ridge
+
     x, y = _pair(1200, np.float32, seed=3)
     cs = CrossStats(6, 4).update(x[:500], y[:500]).merge(CrossStats(6, 4).update(x[500:], y[500:]))
-    cp = CrossProducts.from_arrays(x, y, gram=True)
-    a, b = cs.result(), cp.sufficient_stats()
-    assert a.keys() == b.keys() == {"n", "sum_x", "sum_y", "xtx", "yty", "xty"}
-    for k in ("xtx", "yty", "xty"):
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
-    assert linear_cka_from_stats(**b) == pytest.approx(linear_cka(x, y), abs=1e-6)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    truth = {"n": 1200, "sum_x": xd.sum(0), "sum_y": yd.sum(0), "xtx": xd.T @ xd, "yty": yd.T @ yd,
+             "xty": xd.T @ yd}
+    got = cs.result()
+    assert got.keys() == truth.keys()
+    assert int(got["n"]) == 1200
+    for k in ("sum_x", "sum_y", "xtx", "yty", "xty"):
+        np.testing.assert_allclose(got[k], truth[k], rtol=2e-6)
+    assert linear_cka_from_stats(**got) == pytest.approx(linear_cka(xd, yd), abs=1e-6)
     assert CrossStats.from_state(*cs.state()).result()["n"] == 1200
     with pytest.raises(NeuronscopeError, match="different shapes"):
         cs.merge(CrossStats(6, 4, full_yty=False))
-    # ridge takes CrossProducts folds as well as CrossStats folds, with the same answer
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    # ridge from fold statistics (CrossStats or CrossProducts folds): scikit-learn's Ridge
     folds = np.array_split(np.arange(1200), 4)
-    by_stats = ridge_from_stats([CrossStats(6, 4, full_yty=False).update(x64[f], y64[f]) for f in folds])
-    by_cross = ridge_from_stats([CrossProducts.from_arrays(x64[f], y64[f], gram="x") for f in folds])
+    by_stats = ridge_from_stats([CrossStats(6, 4, full_yty=False).update(xd[f], yd[f]) for f in folds])
+    by_cross = ridge_from_stats([CrossProducts.from_arrays(xd[f], yd[f], gram="x") for f in folds])
     np.testing.assert_array_equal(by_stats["alpha"], by_cross["alpha"])
-    np.testing.assert_allclose(by_stats["coef"], by_cross["coef"], rtol=1e-12, atol=1e-12)
+    for t, alpha in enumerate(by_stats["alpha"]):
+        ref = Ridge(alpha=float(alpha)).fit(xd, yd[:, t])
+        np.testing.assert_allclose(by_stats["coef"][:, t], ref.coef_, rtol=1e-8, atol=1e-10)
+        assert by_stats["intercept"][t] == pytest.approx(ref.intercept_, rel=1e-8, abs=1e-10)
+    # the chosen α minimises the held-out error computed by hand from the raw folds
+    t = 0
+    errs = []
+    for a in (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6):
+        sse = 0.0
+        for f in folds:
+            tr = np.setdiff1d(np.arange(1200), f)
+            pred = Ridge(alpha=a).fit(xd[tr], yd[tr, t]).predict(xd[f])
+            sse += float(((yd[f, t] - pred) ** 2).sum())
+        errs.append(sse / 1200)
+    np.testing.assert_allclose(by_stats["cv_mse"][:, t], errs, rtol=1e-8)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuronscope.analyses.cka import _ata, _center, _eigh, _svd
+from neuronscope.analyses._linalg import center, centered_stats, crossprod, principal_axes, svd
+from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
-from neuronscope.population import ArrayLike, paired
+from neuronscope.population import ArrayLike, paired, to_matrix
 
 _TOL = 1e-10
 
@@ -37,22 +38,18 @@ class _Basis:
 
 
 def _basis_from_cov(c: np.ndarray, what: str) -> _Basis:
-    lam, v = _eigh((c + c.T) / 2)
-    lam, v = lam[::-1], v[:, ::-1]
-    if lam.size == 0 or lam[0] <= 0:
-        raise NeuronscopeError(f"{what} has zero variance across stimuli (all columns constant)")
-    keep = lam > _TOL * lam[0]
-    return _Basis(v[:, keep], lam[keep], None)
+    vecs, lam = principal_axes(c, what, _TOL)
+    return _Basis(vecs, lam, None)
 
 
 def _basis(x: np.ndarray, what: str) -> _Basis:
-    xc = _center(x)
+    xc = center(x)
     n, p = xc.shape
     if p <= n:
-        b = _basis_from_cov(_ata(xc), what)
+        b = _basis_from_cov(crossprod(xc), what)
         b.scores = xc.astype(np.float64) @ b.vecs
         return b
-    u, s, vt = _svd(xc.astype(np.float64))
+    u, s, vt = svd(xc.astype(np.float64))
     lam = s**2
     if lam[0] <= 0:
         raise NeuronscopeError(f"{what} has zero variance across stimuli (all columns constant)")
@@ -88,7 +85,7 @@ def _cca_core(bx: _Basis, by: _Basis, mxy: np.ndarray, keep: float | int | None,
     wx = 1.0 / np.sqrt(bx.lam[:kx] + eps * bx.lam[0])
     wy = 1.0 / np.sqrt(by.lam[:ky] + eps * by.lam[0])
     t = wx[:, None] * mxy[:kx, :ky] * wy[None, :]
-    u, rho, vt = _svd(t)
+    u, rho, vt = svd(t)
     rho = np.clip(rho, 0.0, 1.0)
     bx2 = _Basis(bx.vecs[:, :kx], bx.lam[:kx], None if bx.scores is None else bx.scores[:, :kx])
     by2 = _Basis(by.vecs[:, :ky], by.lam[:ky], None if by.scores is None else by.scores[:, :ky])
@@ -152,22 +149,11 @@ def pwcca(X: ArrayLike, Y: ArrayLike, keep: float | int | None = None, eps: floa
 # --------------------------------------------------------------------------- streamed
 
 
-def _centered_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray, yty: np.ndarray,
-                    xty: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if n < 3:
-        raise NeuronscopeError(f"statistics over {n} samples; comparisons need at least 3 stimuli")
-    sx, sy = np.asarray(sum_x, np.float64), np.asarray(sum_y, np.float64)
-    cxx = np.asarray(xtx, np.float64) - np.outer(sx, sx) / n
-    cyy = np.asarray(yty, np.float64) - np.outer(sy, sy) / n
-    cxy = np.asarray(xty, np.float64) - np.outer(sx, sy) / n
-    return cxx, cyy, cxy
-
-
 def cca_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray, yty: np.ndarray,
                    xty: np.ndarray, keep: float | int | None = None, eps: float = 1e-10) -> CCAResult:
     """CCA from sufficient statistics (n, Σx, Σy, XᵀX, YᵀY, XᵀY) accumulated in one pass;
     centered covariances C = XᵀX - ΣxΣxᵀ/n etc., then the same core as :func:`cca`."""
-    cxx, cyy, cxy = _centered_stats(n, sum_x, sum_y, xtx, yty, xty)
+    cxx, cyy, cxy = centered_stats(n, sum_x, sum_y, xtx, yty, xty)
     bx, by = _basis_from_cov(cxx, "X"), _basis_from_cov(cyy, "Y")
     return _cca_core(bx, by, bx.vecs.T @ cxy @ by.vecs, keep, eps)
 
@@ -183,3 +169,32 @@ def pwcca_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarr
                      side: str = "auto") -> float:
     """:func:`pwcca` from streamed sufficient statistics (the weights need only XᵀX)."""
     return _pwcca_from_result(cca_from_stats(n, sum_x, sum_y, xtx, yty, xty, keep, eps), side)
+
+
+# --------------------------------------------------------------------------- many vs many
+
+
+def cca_factor(p: ArrayLike, **_: object) -> _Basis:
+    """A population's principal basis (computed once for many CCA comparisons)."""
+    return _basis(to_matrix(p), "population")
+
+
+def _factored(metric: str):
+    def pair(bx: _Basis, by: _Basis, keep: float | int | None = None, eps: float = 1e-10,
+             side: str = "auto") -> float:
+        if bx.scores.shape[0] != by.scores.shape[0]:
+            raise NeuronscopeError("populations cover different numbers of stimuli; give the same stimuli")
+        if metric == "svcca" and keep is None:
+            keep = 0.99
+        res = _cca_core(bx, by, bx.scores.T @ by.scores, keep, eps)
+        return _pwcca_from_result(res, side) if metric == "pwcca" else float(np.mean(res.rho))
+
+    return pair
+
+
+MEAN_CCA = Metric("cca", mean_cca, True, options=("eps",), factor=cca_factor, pair=_factored("cca"),
+                  factored_options=("eps",))
+SVCCA = Metric("svcca", svcca, True, options=("keep", "eps"), factor=cca_factor,
+               pair=_factored("svcca"), factored_options=("keep", "eps"))
+PWCCA = Metric("pwcca", pwcca, True, symmetric=False, options=("keep", "eps", "side"),
+               factor=cca_factor, pair=_factored("pwcca"), factored_options=("keep", "eps", "side"))

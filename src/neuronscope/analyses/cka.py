@@ -6,108 +6,36 @@ Revisited": for kernels K = k(X), L = k(Y) on the same n stimuli and H = I - 11�
     CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),   HSIC(K, L) = tr(K H L H).
 
 With linear kernels and column-centered X, Y this is ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)``, which
-is computed in feature space (d × d products, never n × n when n > d). The products here
-accumulate float32 input in float64 row blocks and never call a threaded float64
-``X @ X.T`` with n >= 16000 (that path segfaults in this OpenBLAS, numpy#19685).
+is computed in feature space (d × d products, never n × n when n > d). The products come
+from :mod:`neuronscope.analyses._linalg` (float32 blocks accumulated in float64).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 
+from neuronscope.analyses._linalg import (
+    center,
+    centered_stats,
+    crossprod,
+    feature_space,
+    frob2,
+    gram,
+)
+from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import ArrayLike, paired, to_matrix
-
-_BLOCK = 4096  # rows per float32 block accumulated in float64
-_BIG = 8192  # output side above which Gram products are computed in row blocks
-
-
-def _center(a: np.ndarray) -> np.ndarray:
-    """Column-centered copy (mean taken in float64, result in ``a``'s dtype)."""
-    return a - a.mean(axis=0, dtype=np.float64).astype(a.dtype)
-
-
-def _ata(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """``aᵀ b`` (``aᵀ a`` when ``b`` is None) in float64.
-
-    float32 input: float32 products over row blocks of ``_BLOCK`` summed in float64.
-    A large output (side >= ``_BIG``) is built from column blocks so no single huge
-    symmetric product is handed to threaded BLAS.
-    """
-    same = b is None
-    b = a if same else b
-    if a.dtype == np.float64 and b.dtype != np.float64:
-        b = b.astype(np.float64)
-    if b.dtype == np.float64 and a.dtype != np.float64:
-        a = a.astype(np.float64)
-    n = a.shape[0]
-    out = np.zeros((a.shape[1], b.shape[1]))
-    row_step = _BLOCK if a.dtype == np.float32 else n
-    col_step = _BIG if max(a.shape[1], b.shape[1]) >= 16000 else max(a.shape[1], 1)
-    for r0 in range(0, n, row_step):
-        ar = a[r0 : r0 + row_step]
-        br = ar if same else b[r0 : r0 + row_step]
-        if col_step >= a.shape[1]:
-            out += ar.T @ br
-        else:
-            for c0 in range(0, a.shape[1], col_step):
-                out[c0 : c0 + col_step] += ar[:, c0 : c0 + col_step].T @ br
-    return out
-
-
-def _gram(a: np.ndarray, b: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
-    """``a bᵀ`` (``a aᵀ`` when ``b`` is None) computed in ``dtype``, in row blocks when
-    n >= ``_BIG`` (never one huge threaded float64 ``X @ X.T``)."""
-    a64 = a.astype(dtype, copy=False)
-    b64 = a64 if b is None else b.astype(dtype, copy=False)
-    if a64.shape[0] < _BIG:
-        return a64 @ b64.T
-    out = np.empty((a64.shape[0], b64.shape[0]), dtype=dtype)
-    for r0 in range(0, a64.shape[0], _BLOCK):
-        out[r0 : r0 + _BLOCK] = a64[r0 : r0 + _BLOCK] @ b64.T
-    return out
-
-
-def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.linalg.eigh`` on one BLAS thread for large matrices: OpenBLAS's threaded
-    tridiagonal reduction is several times slower than one thread on a busy machine."""
-    if a.shape[0] < 256:
-        return np.linalg.eigh(a)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        return np.linalg.eigh(a)
-
-
-def _svd(a: np.ndarray, compute_uv: bool = True) -> Any:
-    """Thin ``np.linalg.svd`` (one BLAS thread for large matrices, see :func:`_eigh`)."""
-    if min(a.shape) < 256:
-        return np.linalg.svd(a, full_matrices=False, compute_uv=compute_uv)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        return np.linalg.svd(a, full_matrices=False, compute_uv=compute_uv)
-
-
-def _frob2(a: np.ndarray) -> float:
-    return float(np.einsum("ij,ij->", a, a))
-
-
-def _feature_space(n: int, p: int, q: int) -> bool:
-    """Feature-space products (p×p, q×q, p×q) are cheaper than n×n Grams when p + q <= 2n."""
-    return p + q <= 2 * n
 
 
 def _linear_dots(xc: np.ndarray, yc: np.ndarray) -> tuple[float, float, float]:
     """(‖XᵀY‖², ‖XᵀX‖², ‖YᵀY‖²) of centered X, Y via the cheaper of feature or Gram space."""
     n, p = xc.shape
-    if _feature_space(n, p, yc.shape[1]):
-        return _frob2(_ata(xc, yc)), _frob2(_ata(xc)), _frob2(_ata(yc))
-    kx, ky = _gram(xc), _gram(yc)
-    return float(np.einsum("ij,ij->", kx, ky)), _frob2(kx), _frob2(ky)
+    if feature_space(n, p, yc.shape[1]):
+        return frob2(crossprod(xc, yc)), frob2(crossprod(xc)), frob2(crossprod(yc))
+    kx, ky = gram(xc), gram(yc)
+    return float(np.einsum("ij,ij->", kx, ky)), frob2(kx), frob2(ky)
 
 
 def _cka_ratio(xy: float, xx: float, yy: float, what: str = "population") -> float:
@@ -134,7 +62,7 @@ def linear_cka(X: ArrayLike, Y: ArrayLike, debiased: bool = False) -> float:
     transforms and isotropic scaling of either side, not to general invertible linear maps.
     """
     x, y = paired(X, Y, min_samples=4 if debiased else 3)
-    xc, yc = _center(x), _center(y)
+    xc, yc = center(x), center(y)
     xy, xx, yy = _linear_dots(xc, yc)
     if not debiased:
         return _cka_ratio(xy, xx, yy)
@@ -159,7 +87,7 @@ def debiased_cka(X: ArrayLike, Y: ArrayLike) -> float:
 
 
 def _sq_dists_rows(a: np.ndarray, rows: slice, sq: np.ndarray) -> np.ndarray:
-    d = sq[rows, None] + sq[None, :] - 2.0 * _gram(a[rows], a)
+    d = sq[rows, None] + sq[None, :] - 2.0 * gram(a[rows], a)
     return np.maximum(d, 0.0)
 
 
@@ -193,8 +121,8 @@ def rbf_cka(
     cost is still O(n²) and a warning is issued above ``warn_above`` stimuli.
     """
     x, y = paired(X, Y)
-    x = _center(x).astype(np.float64)
-    y = _center(y).astype(np.float64)
+    x = center(x).astype(np.float64)
+    y = center(y).astype(np.float64)
     n = x.shape[0]
     if n > warn_above:
         warnings.warn(f"rbf_cka on {n} stimuli builds {n}x{n} kernels in chunks (O(n^2) time); "
@@ -234,12 +162,12 @@ def deconfounded_cka(X: ArrayLike, Y: ArrayLike, inputs: ArrayLike) -> float:
     """
     x, y = paired(X, Y)
     _, z = paired(X, inputs)
-    xc, yc, zc = _center(x), _center(y), _center(z)
+    xc, yc, zc = center(x), center(y), center(z)
 
     def ip(a: np.ndarray, b: np.ndarray) -> float:
-        if _feature_space(a.shape[0], a.shape[1], b.shape[1]):
-            return _frob2(_ata(a, b))
-        return float(np.einsum("ij,ij->", _gram(a), _gram(b)))
+        if feature_space(a.shape[0], a.shape[1], b.shape[1]):
+            return frob2(crossprod(a, b))
+        return float(np.einsum("ij,ij->", gram(a), gram(b)))
 
     zz = ip(zc, zc)
     if zz <= 0:
@@ -261,4 +189,50 @@ def deconfounded_cka(X: ArrayLike, Y: ArrayLike, inputs: ArrayLike) -> float:
 
 def gram_linear(X: ArrayLike) -> np.ndarray:
     """The linear Gram matrix X Xᵀ (n × n, float64) of a population; for reference and tests."""
-    return _gram(to_matrix(X))
+    return gram(to_matrix(X))
+
+
+def linear_cka_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray,
+                          yty: np.ndarray, xty: np.ndarray) -> float:
+    """Linear CKA from sufficient statistics: with C = XᵀX − ΣxΣxᵀ/n (etc.),
+    CKA = ‖Cxy‖²_F / (‖Cxx‖_F ‖Cyy‖_F) — equal to :func:`linear_cka` on the same rows."""
+    cxx, cyy, cxy = centered_stats(n, sum_x, sum_y, xtx, yty, xty)
+    return _cka_ratio(frob2(cxy), frob2(cxx), frob2(cyy))
+
+
+# --------------------------------------------------------------------------- many vs many
+
+
+def cka_factor(p: ArrayLike) -> tuple[str, np.ndarray, float]:
+    """A population's linear-CKA factor, computed once for many comparisons: the centred
+    matrix and ‖XcᵀXc‖_F (``"x"``), or the centred Gram matrix and its norm (``"k"``) when
+    neurons outnumber stimuli."""
+    xc = center(to_matrix(p))
+    n, d = xc.shape
+    if feature_space(n, d, d):
+        return "x", xc, float(np.sqrt(frob2(crossprod(xc))))
+    k = gram(xc)
+    return "k", k, float(np.sqrt(frob2(k)))
+
+
+def cka_pair(fa: tuple[str, np.ndarray, float], fb: tuple[str, np.ndarray, float]) -> float:
+    """Linear CKA of two populations from their :func:`cka_factor`: one cross product."""
+    (ka, a, na), (kb, b, nb) = fa, fb
+    if a.shape[0] != b.shape[0]:
+        raise NeuronscopeError("populations cover different numbers of stimuli; give the same stimuli")
+    if ka == "x" and kb == "x":
+        xy = frob2(crossprod(a, b))
+    elif ka == "k" and kb == "k":
+        xy = float(np.einsum("ij,ij->", a, b))
+    else:
+        k, x = (a, b) if ka == "k" else (b, a)
+        x64 = x.astype(np.float64)
+        xy = float(np.einsum("ij,ij->", k @ x64, x64))
+    return _cka_ratio(xy, na * na, nb * nb)
+
+
+LINEAR_CKA = Metric("cka", linear_cka, True, options=("debiased",), factor=cka_factor, pair=cka_pair)
+DEBIASED_CKA = Metric("debiased_cka", debiased_cka, True)
+RBF_CKA = Metric("rbf_cka", rbf_cka, True,
+                 options=("threshold", "sigma", "chunk", "warn_above", "seed"))
+DECONFOUNDED_CKA = Metric("deconfounded_cka", deconfounded_cka, True, options=("inputs",))

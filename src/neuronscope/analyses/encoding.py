@@ -18,14 +18,17 @@ noise-ceiling SNR (NCSNR) of Allen et al. 2022 (the Natural Scenes Dataset).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError as _SkNotFitted
+from sklearn.utils.validation import validate_data
 
-from neuronscope.analyses.cka import _ata, _eigh, _gram
+from neuronscope.analyses._linalg import crossprod, eigh, gram
+from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import (
     ArrayLike,
@@ -36,7 +39,7 @@ from neuronscope.population import (
     to_matrix,
 )
 
-DEFAULT_ALPHAS = np.logspace(-2, 6, 9)
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 9))
 
 
 def kfold_indices(n: int, k: int) -> list[np.ndarray]:
@@ -74,11 +77,15 @@ class _Decomp:
 
 def _decompose_primal(g: np.ndarray, n: int, s: np.ndarray) -> _Decomp:
     mu = s / n
-    lam, v = _eigh(g - n * np.outer(mu, mu))
+    lam, v = eigh(g - n * np.outer(mu, mu))
     return _Decomp(True, v, lam, mu)
 
 
-class RidgeEncoder(BaseEstimator):
+class NotFittedError(NeuronscopeError, _SkNotFitted):
+    """A :class:`RidgeEncoder` used before ``fit`` (also scikit-learn's ``NotFittedError``)."""
+
+
+class RidgeEncoder(RegressorMixin, BaseEstimator):
     """Ridge regression from features X (n, p) to targets Y (n, t) with an α per target
     chosen by k-fold cross-validation (scikit-learn style ``fit`` / ``predict`` / ``score``).
 
@@ -106,30 +113,47 @@ class RidgeEncoder(BaseEstimator):
         solver: str = "auto",
     ):
         self.alphas = alphas
-        self._grid()
-        if scoring not in ("mse", "r"):
-            raise NeuronscopeError("scoring must be 'mse' or 'r'")
-        if solver not in ("auto", "primal", "dual"):
-            raise NeuronscopeError("solver must be 'auto', 'primal' or 'dual'")
-        self.cv, self.scoring, self.alpha_per_target = cv, scoring, alpha_per_target
-        self.fit_intercept, self.batch_size, self.keep_coef, self.solver = (
-            fit_intercept, batch_size, keep_coef, solver)
+        self.cv = cv
+        self.scoring = scoring
+        self.alpha_per_target = alpha_per_target
+        self.fit_intercept = fit_intercept
+        self.batch_size = batch_size
+        self.keep_coef = keep_coef
+        self.solver = solver
 
-    def _grid(self) -> np.ndarray:
+    def _validate_params(self) -> np.ndarray:
+        """Check the parameters (at ``fit``, as scikit-learn estimators do); the α grid."""
         a = np.asarray(self.alphas, dtype=np.float64).ravel()
         if a.size == 0 or not np.isfinite(a).all() or (a <= 0).any():
             raise NeuronscopeError("alphas must be positive numbers, e.g. np.logspace(-2, 6, 9)")
+        if self.scoring not in ("mse", "r"):
+            raise NeuronscopeError("scoring must be 'mse' or 'r'")
+        if self.solver not in ("auto", "primal", "dual"):
+            raise NeuronscopeError("solver must be 'auto', 'primal' or 'dual'")
+        if not isinstance(self.cv, int | np.integer) or self.cv < 2:
+            raise NeuronscopeError(f"cv must be an integer >= 2, not {self.cv!r}")
+        if not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1:
+            raise NeuronscopeError(f"batch_size must be a positive integer, not {self.batch_size!r}")
         return a
 
     # ---------------------------------------------------------------- fitting
-    def _prepare(self, X: ArrayLike, Y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    def _prepare(self, X: ArrayLike, Y: ArrayLike, reset: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Align DataArrays by stimulus id, then scikit-learn's input validation (2-D finite
+        X, numeric Y with the same rows; ``reset`` records ``n_features_in_``)."""
         if isinstance(X, xr.DataArray) and isinstance(Y, xr.DataArray):
             X, Y = align(X, Y)
-        x = to_matrix(X, "X").astype(np.float64)
-        y = to_matrix(Y, "Y")
-        if len(x) != len(y):
-            raise NeuronscopeError(f"X has {len(x)} samples and Y has {len(y)}; give paired rows")
-        return x, y
+        X = X.values if isinstance(X, xr.DataArray) else X
+        Y = Y.values if isinstance(Y, xr.DataArray) else Y
+        x, y = validate_data(self, X, Y, reset=reset, multi_output=True, y_numeric=True,
+                             dtype=[np.float64, np.float32], ensure_min_samples=2)
+        if reset:
+            self._y_1d = y.ndim == 1
+        return x.astype(np.float64, copy=False), y.reshape(len(y), -1)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def _batches(self, t: int) -> Iterator[slice]:
         for b0 in range(0, t, self.batch_size):
@@ -137,7 +161,7 @@ class RidgeEncoder(BaseEstimator):
 
     def fit(self, X: ArrayLike, Y: ArrayLike) -> RidgeEncoder:
         """Choose α per target by k-fold CV, then refit on all rows."""
-        alphas = self._grid()
+        alphas = self._validate_params()
         x, y = self._prepare(X, Y)
         n, p = x.shape
         t = y.shape[1]
@@ -153,7 +177,7 @@ class RidgeEncoder(BaseEstimator):
         ysum, yy = np.zeros(t), np.zeros(t)
 
         if primal:
-            s_f = [_ata(xg[f]) for f in folds]
+            s_f = [crossprod(xg[f]) for f in folds]
             g_all = np.sum(s_f, axis=0)
             sum_f = [xg[f].sum(0) for f in folds]
             sum_all = np.sum(sum_f, axis=0)
@@ -164,7 +188,7 @@ class RidgeEncoder(BaseEstimator):
                 dec = _decompose_primal(g_all - s_f[i], ntr, s)
                 decs.append((dec, (xg[f] - dec.x_mean) @ dec.vecs))
         else:
-            k_all = _gram(xg)
+            k_all = gram(xg)
             decs = []
             for f in folds:
                 tr = np.setdiff1d(np.arange(n), f)
@@ -174,7 +198,7 @@ class RidgeEncoder(BaseEstimator):
                     c = r.mean()
                     ket = ket - ket.mean(1, keepdims=True) - r[None, :] + c
                     ktt = ktt - r[:, None] - r[None, :] + c
-                lam, u = _eigh(ktt)
+                lam, u = eigh(ktt)
                 dec = _Decomp(False, u, lam, xg[tr].mean(0) if self.fit_intercept else np.zeros(p))
                 dec.train = tr  # type: ignore[attr-defined]
                 decs.append((dec, ket @ u))
@@ -224,7 +248,7 @@ class RidgeEncoder(BaseEstimator):
         if primal:
             self._dec = _decompose_primal(g_all, n, np.zeros(p))
         else:
-            lam, u = _eigh(_gram(xg))
+            lam, u = eigh(gram(xg))
             self._dec = _Decomp(False, u, lam, np.zeros(p))
         self._ym = y.mean(0, dtype=np.float64) if self.fit_intercept else np.zeros(t)
         if self.keep_coef:
@@ -246,14 +270,13 @@ class RidgeEncoder(BaseEstimator):
     # ---------------------------------------------------------------- prediction
     def _check_fitted(self) -> None:
         if not hasattr(self, "alpha_"):
-            raise NeuronscopeError("this RidgeEncoder is not fitted yet; call fit(X, Y) first")
+            raise NotFittedError("this RidgeEncoder is not fitted yet; call fit(X, Y) first")
 
     def predict_batches(self, X: ArrayLike) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield (target slice, predictions (m, batch)) without forming all predictions at once."""
         self._check_fitted()
-        x = to_matrix(X, "X", min_samples=1).astype(np.float64)
-        if x.shape[1] != self.n_features_in_:
-            raise NeuronscopeError(f"X has {x.shape[1]} features; the encoder was fit on {self.n_features_in_}")
+        X = X.values if isinstance(X, xr.DataArray) else X
+        x = validate_data(self, X, reset=False, dtype=[np.float64, np.float32]).astype(np.float64, copy=False)
         xc = x - self._xm
         for sl in self._batches(self.n_targets_):
             if self.keep_coef:
@@ -262,7 +285,7 @@ class RidgeEncoder(BaseEstimator):
                 yield sl, xc @ self._coef_batch(sl) + self._ym[sl]
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predicted responses (m, t)."""
+        """Predicted responses (m, t); (m,) when the encoder was fit on a 1-D ``Y``."""
         self._check_fitted()
         out = None
         for sl, pred in self.predict_batches(X):
@@ -270,13 +293,17 @@ class RidgeEncoder(BaseEstimator):
                 out = np.empty((pred.shape[0], self.n_targets_))
             out[:, sl] = pred
         assert out is not None
-        return out
+        return out[:, 0] if getattr(self, "_y_1d", False) else out
 
-    def score(self, X: ArrayLike, Y: ArrayLike) -> float:
-        """Coefficient of determination R² averaged over targets (scikit-learn's ``score``)."""
-        x, y = self._prepare(X, Y)
-        pred = self.predict(x)
-        yv = y.astype(np.float64)
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: None = None) -> float:
+        """Coefficient of determination R² averaged over targets (scikit-learn's ``score``;
+        a constant target scores 0)."""
+        if sample_weight is not None:
+            raise NeuronscopeError("RidgeEncoder.score takes no sample_weight; pass None")
+        self._check_fitted()
+        x, yv = self._prepare(X, y, reset=False)
+        pred = self.predict(x).reshape(len(x), -1)
+        yv = yv.astype(np.float64)
         ss_res = ((yv - pred) ** 2).sum(0)
         ss_tot = ((yv - yv.mean(0)) ** 2).sum(0)
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), 0.0)
@@ -284,8 +311,79 @@ class RidgeEncoder(BaseEstimator):
 
     def score_targets(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
         """Pearson r per target between predictions and ``Y`` (0 for a constant target)."""
-        x, y = self._prepare(X, Y)
-        return pearson_per_target(self.predict(x), y)
+        self._check_fitted()
+        x, y = self._prepare(X, Y, reset=False)
+        return pearson_per_target(self.predict(x).reshape(len(x), -1), y)
+
+
+# --------------------------------------------------------------------------- streamed
+
+
+def _fold_stats(f: Any) -> dict[str, Any]:
+    """Sufficient statistics of one fold: an object with ``sufficient_stats()`` or the dict."""
+    get = getattr(f, "sufficient_stats", None)
+    return dict(get()) if callable(get) else dict(f)
+
+
+def ridge_from_stats(
+    folds: Sequence[Any],
+    alphas: Sequence[float] = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6),
+    alpha_per_target: bool = True,
+) -> dict[str, np.ndarray]:
+    """Ridge regression with k-fold α selection from per-fold sufficient statistics.
+
+    ``folds`` are the ``CrossStats`` (or ``CrossProducts`` with ``gram="x"`` or ``True``, or the
+    dicts of their ``sufficient_stats()``) of k disjoint parts of the corpus (e.g. documents hashed to k folds
+    during the one pass; ``full_yty=False`` suffices). For fold f and α the model is
+    fit on the other folds' centered statistics, W = (Cxx + αI)⁻¹ Cxy, and its held-out error
+    Σ(y - ŷ)² = Σ(y - ȳ)² - 2 wᵀ X̃ᵀỹ + wᵀ X̃ᵀX̃ w is read from fold f's statistics (X̃, ỹ
+    centered at the training means). Returns ``coef`` (p, t) and ``intercept`` (t,) refit on
+    all folds at the chosen ``alpha`` (t,), and ``cv_mse`` (n_alphas, t). Matches
+    :class:`RidgeEncoder` (``scoring="mse"``) on the same folds.
+    """
+    st = [_fold_stats(f) for f in folds]
+    if len(st) < 2:
+        raise NeuronscopeError("ridge_from_stats needs the statistics of at least 2 folds")
+    alphas = np.asarray(alphas, dtype=np.float64)
+
+    def yy_diag(s: Mapping[str, Any]) -> np.ndarray:
+        y = np.asarray(s["yty"])
+        return np.diagonal(y).copy() if y.ndim == 2 else y
+
+    tot = {k: sum(np.asarray(s[k], np.float64) for s in st) for k in ("sum_x", "sum_y", "xtx", "xty")}
+    tot["n"] = sum(int(s["n"]) for s in st)
+    n_all = tot["n"]
+    t = len(tot["sum_y"])
+    sse = np.zeros((len(alphas), t))
+    for s in st:
+        nf = int(s["n"])
+        ntr = n_all - nf
+        mx = (tot["sum_x"] - s["sum_x"]) / ntr
+        my = (tot["sum_y"] - s["sum_y"]) / ntr
+        cxx = (tot["xtx"] - s["xtx"]) - ntr * np.outer(mx, mx)
+        cxy = (tot["xty"] - s["xty"]) - ntr * np.outer(mx, my)
+        lam, v = eigh(cxx)
+        lam = np.maximum(lam, 0.0)
+        b = v.T @ cxy
+        # held-out fold statistics centered at the training means
+        sx, sy = np.asarray(s["sum_x"]), np.asarray(s["sum_y"])
+        txx = s["xtx"] - np.outer(sx, mx) - np.outer(mx, sx) + nf * np.outer(mx, mx)
+        txy = s["xty"] - np.outer(sx, my) - np.outer(mx, sy) + nf * np.outer(mx, my)
+        tyy = yy_diag(s) - 2 * sy * my + nf * my**2
+        txx_v = v.T @ txx @ v
+        txy_v = v.T @ txy
+        for j, a in enumerate(alphas):
+            w = b / (lam + a)[:, None]  # coefficients in the eigenbasis
+            sse[j] += tyy - 2 * np.einsum("kt,kt->t", w, txy_v) + np.einsum("kt,kt->t", w, txx_v @ w)
+    cv_mse = sse / n_all
+    best = np.argmin(cv_mse, axis=0) if alpha_per_target else np.full(t, int(np.argmin(cv_mse.sum(1))))
+    alpha = alphas[best]
+    mx, my = tot["sum_x"] / n_all, tot["sum_y"] / n_all
+    cxx = tot["xtx"] - n_all * np.outer(mx, mx)
+    cxy = tot["xty"] - n_all * np.outer(mx, my)
+    lam, v = eigh(cxx)
+    coef = v @ ((v.T @ cxy) / (np.maximum(lam, 0.0)[:, None] + alpha[None, :]))
+    return {"coef": coef, "intercept": my - mx @ coef, "alpha": alpha, "cv_mse": cv_mse}
 
 
 # --------------------------------------------------------------------------- noise ceilings
@@ -381,14 +479,14 @@ def encoding_score(
         y_rep = np.asarray(Y, dtype=np.float64)
         Y = y_rep.mean(1)
     enc_kw = dict(alphas=alphas, scoring=scoring, batch_size=batch_size)
+    if isinstance(X, xr.DataArray) and isinstance(Y, xr.DataArray):
+        X, Y = align(X, Y)
+    x, y = to_matrix(X, "X").astype(np.float64), to_matrix(Y, "Y")
+    if len(x) != len(y):
+        raise NeuronscopeError(f"X has {len(x)} samples and Y has {len(y)}; give paired rows")
     if inner_cv is None:
-        r = RidgeEncoder(cv=cv, **enc_kw).fit(X, Y).cv_r_
+        r = RidgeEncoder(cv=cv, **enc_kw).fit(x, y).cv_r_
     else:
-        if isinstance(X, xr.DataArray) and isinstance(Y, xr.DataArray):
-            X, Y = align(X, Y)
-        x, y = to_matrix(X, "X").astype(np.float64), to_matrix(Y, "Y")
-        if len(x) != len(y):
-            raise NeuronscopeError(f"X has {len(x)} samples and Y has {len(y)}; give paired rows")
         n, t = y.shape
         sp, spp, spy = np.zeros(t), np.zeros(t), np.zeros(t)
         for f in kfold_indices(n, cv):
@@ -408,3 +506,12 @@ def encoding_score(
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(c > 0, r / c, np.nan)
     return r
+
+
+def _encoding_mean(X: ArrayLike, Y: Any, **kw: Any) -> float:
+    """Mean held-out Pearson r over targets (see :func:`encoding_score`)."""
+    return float(np.nanmean(encoding_score(X, Y, **kw)))
+
+
+ENCODING = Metric("encoding", _encoding_mean, True, symmetric=False,
+                  options=("alphas", "cv", "inner_cv", "ceiling", "scoring", "batch_size"))

@@ -19,7 +19,8 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from neuronscope.analyses.cka import _gram
+from neuronscope.analyses._linalg import gram
+from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import (
     ArrayLike,
@@ -89,7 +90,7 @@ def rdm(
         r, n, p = reps.shape
         s = reps.sum(0)
         cat = np.transpose(reps, (1, 0, 2)).reshape(n, r * p)
-        k = (_gram(s) - _gram(cat)) / (r - 1)  # Σ_r a^{(-r)} b^{(r)}ᵀ
+        k = (gram(s) - gram(cat)) / (r - 1)  # Σ_r a^{(-r)} b^{(r)}ᵀ
         dg = np.diagonal(k)
         d = dg[:, None] + dg[None, :] - k - k.T
         return condense_square(d, overwrite=True) / (r * p)
@@ -103,7 +104,7 @@ def rdm(
         raise NeuronscopeError(f"{x.shape[0]} stimuli; an RDM needs at least 3")
     if method == "euclidean":
         sq = np.einsum("ij,ij->i", x, x)
-        g = _gram(x)
+        g = gram(x)
         g *= -2.0
         g += sq[:, None]
         g += sq[None, :]
@@ -116,7 +117,7 @@ def rdm(
             f"{method} distance is undefined — use method='euclidean' or drop it"
         )
     z = z / norms[:, None]
-    g = _gram(z, dtype=gdt)
+    g = gram(z, dtype=gdt)
     if gdt is np.float64:
         np.subtract(1.0, g, out=g)
     else:
@@ -330,3 +331,42 @@ def deconfounded_rsa(X: Any, Y: Any, inputs: Any, rdm_method: str = "correlation
 
     ra, rb = resid(a.dissimilarities), resid(b.dissimilarities)
     return float(np.mean(compare_rdms(RDMs(ra + 0.0), RDMs(rb + 0.0), compare)))
+
+
+# --------------------------------------------------------------------------- many vs many
+
+
+def rdm_factor(p: Any, rdm_method: str = "correlation", low: float | None = None,
+               up: float | None = None, **_: object) -> RDMs:
+    """A population's RDM (computed once for many comparisons); with ``low``/``up`` its
+    geo-topological transform (tRSA)."""
+    r = _to_rdms(p, rdm_method)
+    if low is not None or up is not None:
+        r = RDMs(geotopological_transform(r, 0.1 if low is None else low, 0.9 if up is None else up),
+                 stimulus=r.stimulus)
+    return r
+
+
+def _rdm_pair(default: str):
+    def pair(a: RDMs, b: RDMs, compare: str | None = None, **_: object) -> float:
+        if a.stimulus is not None and b.stimulus is not None and not np.array_equal(a.stimulus, b.stimulus):
+            b = b.reorder(a.stimulus)
+        if a.dissimilarities.shape[1] != b.dissimilarities.shape[1]:
+            raise NeuronscopeError(f"RDMs over {a.n_stimuli} and {b.n_stimuli} stimuli; give the same stimuli")
+        return float(np.mean(compare_rdms(a, b, compare or default)))
+
+    return pair
+
+
+def _trsa_factor(p: Any, rdm_method: str = "correlation", low: float = 0.1, up: float = 0.9,
+                 **_: object) -> RDMs:
+    return rdm_factor(p, rdm_method, low, up)
+
+
+RSA = Metric("rsa", rsa, True, options=("rdm_method", "compare"), factor=rdm_factor,
+             pair=_rdm_pair("spearman"), factored_options=("rdm_method", "compare"), accepts_rdms=True)
+TRSA = Metric("trsa", trsa, True, options=("low", "up", "rdm_method", "compare"), factor=_trsa_factor,
+              pair=_rdm_pair("pearson"), factored_options=("low", "up", "rdm_method", "compare"),
+              accepts_rdms=True)
+DECONFOUNDED_RSA = Metric("deconfounded_rsa", deconfounded_rsa, True,
+                          options=("inputs", "rdm_method", "compare"))

@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuronscope.analyses.cka import _ata, _center, _eigh, _svd
+from neuronscope.analyses._linalg import (
+    center,
+    centered_stats,
+    crossprod,
+    eigh,
+    nuclear,
+    principal_axes,
+    svd,
+)
+from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import ArrayLike, id_coord, paired, split_repeats, to_matrix
 
@@ -35,12 +44,12 @@ def _principal_scores(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores P (n, r) with PᵀP = diag(λ), a rotation of centered ``xc`` (rank-r part)."""
     n, p = xc.shape
     if p <= n:
-        lam, v = _eigh(_ata(xc))
+        lam, v = eigh(crossprod(xc))
         lam = np.maximum(lam[::-1], 0.0)
         v = v[:, ::-1]
         keep = lam > _EIG_TOL * max(lam[0], 1e-300)
         return xc.astype(np.float64) @ v[:, keep], lam[keep]
-    u, s, _ = _svd(xc.astype(np.float64))
+    u, s, _ = svd(xc.astype(np.float64))
     lam = s**2
     keep = lam > _EIG_TOL * max(lam[0], 1e-300)
     return u[:, keep] * s[keep], lam[keep]
@@ -55,7 +64,7 @@ def partial_whiten(X: ArrayLike, alpha: float = 1.0) -> np.ndarray:
     """
     if not 0.0 <= alpha <= 1.0:
         raise NeuronscopeError("alpha must be in [0, 1] (1 = no whitening, 0 = full whitening)")
-    xc = _center(to_matrix(X))
+    xc = center(to_matrix(X))
     scores, lam = _principal_scores(xc)
     if lam.size == 0:
         raise NeuronscopeError("population has zero variance across stimuli (all columns constant)")
@@ -70,16 +79,27 @@ def whiten_scale(lam: np.ndarray, alpha: float) -> np.ndarray:
     return d * np.sqrt(lam.sum() / float(np.sum(d**2 * lam)))
 
 
-def _nuclear(a: np.ndarray) -> float:
-    return float(_svd(a, compute_uv=False).sum()) if a.size else 0.0
+def procrustes_from_terms(xx: float, yy: float, nuc: float) -> float:
+    """Procrustes distance from ‖φX‖²_F, ‖φY‖²_F and ‖φXᵀφY‖_*: sqrt(xx + yy − 2 nuc)."""
+    return float(np.sqrt(max(xx + yy - 2.0 * nuc, 0.0)))
 
 
-def _shape_terms(X: ArrayLike, Y: ArrayLike, alpha: float, normalize: bool) -> tuple[float, float, float]:
-    x, y = paired(X, Y)
-    px, py = partial_whiten(x, alpha), partial_whiten(y, alpha)
-    if normalize:
-        px, py = px / np.linalg.norm(px), py / np.linalg.norm(py)
-    return float(np.sum(px**2)), float(np.sum(py**2)), _nuclear(px.T @ py)
+def angular_from_terms(xx: float, yy: float, nuc: float) -> float:
+    """Angular shape distance from the same terms: arccos(nuc / sqrt(xx yy))."""
+    return float(np.arccos(np.clip(nuc / np.sqrt(xx * yy), -1.0, 1.0)))
+
+
+def shape_factor(p: ArrayLike, alpha: float = 1.0, normalize: bool = False) -> np.ndarray:
+    """A population's partially whitened principal scores φ_α (unit Frobenius norm with
+    ``normalize``), computed once for many shape comparisons."""
+    s = partial_whiten(p, alpha)
+    return s / np.linalg.norm(s) if normalize else s
+
+
+def _terms(px: np.ndarray, py: np.ndarray) -> tuple[float, float, float]:
+    if px.shape[0] != py.shape[0]:
+        raise NeuronscopeError("populations cover different numbers of stimuli; give the same stimuli")
+    return float(np.sum(px**2)), float(np.sum(py**2)), nuclear(px.T @ py)
 
 
 def procrustes_distance(X: ArrayLike, Y: ArrayLike, alpha: float = 1.0, normalize: bool = False) -> float:
@@ -89,15 +109,40 @@ def procrustes_distance(X: ArrayLike, Y: ArrayLike, alpha: float = 1.0, normaliz
     whitening (1 = none), ``normalize`` scales both to unit Frobenius norm first. 0 between
     a population and its rotated (or reflected, translated) copy; symmetric; triangle inequality.
     """
-    xx, yy, nuc = _shape_terms(X, Y, alpha, normalize)
-    return float(np.sqrt(max(xx + yy - 2.0 * nuc, 0.0)))
+    x, y = paired(X, Y)
+    return procrustes_from_terms(*_terms(shape_factor(x, alpha, normalize), shape_factor(y, alpha, normalize)))
 
 
 def angular_shape_distance(X: ArrayLike, Y: ArrayLike, alpha: float = 1.0) -> float:
     """Angular shape metric θ = arccos(‖φXᵀφY‖_* / (‖φX‖_F ‖φY‖_F)) (Williams et al. 2021),
     in radians [0, π/2]; invariant to rotation, translation and isotropic scaling."""
-    xx, yy, nuc = _shape_terms(X, Y, alpha, False)
-    return float(np.arccos(np.clip(nuc / np.sqrt(xx * yy), -1.0, 1.0)))
+    x, y = paired(X, Y)
+    return angular_from_terms(*_terms(shape_factor(x, alpha), shape_factor(y, alpha)))
+
+
+def _terms_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray, yty: np.ndarray,
+                      xty: np.ndarray, alpha: float) -> tuple[float, float, float]:
+    """The three terms from sufficient statistics: in the principal bases,
+    ‖φX‖² = Σ d_k² λ_k and φXᵀφY = D_x V_xᵀ Cxy V_y D_y."""
+    if not 0.0 <= alpha <= 1.0:
+        raise NeuronscopeError("alpha must be in [0, 1] (1 = no whitening, 0 = full whitening)")
+    cxx, cyy, cxy = centered_stats(n, sum_x, sum_y, xtx, yty, xty)
+    (vx, lx), (vy, ly) = principal_axes(cxx, "X", _EIG_TOL), principal_axes(cyy, "Y", _EIG_TOL)
+    dx, dy = whiten_scale(lx, alpha), whiten_scale(ly, alpha)
+    m = dx[:, None] * (vx.T @ cxy @ vy) * dy[None, :]
+    return float(np.sum(dx**2 * lx)), float(np.sum(dy**2 * ly)), nuclear(m)
+
+
+def procrustes_distance_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray,
+                                   yty: np.ndarray, xty: np.ndarray, alpha: float = 1.0) -> float:
+    """:func:`procrustes_distance` from sufficient statistics (n, Σx, Σy, XᵀX, YᵀY, XᵀY)."""
+    return procrustes_from_terms(*_terms_from_stats(n, sum_x, sum_y, xtx, yty, xty, alpha))
+
+
+def angular_shape_distance_from_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray,
+                                      yty: np.ndarray, xty: np.ndarray, alpha: float = 1.0) -> float:
+    """:func:`angular_shape_distance` from sufficient statistics."""
+    return angular_from_terms(*_terms_from_stats(n, sum_x, sum_y, xtx, yty, xty, alpha))
 
 
 # --------------------------------------------------------------------------- stochastic
@@ -131,7 +176,7 @@ def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[n
     flat = a.reshape(m * r, p)
     flat = flat - flat.mean(0)
     if p > m * r:  # lossless rotation onto the span of all responses
-        u, s, _ = _svd(flat)
+        u, s, _ = svd(flat)
         keep = s > _EIG_TOL * s[0]
         flat = u[:, keep] * s[keep]
     a = flat.reshape(m, r, -1)
@@ -142,7 +187,7 @@ def _gaussian_stats(X: Any, stimulus: Any = None, repeat: Any = None) -> tuple[n
 
 
 def _psd_sqrt(c: np.ndarray) -> np.ndarray:
-    lam, v = _eigh(c)
+    lam, v = eigh(c)
     return (v * np.sqrt(np.maximum(lam, 0.0))[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
@@ -191,7 +236,7 @@ def stochastic_shape_distance(
 
     def objective(t: np.ndarray) -> float:
         ty = np.einsum("ij,mjk->mik", t, sy)  # T Σy^{1/2}
-        nuc = sum(_nuclear(sx[i].T @ ty[i]) for i in range(m))
+        nuc = sum(nuclear(sx[i].T @ ty[i]) for i in range(m))
         bures = np.trace(cx, axis1=1, axis2=2).sum() + np.trace(cy, axis1=1, axis2=2).sum() - 2 * nuc
         mean_term = np.sum((mx - my @ t.T) ** 2)
         return float(alpha * mean_term + (2.0 - alpha) * bures) / m
@@ -211,3 +256,13 @@ def stochastic_shape_distance(
             break
         t, best = t_new, val
     return float(np.sqrt(max(best, 0.0)))
+
+
+PROCRUSTES = Metric("procrustes", procrustes_distance, False, options=("alpha", "normalize"),
+                    factor=shape_factor, pair=lambda a, b, **_: procrustes_from_terms(*_terms(a, b)),
+                    factored_options=("alpha", "normalize"))
+ANGULAR = Metric("shape", angular_shape_distance, False, options=("alpha",),
+                 factor=shape_factor, pair=lambda a, b, **_: angular_from_terms(*_terms(a, b)),
+                 factored_options=("alpha",))
+STOCHASTIC_SHAPE = Metric("stochastic_shape", stochastic_shape_distance, False,
+                          options=("alpha", "max_iter", "tol"))
