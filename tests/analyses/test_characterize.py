@@ -165,7 +165,7 @@ def test_recorded_run_characterize_top_examples_and_cli(minilm, small_corpus, tm
     from typer.testing import CliRunner
 
     import neuronscope as ns
-    from neuronscope.cli_characterize import characterize_command
+    from neuronscope.cli.characterize import characterize as characterize_command
 
     _, tok = minilm
     cfg = {"k": 5, "window": 2, "max_pos": 64, "token_slots": 64}
@@ -205,7 +205,7 @@ def test_recorded_run_characterize_top_examples_and_cli(minilm, small_corpus, tm
 
 
 def test_short_site_names_strip_the_shared_glob():
-    from neuronscope.cli_characterize import short_site_names
+    from neuronscope.cli.output import short_site_names
 
     names = [f"encoder.layer.{i}.intermediate" for i in range(3)]
     assert short_site_names(names) == (["0", "1", "2"], "encoder.layer.*.intermediate")

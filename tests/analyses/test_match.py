@@ -13,6 +13,7 @@ from neuronscope.analyses.match import (
     match_many_to_many,
     match_one_to_many,
     match_one_to_one,
+    match_report,
     max_correlation,
     rosetta_neurons,
     rotation_baseline,
@@ -46,7 +47,7 @@ def untrained(x):
     return record_lockstep(models, TensorSource(x, batch_size=256), "act*")
 
 
-def test_universal_fraction_exceeds_rotation_and_untrained_baselines(trained, untrained):
+def test_universal_fraction_exceeds_rotation_and_untrained_baselines(trained, untrained, x):
     thr = 0.75
     neurons = universal_neurons(trained, threshold=thr)
     assert len(neurons) == 3 * 128
@@ -61,13 +62,31 @@ def test_universal_fraction_exceeds_rotation_and_untrained_baselines(trained, un
     # the statistic is the minimum over the other models of each max correlation
     np.testing.assert_allclose(live["max_corr"], np.minimum(
         live.filter(like="corr[").min(axis=1), 1.0))
-    # against an explicit computation for one model pair
-    r = trained.correlation("seed0", "seed2")
-    val, arg = max_correlation(r)
-    s0 = neurons[neurons["model"] == "seed0"]
-    np.testing.assert_allclose(s0["corr[seed2]"], val)
-    site, unit = trained.labels("seed2")
-    assert list(s0["match[seed2]"]) == [f"{site[j]}:{unit[j]}" for j in arg]
+    # against a brute-force computation for one model pair, from the networks' activations
+    a, b = _mlp_activations(train_digits("mlp", 0), x), _mlp_activations(train_digits("mlp", 2), x)
+    names = [f"act{k}:{u}" for k in (1, 2) for u in range(64)]
+    s0 = neurons[neurons["model"] == "seed0"].reset_index(drop=True)
+    assert list(s0["site"] + ":" + s0["unit"].astype(str)) == names
+    live_b = [j for j in range(b.shape[1]) if b[:, j].std() > 0]
+    for i in range(a.shape[1]):
+        if a[:, i].std() == 0:  # a dead neuron has no partner
+            assert np.isnan(s0.loc[i, "corr[seed2]"]) and s0.loc[i, "match[seed2]"] == ""
+            continue
+        r = {j: np.corrcoef(a[:, i], b[:, j])[0, 1] for j in live_b}
+        best = max(r, key=r.get)
+        assert s0.loc[i, "corr[seed2]"] == pytest.approx(r[best], abs=1e-5)
+        # the partner is the best one, or ties it within float32 streaming error
+        assert r[names.index(s0.loc[i, "match[seed2]"])] >= r[best] - 1e-5
+
+
+def _mlp_activations(model, x):
+    """act1 | act2 of a digits MLP on every image, float64."""
+    import torch
+
+    with torch.no_grad():
+        h1 = model.act1(model.fc1(torch.from_numpy(x)))
+        h2 = model.act2(model.fc2(h1))
+    return np.concatenate([h1.numpy(), h2.numpy()], axis=1).astype(np.float64)
 
 
 def test_permuted_copy_is_matched_exactly_and_fully_universal(x):
@@ -180,14 +199,42 @@ def test_lockstep_from_arrays_matches_record(trained, x):
     np.testing.assert_allclose(lock.correlation("seed0", "seed1"), trained.correlation("seed0", "seed1"), atol=5e-6)
 
 
+def test_match_report_on_a_permuted_copy(x):
+    """A permuted copy planted as the second model: every neuron's partner is known."""
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(11)
+    net = train_digits("mlp", 0)
+    perms = {"act1": rng.permutation(64), "act2": rng.permutation(64)}
+    lock = record_lockstep({"net": net, "twin": permuted_copy(net, perms)}, TensorSource(x, batch_size=300), "act*")
+    live = _mlp_activations(net, x).std(0) > 0
+    live_per_site = {"act1": int(live[:64].sum()), "act2": int(live[64:].sum())}
+    rep = match_report(lock, threshold=0.99, top_groups=5)
+    assert rep.models == ["net", "twin"] and rep.samples == len(x) and rep.threshold == 0.99
+    assert [(c["site_a"], round(c["mean_max_corr"], 4), round(c["median_max_corr"], 4))
+            for c in rep.correlation] == [("act1", 1.0, 1.0), ("act2", 1.0, 1.0)]
+    for m in rep.matching:
+        n_live = live_per_site[m["site"]]
+        assert m["pairs"] == 64 and m["mean_matched_corr"] == pytest.approx(1.0, abs=1e-5)
+        assert m["matched_above_threshold"] == n_live and m["same_as_best"] == pytest.approx(n_live / 64)
+    assert rep.rosetta_groups == int(live.sum()) and len(rep.rosetta_top) == 5
+    for g in rep.rosetta_top:
+        (model_a, site_a, unit_a), (model_b, site_b, unit_b) = (
+            (n.split("/")[0], *n.split("/")[1].split(":")) for n in g["neurons"])
+        assert (model_a, model_b) == ("net", "twin") and site_a == site_b
+        assert perms[site_b][int(unit_b)] == int(unit_a) and g["mean_corr"] == pytest.approx(1.0, abs=1e-5)
+    assert len(rep.neurons) == 2 * 128 and (rep.fractions["universal_frac"] == 1.0).all()
+    doc = json.loads(json.dumps(rep.to_dict()))
+    pd.testing.assert_frame_equal(pd.DataFrame(doc["universal"]), rep.fractions, check_dtype=False)
+    assert doc["rosetta"] == {"groups": rep.rosetta_groups, "top": rep.rosetta_top}
+    assert doc["sites"] == {"net": {"act1": 64, "act2": 64}, "twin": {"act1": 64, "act2": 64}}
+
+
 def _cli():
-    import typer
+    from neuronscope.cli import app
 
-    from neuronscope.cli_match import match_command, sysid_command
-
-    app = typer.Typer()
-    app.command("match")(match_command)
-    app.command("sysid")(sysid_command)
     return app
 
 
@@ -214,16 +261,34 @@ def test_match_cli_json_agrees_with_api(trained, tmp_path):
     assert (tmp_path / "m" / "neurons.csv").exists()
 
 
-def test_cli_errors_name_the_fix():
-    from typer.testing import CliRunner
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["match", "--models", "digits-mlp:0"],
+         "match needs at least two models; pass --models A B [C ...]"),
+        (["match", "--models", "digits-mlp:0", "minilm"],
+         "digits models and text models see different inputs; list only one kind"),
+        (["match", "--models", "digits-mlp:0,digits-mlp:0"],
+         "a model is listed twice; give each model once"),
+        (["match", "--models", "digits-mlp:0", "digits-cnn:1"],
+         "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"),
+        (["match", "--models", "digits-mlp:0:untrained", "digits-mlp:1", "--untrained-baseline"],
+         "--untrained-baseline needs trained digits models (digits-mlp:SEED ...)"),
+        (["sysid", "--models", "digits-mlp:0", "--metrics", "nope"],
+         "unknown metric(s) nope; choose from linear_cka, rsa, trsa, encoding, procrustes"),
+    ],
+)
+def test_cli_errors_name_the_fix(args, message, capsys):
+    """The console entry point prints exactly ``error: <the fix>`` as one line on stderr,
+    no traceback, and exits with code 2 (before loading or training any model)."""
+    from neuronscope.cli import main
 
-    from neuronscope.errors import NeuronscopeError
-
-    for args in (["match", "--models", "digits-mlp:0"],
-                 ["match", "--models", "digits-mlp:0", "minilm"],
-                 ["sysid", "--models", "digits-mlp:0", "--metrics", "nope"]):
-        res = CliRunner().invoke(_cli(), args)
-        assert isinstance(res.exception, NeuronscopeError), args
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines() == [f"error: {message}"]
 
 
 def test_digits_nets_are_deterministic_and_permutation_preserves_function(x):

@@ -138,7 +138,7 @@ def test_sysid_cli_json(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from neuronscope.cli_match import sysid_command
+    from neuronscope.cli.match import sysid as sysid_command
 
     app = typer.Typer()
     app.command("sysid")(sysid_command)

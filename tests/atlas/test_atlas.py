@@ -172,7 +172,7 @@ def test_viewer_never_builds_markup_from_strings():
 
 
 def test_serve_command_serves_the_atlas(synthetic):
-    from neuronscope.cli_atlas import make_server
+    from neuronscope.cli.atlas import make_server
 
     _, index = synthetic
     server = make_server(index.parent, 0)
@@ -381,7 +381,7 @@ def test_atlas_cli_json(real_run, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from neuronscope.cli_atlas import atlas_command
+    from neuronscope.cli.atlas import atlas as atlas_command
 
     run, _, _ = real_run
     app = typer.Typer()

@@ -12,6 +12,8 @@
 * Rosetta neurons (Dravid et al., "Rosetta Neurons: Mining the Common Units in a Model
   Zoo", ICCV 2023): sets of one neuron per model that are pairwise mutual best matches
   ("best buddies") across all models of the zoo.
+* :func:`match_report` — all of the above for one lockstep recording, as records and tables
+  (a :class:`MatchReport`; what ``neuronscope match`` prints).
 
 Everything works from streamed cross-products (``CrossProducts`` / ``Lockstep``), so no
 activation matrix is needed; ``Lockstep.from_arrays`` wraps in-memory populations.
@@ -424,3 +426,102 @@ def rosetta_neurons(
             rows.append({"group": gi, "model": m, "site": labels[m][0][local],
                          "unit": int(labels[m][1][local]), "mean_corr": mean_c, "min_corr": min_c})
     return pd.DataFrame(rows, columns=["group", "model", "site", "unit", "mean_corr", "min_corr"])
+
+
+# --------------------------------------------------------------------------- one report
+
+
+@dataclass
+class MatchReport:
+    """Everything :func:`match_report` finds in a lockstep recording.
+
+    Plain records (lists of dicts with JSON-able values):
+
+    * ``correlation`` — per model pair (a, b) and site of a: mean and median over a's
+      neurons of their maximum correlation with any neuron of b;
+    * ``matching`` — per model pair and site both record: one-to-one matching (Convergent
+      Learning) — pairs, mean matched correlation, pairs above threshold, and the share of
+      pairs whose partner is also the unconstrained best match;
+    * ``rosetta_top`` — the strongest Rosetta groups, each ``{"group", "mean_corr",
+      "neurons": ["model/site:unit", …]}``; ``rosetta_groups`` counts all groups.
+
+    Tables: ``neurons`` (:func:`universal_neurons`, one row per neuron) and ``fractions``
+    (:func:`universal_fractions`, one row per model and site).
+    """
+
+    models: list[str]
+    samples: int
+    sites: dict[str, dict[str, int]]
+    threshold: float
+    correlation: list[dict]
+    matching: list[dict]
+    rosetta_groups: int
+    rosetta_top: list[dict]
+    neurons: pd.DataFrame
+    fractions: pd.DataFrame
+
+    def to_dict(self) -> dict:
+        """The report as JSON-able data (what ``neuronscope match --json`` prints): the
+        records, ``universal`` (the fractions table as records) and ``rosetta`` (``groups``,
+        ``top``); the per-neuron table is left out."""
+        return {
+            "models": list(self.models),
+            "samples": int(self.samples),
+            "sites": {m: dict(s) for m, s in self.sites.items()},
+            "threshold": self.threshold,
+            "correlation": self.correlation,
+            "universal": self.fractions.to_dict("records"),
+            "matching": self.matching,
+            "rosetta": {"groups": self.rosetta_groups, "top": self.rosetta_top},
+        }
+
+
+def match_report(
+    lock: Lockstep,
+    threshold: float = 0.5,
+    same_site: bool = False,
+    untrained: Lockstep | None = None,
+    seed: int = 0,
+    top_groups: int = 20,
+) -> MatchReport:
+    """Correlation summary, universal neurons against chance, one-to-one matching and
+    Rosetta neurons of a lockstep recording in one report (what ``neuronscope match`` shows).
+
+    ``threshold`` is the correlation above which a neuron is universal (Gurnee et al. 2024),
+    a matched pair counts as strong, and best buddies join a Rosetta group (Dravid et al.
+    2023). ``same_site`` searches a neuron's partners only in the same-named site of the
+    other models. The rotation baseline (``seed`` seeds its rotations) is used when ``lock``
+    holds within-model Gram matrices; ``untrained`` — a lockstep recording of untrained
+    networks of the same architectures, keyed by the same model names — adds the
+    untrained-network baseline. ``top_groups`` Rosetta groups (strongest first) are listed.
+    """
+    neurons = universal_neurons(lock, threshold=threshold, same_site=same_site, baseline=lock.within, seed=seed)
+    base = None
+    if untrained is not None:
+        base = universal_neurons(untrained, threshold=threshold, same_site=same_site, baseline=False)
+    fractions = universal_fractions(neurons, untrained=base)
+    correlation, matching = [], []
+    for i, a in enumerate(lock.models):
+        for b in lock.models[i + 1 :]:
+            for sa in lock.sites[a]:
+                vals = neurons.loc[(neurons["model"] == a) & (neurons["site"] == sa), f"corr[{b}]"]
+                correlation.append({"model_a": a, "model_b": b, "site_a": sa,
+                                    "mean_max_corr": float(vals.mean()), "median_max_corr": float(vals.median())})
+                if sa in lock.sites[b]:
+                    m = match_one_to_one(lock.cross(a, b, _glob(sa), _glob(sa)))
+                    matching.append({
+                        "model_a": a, "model_b": b, "site": sa, "pairs": len(m),
+                        "mean_matched_corr": float(np.nanmean(m["corr"])),
+                        "matched_above_threshold": int((m["corr"] > threshold).sum()),
+                        "same_as_best": float((m["unit_b"] == m["best_b"]).mean()),
+                    })
+    ros = rosetta_neurons(lock, min_corr=threshold)
+    top = ros[ros["group"] < top_groups]  # group ids are ranked by mean correlation
+    groups = [{"group": int(gid), "mean_corr": float(g["mean_corr"].iloc[0]),
+               "neurons": [f"{m}/{s}:{u}" for m, s, u in zip(g["model"], g["site"], g["unit"], strict=True)]}
+              for gid, g in top.groupby("group", sort=True)]
+    return MatchReport(
+        models=list(lock.models), samples=int(lock.n_samples), sites=lock.sites, threshold=threshold,
+        correlation=correlation, matching=matching, rosetta_groups=int(ros["group"].nunique()),
+        rosetta_top=groups, neurons=neurons, fractions=fractions,
+    )

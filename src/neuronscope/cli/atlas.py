@@ -1,23 +1,23 @@
-"""``neuronscope atlas`` and ``neuronscope serve``: typer-style command functions.
+"""``neuronscope atlas`` and ``neuronscope serve``: build and serve the static HTML atlas.
 
-Registered by ``neuronscope.cli`` (``app.command("atlas")(atlas_command)``,
-``app.command("serve")(serve_command)``); thin over :func:`neuronscope.atlas.build.build_atlas`.
+Thin over :func:`neuronscope.atlas.build.build_atlas`; :func:`make_server` is the local
+HTTP server ``serve`` runs.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import typer
 
+from neuronscope.cli.output import emit_json
 from neuronscope.errors import NeuronscopeError
 
 
-def atlas_command(
+def atlas(
     run: Path = typer.Argument(..., help="A run directory written by `neuronscope record`."),
     out: Path = typer.Option(..., "--out", help="Directory to write the static atlas into (created if missing; an atlas already there is replaced)."),
     examples: int = typer.Option(16, help="Top-activating examples shown per neuron (at most the run's top-k)."),
@@ -31,7 +31,7 @@ def atlas_command(
     seconds = round(time.perf_counter() - t0, 3)
     nbytes = site_bytes(index.parent)
     if json_out:
-        typer.echo(json.dumps({"index": str(index.resolve()), "bytes": nbytes, "seconds": seconds}))
+        emit_json({"index": index.resolve(), "bytes": nbytes, "seconds": seconds})
     else:
         typer.echo(f"atlas written in {seconds:.1f} s ({nbytes / 1e6:.1f} MB); open {index.resolve()}")
 
@@ -53,7 +53,7 @@ def make_server(directory: Path, port: int = 8000) -> ThreadingHTTPServer:
         raise NeuronscopeError(f"cannot listen on 127.0.0.1:{port} ({e.strerror or e}); pass another --port") from None
 
 
-def serve_command(
+def serve(
     dir: Path = typer.Argument(..., help="An atlas directory written by `neuronscope atlas`."),  # noqa: A002
     port: int = typer.Option(8000, help="Port on 127.0.0.1 to serve on (0 picks a free one)."),
 ) -> None:

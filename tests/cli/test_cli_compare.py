@@ -1,5 +1,6 @@
 """``neuronscope compare``: response files, RDM files and a real recorded run (tiny torch
-model through ``neuronscope.record``), single values and site matrices."""
+model through ``neuronscope.record``), single values and site matrices; metric options
+reach ``compare_all`` only when given."""
 
 from __future__ import annotations
 
@@ -10,18 +11,14 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-import typer
 from scipy.spatial.distance import squareform
 from typer.testing import CliRunner
 
 from neuronscope.analyses.compare import linear_cka, procrustes_distance, rsa
 from neuronscope.analyses.rsa import rdm
-from neuronscope.cli_compare import compare_command
+from neuronscope.cli import app
 from neuronscope.errors import NeuronscopeError
 
-app = typer.Typer()
-app.command("compare")(compare_command)
-app.command("noop")(lambda: None)  # keep `compare` a subcommand, as in the real CLI
 runner = CliRunner()
 
 
@@ -93,3 +90,26 @@ def test_compare_sites_of_a_recorded_run(tmp_path: Path, files: tuple) -> None:
     assert m.shape == (2, 2) and np.allclose(np.diag(m), 0, atol=1e-5) and m[0, 1] == pytest.approx(m[1, 0])
     table = runner.invoke(app, ["compare", f"{run_dir}:*", str(b)])
     assert table.exit_code == 0 and "cka" in table.output
+
+
+def test_only_the_options_given_reach_compare_all(files: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    import neuronscope.analyses.compare as compare_module
+
+    a, b, x, y = files
+    seen: list[dict] = []
+    real = compare_module.compare_all
+
+    def spy(pops, metric="cka", others=None, **kw):
+        seen.append(dict(kw))
+        return real(pops, metric, others=others, **kw)
+
+    monkeypatch.setattr(compare_module, "compare_all", spy)
+    _invoke(str(a), str(b), "--metric", "rsa")
+    _invoke(str(a), str(b), "--metric", "rsa", "--rdm-method", "euclidean", "--compare", "pearson")
+    _invoke(str(a), str(b), "--metric", "procrustes", "--alpha", "1")
+    _invoke(str(a), str(b), "--metric", "svcca", "--keep", "0.9")
+    out = _invoke(str(a), str(b), "--metric", "encoding", "--cv", "3")
+    assert seen == [{}, {"rdm_method": "euclidean", "compare": "pearson"}, {"alpha": 1.0},
+                    {"keep": 0.9}, {"cv": 3}]
+    assert -1 <= out["value"] <= 1
+

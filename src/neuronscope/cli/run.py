@@ -1,71 +1,19 @@
-"""``neuronscope`` command line: thin verbs over the Python API.
+"""``neuronscope record``, ``info``, ``summarize`` and ``demo``: make and inspect runs.
 
-Every verb takes ``--json`` for machine-readable output. Errors are one line on stderr
-that names the fix, with exit code 2.
+Thin over :func:`neuronscope.recording.record`,
+:func:`neuronscope.distributed.record_distributed` / :func:`~neuronscope.distributed.summarize_run`
+and :func:`neuronscope.store.open_run`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
-from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from neuronscope.errors import NeuronscopeError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-app = typer.Typer(
-    help="neuronscope: record, characterize, compare and browse the neurons of any network.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-console = Console()
+from neuronscope.cli.output import console, emit_json, print_info, site_table
 
 
-def emit_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (numpy scalars and paths converted)."""
-    typer.echo(json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def print_info(info: dict[str, Any]) -> None:
-    """Render ``Run.info()`` as a rich table."""
-    head = Table(show_header=False, box=None)
-    for key in ("path", "status", "model", "samples", "items", "activation_rows", "keep", "dtype", "sample_rate", "seconds"):
-        head.add_row(f"[bold]{key}", str(info.get(key)))
-    src = info.get("source") or {}
-    head.add_row("[bold]corpus", f"{src.get('corpus') or src.get('name')} ({src.get('documents') or src.get('items')} items)")
-    console.print(head)
-    t = Table(title="sites")
-    t.add_column("site")
-    t.add_column("units", justify="right")
-    t.add_column("non-finite", justify="right")
-    for site, units in info["sites"].items():
-        t.add_row(site, str(units), str(info.get("nonfinite", {}).get(site, 0)))
-    console.print(t)
-
-
-@app.command()
 def record(
     model: str = typer.Option("minilm", help="'minilm' (the packaged all-MiniLM-L6-v2) or a local Hugging Face model directory."),
     corpus: str = typer.Option("default", help="Corpus: a .txt file (one document per line), a .jsonl file with a 'text' field and optional label fields such as 'lang', or 'default' for the bundled multilingual corpus."),
@@ -95,6 +43,7 @@ def record(
 
         run = record_distributed(
             model, source, sites, out=out, workers=workers or None, scheduler=scheduler or None,
+            keep=keep, dtype=dtype, sample_rate=sample_rate,
             overwrite=overwrite, progress=progress and not json_out,
         )
     else:
@@ -108,7 +57,6 @@ def record(
         print_info(run.info())
 
 
-@app.command()
 def info(
     run: Path = typer.Argument(..., help="A run directory written by `neuronscope record`."),
     json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
@@ -123,7 +71,6 @@ def info(
         print_info(i)
 
 
-@app.command()
 def summarize(
     run: Path = typer.Argument(..., help="A run with stored activations."),
     sites: str = typer.Option("", help="Site glob(s) to summarize (default: all)."),
@@ -146,7 +93,6 @@ def summarize(
         console.print(f"summaries of {len(result)} site(s) written to {run}")
 
 
-@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_output"), help="Directory for the demo's run, tables and atlas."),
     docs: int = typer.Option(0, help="Use only the first N documents of the bundled corpus (0 = all 2,852)."),
@@ -157,6 +103,8 @@ def demo(
     multilingual corpus with summaries, characterize every neuron, and build the atlas."""
     from neuronscope.analyses.characterize import characterize as characterize_run
     from neuronscope.analyses.characterize import site_summary
+    from neuronscope.analyses.compare import compare_all
+    from neuronscope.analyses.extras import save_comparison
     from neuronscope.atlas.build import build_atlas
     from neuronscope.recording import record as record_run
     from neuronscope.sources.models import BERT_FFN_SITES, load_model
@@ -172,9 +120,6 @@ def demo(
     run = record_run(model, source, BERT_FFN_SITES, out=out / "minilm.zarr", keep="both",
                      dtype="float16", sample_rate=sample_rate, progress=not json_out)
     # layer × layer linear CKA on the stored activations, kept in the run for the atlas
-    from neuronscope.analyses.compare import compare_all
-    from neuronscope.analyses.extras import save_comparison
-
     cka = compare_all({s.split(".")[2]: run.population(s).values for s in run.sites}, "cka")
     save_comparison(run, cka, "cka", title="linear CKA between MiniLM's FFN layers (stored tokens)")
     table = characterize_run(run)
@@ -183,45 +128,10 @@ def demo(
     sites_df.to_csv(out / "sites.csv", index=False)
     index = build_atlas(run, out / "atlas")
     if json_out:
-        emit_json({"run": str(run.path), "neurons": str(out / "neurons.parquet"), "sites": sites_df.to_dict("records"),
-                   "atlas": str(index.resolve())})
+        emit_json({"run": run.path, "neurons": out / "neurons.parquet", "sites": sites_df.to_dict("records"),
+                   "atlas": index.resolve()})
         return
-    from neuronscope.cli_characterize import site_table
-
     print_info(run.info())
     console.print(site_table(sites_df, table))
     console.print(f"per-neuron table: {out / 'neurons.parquet'} ({len(table)} neurons)")
     console.print(f"atlas: [bold]{index.resolve()}[/bold]")
-
-
-def _register() -> None:
-    from neuronscope.cli_atlas import atlas_command, serve_command
-    from neuronscope.cli_characterize import characterize_command
-    from neuronscope.cli_compare import compare_command
-    from neuronscope.cli_match import match_command, sysid_command
-
-    app.command("characterize")(characterize_command)
-    app.command("atlas")(atlas_command)
-    app.command("serve")(serve_command)
-    app.command("compare")(compare_command)
-    app.command("match")(match_command)
-    app.command("sysid")(sysid_command)
-
-
-_register()
-
-
-def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
-    try:
-        app()
-    except NeuronscopeError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; re-run the same command to resume", err=True)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

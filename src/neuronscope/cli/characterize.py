@@ -1,0 +1,82 @@
+"""``neuronscope characterize RUN``: per-site summary table, per-neuron table to a file.
+
+Thin over :func:`neuronscope.analyses.characterize.characterize` and
+:func:`~neuronscope.analyses.characterize.site_summary`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from neuronscope.cli.output import console, emit_json, site_table
+from neuronscope.errors import NeuronscopeError
+
+#: File types the per-neuron table can be written as.
+OUT_SUFFIXES = (".parquet", ".csv")
+
+
+def _check_suffix(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in OUT_SUFFIXES:
+        raise NeuronscopeError(f"--out must end in .parquet or .csv, not {out.name!r}")
+    return suffix
+
+
+def write_table(df: pd.DataFrame, out: Path) -> Path:
+    """Write the per-neuron table as Parquet or CSV, chosen by ``out``'s suffix."""
+    suffix = _check_suffix(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        df.to_parquet(out, index=False)
+    else:
+        df.to_csv(out, index=False)
+    return out
+
+
+def characterize(
+    run: Path = typer.Argument(..., help="Run directory (a recorded run with summaries)."),
+    site: str | None = typer.Option(
+        None, "--site", help="Only sites matching this name or glob (default: all sites)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the per-neuron table here (.parquet or .csv)."
+    ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        help="Count a neuron active when |a| > THRESHOLD (one of the recorded magnitude "
+        "thresholds; for GELU/SwiGLU nets) instead of a > 0.",
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the per-site summary as JSON (machine-readable)."
+    ),
+) -> None:
+    """Characterize every neuron of a run: firing frequency, dead / dormant / positional
+    neurons, token detectors, hot/cold power law; print a per-site table."""
+    from neuronscope.analyses.characterize import characterize as characterize_run
+    from neuronscope.analyses.characterize import site_summary
+    from neuronscope.store import open_run
+
+    if not Path(run).exists():
+        raise NeuronscopeError(f"run {run} does not exist; pass the directory given to record --out")
+    if out is not None:
+        _check_suffix(out)  # before the work, not after it
+    r = open_run(run)
+    neurons = characterize_run(r, site=site, threshold=threshold)
+    sites = site_summary(r, site=site, threshold=threshold)
+    written = write_table(neurons, out) if out is not None else None
+    if json_out:
+        emit_json({
+            "threshold": threshold,
+            "sites": json.loads(sites.to_json(orient="records")),
+            "neurons": len(neurons),
+            "out": written,
+        })
+        return
+    console.print(site_table(sites, neurons))
+    if written is not None:
+        console.print(f"wrote {len(neurons)} neurons to {written}")

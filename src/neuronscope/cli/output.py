@@ -1,0 +1,154 @@
+"""Everything the CLI prints: JSON on stdout and rich tables.
+
+* :func:`emit_json` — the one JSON emitter of every ``--json`` flag (numpy scalars and
+  arrays, paths and tuples converted; NaN and infinities become ``null`` so the output is
+  strict JSON).
+* :func:`print_info` — a run's info (``Run.info()``) as a table.
+* :func:`frame_table` — a DataFrame as a table (floats to three decimals).
+* :func:`matrix_table` — a rows × columns metric matrix (``compare_all``'s result).
+* :func:`site_table` and :func:`short_site_names` — the per-site characterization table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = [
+    "console",
+    "emit_json",
+    "frame_table",
+    "matrix_table",
+    "print_info",
+    "short_site_names",
+    "site_table",
+    "to_jsonable",
+]
+
+#: The console every verb prints its tables and messages to (stdout).
+console = Console()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays as Python numbers/lists, paths as strings, tuples
+    as lists, and non-finite floats as None (JSON ``null``), recursively."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as indented, strict JSON on stdout (see :func:`to_jsonable`)."""
+    typer.echo(json.dumps(to_jsonable(obj), indent=2, allow_nan=False))
+
+
+def print_info(info: dict[str, Any]) -> None:
+    """Render ``Run.info()`` as a rich table: the run's configuration, then its sites."""
+    head = Table(show_header=False, box=None)
+    for key in ("path", "status", "model", "samples", "items", "activation_rows", "keep", "dtype", "sample_rate", "seconds"):
+        head.add_row(f"[bold]{key}", str(info.get(key)))
+    src = info.get("source") or {}
+    head.add_row("[bold]corpus", f"{src.get('corpus') or src.get('name')} ({src.get('documents') or src.get('items')} items)")
+    console.print(head)
+    t = Table(title="sites")
+    t.add_column("site")
+    t.add_column("units", justify="right")
+    t.add_column("non-finite", justify="right")
+    for site, units in info["sites"].items():
+        t.add_row(site, str(units), str(info.get("nonfinite", {}).get(site, 0)))
+    console.print(t)
+
+
+def frame_table(title: str, df: Any, floats: str = "{:.3f}") -> Table:
+    """A rich table of a DataFrame: text columns left-aligned, numbers right-aligned,
+    floats formatted with ``floats``."""
+    from pandas.api.types import is_numeric_dtype
+
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(str(c), justify="right" if is_numeric_dtype(df[c].dtype) else "left")
+    for _, row in df.iterrows():
+        t.add_row(*[floats.format(v) if isinstance(v, float) else str(v) for v in row])
+    return t
+
+
+def matrix_table(mat: Any, title: str, floats: str = "{:.4f}") -> Table:
+    """A rich table of a metric matrix (an ``xarray.DataArray`` with dims ``a`` × ``b``,
+    as :func:`neuronscope.analyses.compare.compare_all` returns): rows ``a``, columns ``b``."""
+    t = Table(title=title)
+    t.add_column("")
+    for c in mat.b.values:
+        t.add_column(str(c), justify="right")
+    for i, r in enumerate(mat.a.values):
+        t.add_row(str(r), *[floats.format(v) for v in mat.values[i]])
+    return t
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def short_site_names(names: list[str]) -> tuple[list[str], str]:
+    """Site names without their common dotted prefix and suffix, and the glob they share
+    (``encoder.layer.3.intermediate`` → ``layer.3`` under ``encoder.*.intermediate``)."""
+    parts = [n.split(".") for n in names]
+    if len(parts) < 2:
+        return list(names), ""
+    pre = 0
+    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
+        pre += 1
+    suf = 0
+    while all(len(p) > pre + suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
+        suf += 1
+    if not pre and not suf:
+        return list(names), ""
+    short = [".".join(p[pre : len(p) - suf]) for p in parts]
+    glob = ".".join([*parts[0][:pre], "*", *(parts[0][len(parts[0]) - suf :] if suf else [])])
+    return short, glob
+
+
+def site_table(sites: Any, neurons: Any) -> Table:
+    """A rich table of :func:`~neuronscope.analyses.characterize.site_summary` rows plus the
+    count of positional neurons per site (from the per-neuron ``characterize`` table)."""
+    labels, glob = short_site_names([str(x) for x in sites["site"]])
+    t = Table(title=f"neurons per site ({glob})" if glob else "neurons per site")
+    for col, justify in (("site", "left"), ("units", "right"), ("samples", "right"),
+                         ("% act.", "right"), ("dead", "right"), ("dorm.", "right"),
+                         ("pos.", "right"), ("α", "right"), ("top20", "right")):
+        t.add_column(col, justify=justify, no_wrap=col == "site")
+    t.caption = ("% act.: neurons active per token · pos.: positional neurons · α: power-law exponent of "
+                 "firing by rank · top20: share of firing by the hottest 20% (PowerInfer)")
+    flags = neurons.groupby("site", sort=False)[["positional"]].sum()
+    for label, row in zip(labels, sites.itertuples(index=False), strict=True):
+        t.add_row(
+            label,
+            str(row.units),
+            str(row.samples),
+            _fmt(row.pct_active_per_token, 2),
+            f"{row.dead_frac:.1%}",
+            f"{row.dormant_frac:.1%}",
+            str(int(flags.loc[row.site, "positional"])) if row.site in flags.index else "0",
+            _fmt(row.powerlaw_exponent),
+            _fmt(row.top20_share),
+        )
+    return t

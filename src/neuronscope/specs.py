@@ -1,0 +1,193 @@
+"""What users type, resolved: model names, sets of models, and population specs.
+
+The strings a user types on the command line mean the same thing from Python:
+
+* :func:`load_named_model` — one model from a name: ``minilm`` (the packaged
+  all-MiniLM-L6-v2), a local Hugging Face model directory, or ``digits-mlp:SEED`` /
+  ``digits-cnn:SEED`` (small networks trained on scikit-learn's digits from that seed, see
+  :mod:`neuronscope.testing.digits`), with ``:untrained`` appended for the untrained net.
+* :func:`load_zoo` — several named models that see one kind of input, with the shared
+  source they run on, their default neuron sites and how conv channels become samples
+  (a :class:`ModelZoo`; what ``neuronscope match`` and ``neuronscope sysid`` record).
+* :func:`load_populations` — populations from a spec: ``RUN:SITE_GLOB`` (one population
+  per site of a recorded run) or a file of responses or precomputed RDMs (what
+  ``neuronscope compare`` compares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+
+__all__ = [
+    "DIGITS_PREFIX",
+    "ModelZoo",
+    "is_digits_name",
+    "is_rdm_file",
+    "load_named_model",
+    "load_populations",
+    "load_zoo",
+]
+
+#: Names starting with this are digits networks (``digits-mlp:SEED``, ``digits-cnn:SEED``).
+DIGITS_PREFIX = "digits-"
+
+_NAME_FIX = (
+    "pass 'minilm', a local Hugging Face model directory with config.json, "
+    "or digits-mlp:SEED / digits-cnn:SEED[:untrained]"
+)
+
+
+def is_digits_name(name: str | Path) -> bool:
+    """True when ``name`` names a digits network (``digits-mlp:…`` / ``digits-cnn:…``)."""
+    return isinstance(name, str) and name.startswith(DIGITS_PREFIX)
+
+
+def load_named_model(name: str | Path) -> tuple[Any, Any | None]:
+    """``(model, tokenizer)`` for a model name; the tokenizer is None for digits networks.
+
+    Accepts:
+
+    * ``minilm`` — the packaged all-MiniLM-L6-v2 (loaded offline);
+    * a local Hugging Face model directory holding ``config.json`` (a ``str`` or ``Path``);
+    * ``digits-mlp:SEED`` / ``digits-cnn:SEED`` — the digits network trained from ``SEED``
+      (identical weights to ``train_digits(arch, SEED)``), and ``digits-…:SEED:untrained``
+      for the untrained network of that seed.
+
+    The model is in eval mode on the CPU and carries ``neuronscope_id``. An unknown name
+    raises :class:`NeuronscopeError` naming the accepted forms.
+    """
+    if is_digits_name(name):
+        from neuronscope.testing.digits import digits_model
+
+        return digits_model(str(name)), None
+    from neuronscope.sources.models import load_model, model_path
+
+    try:
+        model_path(name)
+    except NeuronscopeError:
+        raise NeuronscopeError(f"unknown model {str(name)!r}; {_NAME_FIX}") from None
+    return load_model(name)
+
+
+@dataclass(frozen=True)
+class ModelZoo:
+    """Named models that share one kind of input, ready for a lockstep recording.
+
+    ``models`` maps each name to its module; ``source`` is the one source every model runs
+    on (the text corpus tokenized with the first model's tokenizer, or the 1,797 digit
+    images); ``sites`` the default neuron-site glob (the FFN sites of text models, ``act*``
+    for digits nets); ``conv`` how conv sites give samples (``"mean"``: digits CNN channels
+    averaged over space so every site gives one sample per image; otherwise
+    ``"positions"``); ``kind`` is ``"text"`` or ``"digits"``.
+    """
+
+    models: dict[str, Any]
+    source: Any
+    sites: str
+    conv: str
+    kind: str
+
+
+def load_zoo(
+    names: Sequence[str], corpus: Any = "default", batch_size: int = 32, max_tokens: int = 128
+) -> ModelZoo:
+    """Load the models ``names`` (see :func:`load_named_model`) and the source they share.
+
+    All names must be of one kind: digits networks of one architecture (they run on the
+    digits images, labels ``digit``; ``corpus`` and ``max_tokens`` are ignored), or text
+    models (they run on ``corpus`` — a .txt / .jsonl path, a list of documents, or
+    ``"default"`` for the bundled multilingual corpus — tokenized with the first model's
+    tokenizer, ``max_tokens`` tokens per document). Each name may appear once.
+    """
+    names = [str(n) for n in names]
+    if not names:
+        raise NeuronscopeError("no model named; pass one or more model names")
+    if len(set(names)) != len(names):
+        raise NeuronscopeError("a model is listed twice; give each model once")
+    digits = [n for n in names if is_digits_name(n)]
+    if digits and len(digits) != len(names):
+        raise NeuronscopeError("digits models and text models see different inputs; list only one kind")
+    if digits:
+        from neuronscope.sources.tensors import TensorSource
+        from neuronscope.testing.digits import digits_data
+
+        archs = {n.split(":")[0] for n in digits}
+        if len(archs) > 1:
+            raise NeuronscopeError(
+                "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"
+            )
+        arch = archs.pop().removeprefix(DIGITS_PREFIX)
+        models = {n: load_named_model(n)[0] for n in names}
+        x, y = digits_data("all", arch)
+        source = TensorSource(x, batch_size=batch_size, labels={"digit": y.tolist()}, name="sklearn digits")
+        return ModelZoo(models, source, "act*", "mean" if arch == "cnn" else "positions", "digits")
+    from neuronscope.sources.models import BERT_FFN_SITES
+    from neuronscope.sources.text import TextSource
+
+    loaded = {n: load_named_model(n) for n in names}
+    tokenizer = loaded[names[0]][1]
+    source = TextSource(corpus, tokenizer, batch_size=batch_size, max_tokens=max_tokens)
+    return ModelZoo({n: m for n, (m, _) in loaded.items()}, source, BERT_FFN_SITES, "positions", "text")
+
+
+_RDM_KEYS = ("rdms", "rdm", "RDMs", "RDM")
+
+
+def is_rdm_file(path: str | Path) -> bool:
+    """True when ``path`` holds precomputed RDMs: a ``.mat`` file, or an ``.npz`` with an
+    array named ``rdms`` / ``rdm`` / ``RDMs`` / ``RDM`` (any other file holds responses)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".mat":
+        return True
+    if suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            return any(k in z.files for k in _RDM_KEYS)
+    return False
+
+
+def load_populations(spec: str | Path) -> dict[str, Any]:
+    """The populations a spec names, by name.
+
+    * ``RUN:SITE_GLOB`` — sites of a recorded run with stored activations matching the glob
+      (comma-separated globs allowed; an empty glob means all sites): ``{site: DataArray}``,
+      one in-memory population per site, in the run's site order.
+    * a file — response arrays (``.npy``, ``.npz``, ``.h5``/``.hdf5``, ``.csv``; see
+      :func:`neuronscope.sources.brain.load_responses`) give ``{file stem: DataArray}``;
+      precomputed RDMs (``.mat``, or an ``.npz`` holding ``rdms``; see
+      :func:`neuronscope.sources.brain.load_rdms` and :func:`is_rdm_file`) give
+      ``{file stem: RDMs}``.
+
+    A spec that is neither an existing file nor ``RUN:SITE_GLOB`` of an existing run, a run
+    without stored activations, or a glob matching no site raises :class:`NeuronscopeError`.
+    """
+    from neuronscope.sources.brain import load_rdms, load_responses
+
+    path = Path(spec)
+    if path.is_file():
+        return {path.stem: load_rdms(path) if is_rdm_file(path) else load_responses(path)}
+    run_path, sep, glob = str(spec).rpartition(":")
+    if not sep or not run_path:
+        raise NeuronscopeError(f"{str(spec)!r} is neither a file nor RUN:SITE_GLOB; check the path")
+    if not Path(run_path).exists():
+        raise NeuronscopeError(f"run {run_path!r} does not exist; give RUN:SITE_GLOB of a recorded run")
+    from neuronscope.store import open_run
+
+    run = open_run(run_path)
+    if not run.has_activations:
+        raise NeuronscopeError(f"run {run_path} kept no activations; record with activations to compare")
+    pop = run.population(glob or None)
+    sites = np.asarray(pop.coords["site"].values)
+    if sites.size == 0:
+        raise NeuronscopeError(f"no site of {run_path} matches {glob!r}; see `run.sites` for names")
+    return {
+        str(site): pop.isel(neuron=np.flatnonzero(sites == site)).load()
+        for site in dict.fromkeys(sites.tolist())
+    }
