@@ -23,7 +23,10 @@ from neuronscope.recording import keep_mask
 from neuronscope.sources.torch_sites import capture
 
 HERE = Path(__file__).parent
-ENV = {**os.environ, "PYTHONPATH": str(HERE)}
+import neuronscope  # noqa: E402
+
+# subprocesses import the neuronscope under test (a worktree or a clone), not an installed copy
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(neuronscope.__file__).parents[1])])}
 
 
 def _direct_ffn(model, tok, texts, batch_size, max_tokens, site_names):

@@ -83,7 +83,7 @@ def test_sharded_recording_on_localcluster_equals_single_process(tmp_path, tok, 
 def test_resume_with_summaries_equals_uninterrupted(tmp_path, tok):
     """A recording with summaries killed mid-way and resumed ends with the same summaries."""
     corpus = _corpus(tmp_path / "c.jsonl", 120, seed=2)
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).parents[1])])}
     script = str(HERE / "record_script.py")
     ref = tmp_path / "ref.zarr"
     subprocess.run([sys.executable, script, str(ref), str(corpus), "0", "0", "both"], env=env, check=True)
@@ -122,7 +122,7 @@ print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 
 
 def test_summaries_only_memory_does_not_grow_with_corpus(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).parents[1])])}
     res = {}
     for n in (300, 3000):
         corpus = _corpus(tmp_path / f"c{n}.jsonl", n, seed=n)
