@@ -5,10 +5,14 @@ Kriegeskorte, Mur & Bandettini (2008), "Representational similarity analysis —
 the branches of systems neuroscience"; conventions follow rsatoolbox (Schütt et al. 2023):
 RDMs are stored condensed (the upper triangle in scipy ``squareform`` order), the
 ``euclidean`` RDM is the squared Euclidean distance per channel, crossnobis is the
-leave-one-repeat-out cross-validated squared distance, and the noise ceiling is
-rsatoolbox's ``boot_noise_ceiling`` (leave-one-subject-out lower bound, all-subject upper
-bound). Topological RSA follows Lin & Kriegeskorte (2023), "The topology and geometry of
-neural representations".
+leave-one-fold-out cross-validated squared distance (unbalanced folds allowed), the
+comparators are rsatoolbox's (including the whitened ``corr_cov``/``cosine_cov`` of
+Diedrichsen et al. 2021 and ``bures``), missing (NaN) dissimilarities are skipped pairwise,
+and the noise ceiling is rsatoolbox's ``boot_noise_ceiling`` (leave-one-subject-out lower
+bound, all-subject upper bound). Topological RSA follows Lin & Kriegeskorte (2023), "The
+topology and geometry of neural representations": geo-topological and geodesic transforms.
+The model-comparison workflow (bootstrap, tests, figure) is
+:func:`neuronscope.analyses.rsa_workflow.rsa_models`.
 """
 
 from __future__ import annotations
