@@ -5,6 +5,9 @@ stored condensed (the upper triangle in scipy ``squareform`` order, m = n(n-1)/2
 one per subject, session, repeat or model, with optional stimulus ids (to align with a
 population's ``stimulus`` coordinate) and names. File readers (``load_rdms``) return it and
 :mod:`neuronscope.analyses.rsa` computes and compares it.
+
+Missing dissimilarities (a pair not measured, as in rsatoolbox) are NaN; every comparator
+skips them pairwise. Inf is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from scipy.spatial.distance import squareform
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import order_by_ids
 
-__all__ = ["RDMs", "as_rdm_stack", "condense_square", "n_from_m"]
+__all__ = ["RDMs", "as_rdm_stack", "check_square", "condense_square", "n_from_m"]
 
 
 def n_from_m(m: int) -> int:
@@ -39,12 +42,39 @@ def condense_square(a: np.ndarray, overwrite: bool = False) -> np.ndarray:
     return a[..., iu[0], iu[1]]
 
 
+def check_square(a: np.ndarray, what: str = "RDM") -> None:
+    """Refuse square matrices (..., n, n) that are not RDMs, with a one-line error naming the
+    fix: Inf anywhere, NaN or non-zero values on the diagonal, asymmetry (NaN must be
+    symmetric too). The tolerance is 1e-8 of the largest absolute dissimilarity."""
+    if np.isinf(a).any():
+        raise NeuronscopeError(f"{what} contains Inf; replace it with NaN (a missing pair) or a finite value")
+    diag = np.diagonal(a, axis1=-2, axis2=-1)
+    if np.isnan(diag).any():
+        raise NeuronscopeError(f"{what} has NaN on the diagonal; set the diagonal to 0 (a stimulus is 0 from itself)")
+    scale = float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else 0.0
+    tol = 1e-8 * max(scale, 1e-300)
+    if (np.abs(diag) > tol).any():
+        raise NeuronscopeError(
+            f"{what} has a non-zero diagonal (max {float(np.abs(diag).max()):.3g}); is it a similarity "
+            "matrix? convert it (e.g. 1 - r) or set the diagonal to 0"
+        )
+    at = np.swapaxes(a, -1, -2)
+    if not np.array_equal(np.isnan(a), np.isnan(at)):
+        raise NeuronscopeError(f"{what} has NaN at (i, j) but not at (j, i); make missing pairs symmetric")
+    if a.size and float(np.nanmax(np.abs(a - at))) > tol:
+        raise NeuronscopeError(
+            f"{what} is not symmetric (max |D - Dᵀ| = {float(np.nanmax(np.abs(a - at))):.3g}); "
+            "symmetrize it with (D + Dᵀ)/2 or pass the upper triangle"
+        )
+
+
 @dataclass
 class RDMs:
     """A stack of RDMs over the same stimuli (one per subject, session or repeat).
 
-    ``dissimilarities`` is (k, m) condensed, m = n(n-1)/2; ``stimulus`` optionally names the
-    n stimuli (used to align with a population's ``stimulus`` coordinate).
+    ``dissimilarities`` is (k, m) condensed, m = n(n-1)/2 (NaN marks a missing pair);
+    ``stimulus`` optionally names the n stimuli (used to align with a population's
+    ``stimulus`` coordinate); ``names`` label the k RDMs (subjects, sessions or models).
     """
 
     dissimilarities: np.ndarray
@@ -56,8 +86,8 @@ class RDMs:
         d = np.atleast_2d(np.asarray(self.dissimilarities, dtype=np.float64))
         if d.ndim != 2:
             raise NeuronscopeError("RDMs must be a (k, m) stack of condensed RDMs")
-        if not np.isfinite(d).all():
-            raise NeuronscopeError("RDMs contain NaN or Inf; remove missing dissimilarities first")
+        if np.isinf(d).any():
+            raise NeuronscopeError("RDMs contain Inf; mark a missing dissimilarity with NaN instead")
         self.dissimilarities = d
         n = n_from_m(d.shape[1])
         if n < 3:
@@ -70,19 +100,32 @@ class RDMs:
                 raise NeuronscopeError("RDM stimulus ids are duplicated; give one id per stimulus")
         if not self.names:
             self.names = [str(i) for i in range(len(d))]
+        self.names = [str(x) for x in self.names]
+        if len(self.names) != len(d):
+            raise NeuronscopeError(f"{len(self.names)} names for {len(d)} RDMs; give one name per RDM")
 
     @classmethod
-    def from_array(cls, a: np.ndarray, stimulus: np.ndarray | None = None, name: str = "rdm") -> RDMs:
-        """From a square (n, n), stack (k, n, n), condensed (m,) or stack (k, m) array."""
+    def from_array(cls, a: np.ndarray, stimulus: np.ndarray | None = None, name: str = "rdm",
+                   names: list[str] | None = None) -> RDMs:
+        """From a square (n, n), stack (k, n, n), condensed (m,) or stack (k, m) array.
+
+        A 2-D array is square RDM when its two sides are equal (it must then be symmetric
+        with a zero diagonal, see :func:`check_square`), else a stack of condensed RDMs.
+        """
         a = np.asarray(a, dtype=np.float64)
-        if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and a.shape[-1] > 1 and \
-                np.allclose(np.diagonal(a, axis1=-2, axis2=-1), 0) and np.allclose(a, np.swapaxes(a, -1, -2)):
+        if a.ndim == 3 or (a.ndim == 2 and a.shape[0] == a.shape[1] and a.shape[0] > 1):
+            if a.shape[-1] != a.shape[-2]:
+                raise NeuronscopeError(
+                    f"RDM stack of shape {a.shape} is not square; give (k, n, n) square matrices or (k, m) condensed"
+                )
+            check_square(a)
             a = condense_square(a)
         if a.ndim == 1:
             a = a[None]
         if a.ndim != 2:
             raise NeuronscopeError(f"RDM array of shape {a.shape}; give (n,n), (k,n,n), (m,) or (k,m)")
-        names = [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
+        if names is None:
+            names = [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
         return cls(a, stimulus=stimulus, names=names)
 
     @property
@@ -98,12 +141,32 @@ class RDMs:
         """RDM ``i`` as a square (n, n) matrix."""
         return squareform(self.dissimilarities[i], checks=False)
 
+    def squares(self) -> np.ndarray:
+        """All RDMs as a (k, n, n) stack of square matrices (zero diagonal)."""
+        n = self.n_stimuli
+        out = np.zeros((len(self), n, n))
+        iu = np.triu_indices(n, k=1)
+        out[:, iu[0], iu[1]] = self.dissimilarities
+        out[:, iu[1], iu[0]] = self.dissimilarities
+        return out
+
+    def select(self, index: Any) -> RDMs:
+        """The RDMs at positions ``index`` (int, slice, list or boolean mask), names kept."""
+        idx = np.arange(len(self))[index]
+        idx = np.atleast_1d(idx)
+        return RDMs(self.dissimilarities[idx], stimulus=self.stimulus, names=[self.names[i] for i in idx],
+                    measure=self.measure)
+
+    def has_missing(self) -> bool:
+        """Whether any dissimilarity is missing (NaN)."""
+        return bool(np.isnan(self.dissimilarities).any())
+
     def reorder(self, stimulus: np.ndarray) -> RDMs:
         """The RDMs with rows/columns in the order of ``stimulus`` ids (all must be present)."""
         if self.stimulus is None:
             raise NeuronscopeError("these RDMs carry no stimulus ids; save them with a `stimulus` array")
         idx = order_by_ids(self.stimulus, stimulus, "stimulus", ("the RDMs", "the population"))
-        sq = np.stack([self.square(i)[np.ix_(idx, idx)] for i in range(len(self))])
+        sq = self.squares()[:, idx][:, :, idx]
         return RDMs(condense_square(sq), stimulus=np.asarray(stimulus), names=list(self.names),
                     measure=self.measure)
 
@@ -113,6 +176,4 @@ def as_rdm_stack(a: Any) -> RDMs:
     if isinstance(a, RDMs):
         return a
     arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == arr.shape[1]) or arr.ndim == 3:
-        return RDMs.from_array(arr)
-    return RDMs(arr)
+    return RDMs.from_array(arr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,3 +161,168 @@ def test_alignment_rules() -> None:
         paired(np.ones((2, 3)), np.ones((2, 3)))
     with pytest.raises(NeuronscopeError, match="NaN"):
         paired(np.array([[1.0], [np.nan], [2.0]]), np.ones((3, 1)))
+
+
+# --------------------------------------------------------------------------- RDM files as people have them
+
+
+def _struct(rdms: list[list[np.ndarray]], names: list[list[str]]) -> np.ndarray:
+    """An RSA-toolbox struct array (rows × columns) with fields RDM, name, color."""
+    rec = np.empty((len(rdms), len(rdms[0])), dtype=[("RDM", object), ("name", object), ("color", object)])
+    for i, row in enumerate(rdms):
+        for j, sq in enumerate(row):
+            rec[i, j]["RDM"] = sq
+            rec[i, j]["name"] = names[i][j]
+            rec[i, j]["color"] = np.array([[0.0, 0.5, 1.0]])
+    return rec
+
+
+def _square_rdms(k: int, n: int = 7, seed: int = 20) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [squareform(rdm(rng.normal(size=(n, 12)))) for _ in range(k)]
+
+
+def test_matlab_rsa_toolbox_struct_arrays(tmp_path: Path) -> None:
+    """The 92-image demo layout: brain RDMs a 4 subjects × 2 sessions struct array, model RDMs
+    a 1 × 3 struct array; values, names and session averaging exact."""
+    sq = _square_rdms(8)
+    brain = [[sq[2 * s], sq[2 * s + 1]] for s in range(4)]
+    bnames = [[f"subject{s + 1} session{t + 1}" for t in range(2)] for s in range(4)]
+    scipy.io.savemat(tmp_path / "brainRDMs.mat", {"RDMs": _struct(brain, bnames)})
+    models = _square_rdms(3, seed=21)
+    scipy.io.savemat(tmp_path / "modelRDMs.mat", {"Models": _struct([models], [["V1 model", "HMAX", "animacy"]])})
+
+    b = load_rdms(tmp_path / "brainRDMs.mat")
+    assert b.names == [bnames[s][t] for s in range(4) for t in range(2)]
+    np.testing.assert_array_equal(b.dissimilarities, np.stack([squareform(x) for x in sq]))
+    avg = load_rdms(tmp_path / "brainRDMs.mat", average_sessions=True)
+    assert avg.names == ["subject1", "subject2", "subject3", "subject4"]
+    np.testing.assert_allclose(avg.dissimilarities,
+                               [(squareform(sq[2 * s]) + squareform(sq[2 * s + 1])) / 2 for s in range(4)],
+                               rtol=0, atol=1e-15)
+    m = load_rdms(tmp_path / "modelRDMs.mat")
+    assert m.names == ["V1 model", "HMAX", "animacy"]
+    np.testing.assert_array_equal(m.dissimilarities, np.stack([squareform(x) for x in models]))
+    scipy.io.savemat(tmp_path / "plain.mat", {"rdms": np.stack(models)})
+    with pytest.raises(NeuronscopeError, match="without a session axis"):
+        load_rdms(tmp_path / "plain.mat", average_sessions=True)
+    cells = np.empty((1, 2), dtype=object)  # a cell array of plain matrices
+    cells[0, 0], cells[0, 1] = models[0], models[1]
+    scipy.io.savemat(tmp_path / "cells.mat", {"c": cells})
+    c = load_rdms(tmp_path / "cells.mat")
+    assert c.names == ["c[0, 0]", "c[0, 1]"]
+    np.testing.assert_array_equal(c.dissimilarities, np.stack([squareform(x) for x in models[:2]]))
+
+
+def test_matlab_field_selection_nesting_and_condensed_fields(tmp_path: Path) -> None:
+    sq = _square_rdms(4, seed=22)
+    rec = np.empty((1, 2), dtype=[("RDM", object), ("RDM_crossnobis", object), ("name", object)])
+    for j in range(2):
+        rec[0, j]["RDM"] = sq[j]
+        rec[0, j]["RDM_crossnobis"] = squareform(sq[j + 2])[None]  # a 1 × m row vector
+        rec[0, j]["name"] = f"run{j}"
+    cell = np.empty((2,), dtype=object)  # a cell array of two subjects' struct arrays
+    cell[0], cell[1] = rec, rec
+    scipy.io.savemat(tmp_path / "nested.mat", {"subjects": cell, "stimulus": np.array([f"im{i}" for i in range(7)])})
+    r = load_rdms(tmp_path / "nested.mat", key="subjects", field="RDM_crossnobis")
+    np.testing.assert_array_equal(r.dissimilarities, [squareform(sq[2]), squareform(sq[3])] * 2)
+    assert r.names == ["run0", "run1", "run0", "run1"] and list(r.stimulus) == [f"im{i}" for i in range(7)]
+    avg = load_rdms(tmp_path / "nested.mat", key="subjects", average_sessions=True)
+    np.testing.assert_allclose(avg.dissimilarities[0], (squareform(sq[0]) + squareform(sq[1])) / 2, atol=1e-15)
+    assert avg.names == ["subjects[0, 0, 0]", "subjects[0, 1, 0]"]  # MATLAB cells are 1 × 2
+    with pytest.raises(NeuronscopeError, match="no 'RDMz'.*field="):
+        load_rdms(tmp_path / "nested.mat", key="subjects", field="RDMz")
+
+
+def _write_v73(path: Path, build: Any) -> None:
+    """A MATLAB v7.3 MAT-file: HDF5 with a 512-byte user block holding MATLAB's header."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        build(f)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
+
+
+def test_matlab_v73_numeric_and_struct_arrays(tmp_path: Path) -> None:
+    import h5py
+
+    sq = _square_rdms(3, seed=23)
+    stack = np.stack(sq, axis=-1)  # MATLAB n × n × k
+
+    def numeric(f: h5py.File) -> None:
+        ds = f.create_dataset("rdms", data=stack.T)  # HDF5 holds MATLAB arrays transposed
+        ds.attrs["MATLAB_class"] = np.bytes_("double")
+
+    _write_v73(tmp_path / "v73.mat", numeric)
+    r = load_rdms(tmp_path / "v73.mat")
+    np.testing.assert_array_equal(r.dissimilarities, np.stack([squareform(x) for x in sq]))
+
+    def struct_array(f: h5py.File) -> None:  # Models(1, 3) with fields RDM and name
+        refs = f.create_group("#refs#")
+        g = f.create_group("Models")
+        g.attrs["MATLAB_class"] = np.bytes_("struct")
+        rdm_refs = np.empty((3, 1), dtype=h5py.ref_dtype)
+        name_refs = np.empty((3, 1), dtype=h5py.ref_dtype)
+        for j, nm in enumerate(["a", "bb", "ccc"]):
+            d = refs.create_dataset(f"r{j}", data=sq[j].T)
+            d.attrs["MATLAB_class"] = np.bytes_("double")
+            c = refs.create_dataset(f"n{j}", data=np.array([[ord(ch)] for ch in nm], dtype=np.uint16))
+            c.attrs["MATLAB_class"] = np.bytes_("char")
+            rdm_refs[j, 0], name_refs[j, 0] = d.ref, c.ref
+        g.create_dataset("RDM", data=rdm_refs)
+        g.create_dataset("name", data=name_refs)
+
+    _write_v73(tmp_path / "models73.mat", struct_array)
+    m = load_rdms(tmp_path / "models73.mat")
+    assert m.names == ["a", "bb", "ccc"]
+    np.testing.assert_array_equal(m.dissimilarities, np.stack([squareform(x) for x in sq]))
+
+
+def test_rsatoolbox_hdf5_written_by_rsatoolbox(tmp_path: Path) -> None:
+    tb = pytest.importorskip("rsatoolbox")
+    sq = _square_rdms(3, seed=24)
+    vec = np.stack([squareform(x) for x in sq])
+    vec[1, 4] = np.nan
+    ids = [f"img{i}" for i in range(7)]
+    obj = tb.rdm.RDMs(vec, dissimilarity_measure="crossnobis", rdm_descriptors={"subject": ["s1", "s2", "s3"]},
+                      pattern_descriptors={"stimulus": ids})
+    obj.save(str(tmp_path / "tb.hdf5"), file_type="hdf5")
+    r = load_rdms(tmp_path / "tb.hdf5")
+    np.testing.assert_array_equal(r.dissimilarities, vec)
+    assert r.names == ["s1", "s2", "s3"] and list(r.stimulus) == ids and r.measure == "crossnobis"
+
+
+def test_plain_arrays_with_key_and_bad_rdm_files(tmp_path: Path) -> None:
+    import h5py
+
+    sq = _square_rdms(2, seed=25)
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["other"] = np.arange(5.0)
+        f["subj"] = np.stack(sq)
+    np.testing.assert_array_equal(load_rdms(tmp_path / "plain.h5", key="subj").dissimilarities,
+                                  np.stack([squareform(x) for x in sq]))
+    np.savez(tmp_path / "cond.npz", rdm=squareform(sq[0]))
+    assert load_rdms(tmp_path / "cond.npz").n_stimuli == 7
+    bad = {
+        "nonsquare": (np.zeros((2, 7, 8)), "not square"),
+        "asym": (sq[0] + np.triu(np.full((7, 7), 0.1), 1), "not symmetric.*\\(D \\+ Dᵀ\\)/2"),
+        "nandiag": (np.where(np.eye(7, dtype=bool), np.nan, sq[0]), "NaN on the diagonal"),
+        "similarity": (1 - sq[0], "non-zero diagonal"),
+        "inf": (np.where(np.eye(7, k=1, dtype=bool) | np.eye(7, k=-1, dtype=bool), np.inf, sq[0]), "Inf"),
+    }
+    for name, (arr, msg) in bad.items():
+        scipy.io.savemat(tmp_path / f"{name}.mat", {"RDM": arr})
+        with pytest.raises(NeuronscopeError, match=msg) as e:
+            load_rdms(tmp_path / f"{name}.mat")
+        assert "\n" not in str(e.value)
+    scipy.io.savemat(tmp_path / "text.mat", {"label": "hello", "ids": np.array(["a", "b"])})
+    with pytest.raises(NeuronscopeError, match="no numeric RDM array.*key="):
+        load_rdms(tmp_path / "text.mat")
+    rec = _struct([[np.array(["not", "numbers"])]], [["x"]])
+    scipy.io.savemat(tmp_path / "strfield.mat", {"RDMs": rec})
+    with pytest.raises(NeuronscopeError, match="not numeric.*field="):
+        load_rdms(tmp_path / "strfield.mat")
+    with pytest.raises(NeuronscopeError, match="no variable 'nope'"):
+        load_rdms(tmp_path / "strfield.mat", key="nope")

@@ -5,8 +5,9 @@
   spikes are read once as the flat ragged array and counted with one ``searchsorted``.
 * :func:`load_responses` — response arrays (``.npy``, ``.npz``, HDF5, CSV): stimuli × units,
   optionally with repeats (e.g. fMRI voxel responses).
-* :func:`load_rdms` — precomputed RDMs (square or condensed; ``.npy``, ``.npz``, MATLAB
-  ``.mat``), one per subject or session.
+* :func:`load_rdms` — precomputed RDMs, one per subject, session or model: MATLAB
+  RSA-toolbox struct arrays (v5/v7 and v7.3), rsatoolbox's HDF5, plain ``.npy``/``.npz``/
+  ``.mat``/``.h5`` arrays (square, stacks or condensed).
 
 A population is an ``xarray.DataArray`` with dims ``("sample", "neuron")``; brain
 populations carry sample coords ``stimulus``, ``repeat`` (and ``time``) and neuron coords
@@ -15,6 +16,8 @@ populations carry sample coords ``stimulus``, ``repeat`` (and ``time``) and neur
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,21 +139,231 @@ def load_responses(path: str | Path, key: str | None = None, site: str | None = 
 
 # --------------------------------------------------------------------------- RDM files
 
+_RDM_KEYS = ("rdms", "rdm", "RDMs", "RDM", "Models", "models")
+_NAME_DESCRIPTORS = ("name", "names", "model", "subject", "subj", "session")
+_STIM_DESCRIPTORS = ("stimulus", "stimuli", "conds", "cond", "condition", "conditions", "image", "images",
+                     "name", "names")
 
-def load_rdms(path: str | Path, key: str | None = None) -> RDMs:
-    """Load precomputed RDMs (one per subject / session) from ``.npy``, ``.npz`` or ``.mat``.
 
-    Accepted layouts: a square (n, n) matrix, a stack (k, n, n), a condensed vector (m,) or a
-    stack (k, m), with m = n(n-1)/2 (scipy ``squareform`` order). ``.npz`` / ``.mat`` files may
-    hold ``stimulus`` ids next to the RDMs (array ``key``, default ``rdms``/``rdm`` or the largest
-    numeric array). MATLAB files are read with ``scipy.io.loadmat`` (v5/v7; v7.3 is HDF5:
-    re-save as .npz).
+def _text(v: Any) -> str | None:
+    """A MATLAB char array / string / bytes as str (None if it is not text)."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        return v
+    a = np.asarray(v)
+    if a.dtype.kind in "US":
+        flat = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in a.ravel()]
+        return "".join(flat) if a.ndim <= 1 else " ".join(flat)
+    if a.dtype == object and a.size == 1:
+        return _text(a.ravel()[0])
+    return None
+
+
+def _ids(v: Any) -> np.ndarray:
+    """Stimulus ids from an array, a MATLAB cellstr or char matrix."""
+    a = np.asarray(v)
+    if a.dtype == object:
+        return np.array([_text(x) if _text(x) is not None else str(np.asarray(x).ravel()[0]) for x in a.ravel()])
+    if a.dtype.kind in "US" and a.ndim == 2:  # char matrix: one id per row
+        return np.array(["".join(map(str, r)).strip() for r in a])
+    if a.dtype.kind == "S":
+        return a.ravel().astype(str)
+    return a.ravel()
+
+
+def _condensed(a: np.ndarray, what: str) -> np.ndarray:
+    """(r, m) condensed RDMs from one numeric array in a file: square (n, n), MATLAB stack
+    (n, n, k), stack (k, n, n), condensed (m,), (1, m), (m, 1) or (k, m)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise NeuronscopeError(f"{what} is not numeric (dtype {a.dtype}); pass key=/field= naming the RDM matrices")
+    a = a.astype(np.float64)
+    if a.ndim == 3 and a.shape[0] == a.shape[1] and a.shape[1] != a.shape[2]:
+        a = np.moveaxis(a, -1, 0)  # MATLAB (n, n, k)
+    if a.ndim == 2 and 1 in a.shape and a.shape[0] != a.shape[1]:
+        a = a.reshape(1, -1)
+    try:
+        return RDMs.from_array(a).dissimilarities
+    except NeuronscopeError as e:
+        raise NeuronscopeError(f"{what}: {e}") from None
+
+
+def _leaves(obj: Any, field: str, var: str, idx: tuple[int, ...] = (), name: str | None = None
+            ) -> list[tuple[tuple[int, ...], str | None, Any]]:
+    """(index, name, numeric array) of every RDM in a MATLAB value: struct arrays (their
+    ``field``, named by their ``name`` field), cell arrays and numeric arrays, any nesting."""
+    if isinstance(obj, np.ndarray) and obj.dtype.names:
+        if field not in obj.dtype.names:
+            raise NeuronscopeError(
+                f"struct {var!r} has fields {', '.join(obj.dtype.names)} and no {field!r}; pass field=<the RDM field>"
+            )
+        out = []
+        for ix in np.ndindex(obj.shape):
+            el = obj[ix]
+            nm = _text(el["name"]) if "name" in obj.dtype.names else None
+            out += _leaves(el[field], field, var, idx + ix, nm or name)
+        return out
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        out = []
+        for ix in np.ndindex(obj.shape):
+            out += _leaves(obj[ix], field, var, idx + ix, name)
+        return out
+    return [(idx, name, obj)]
+
+
+def _leaf_rdms(leaves: list, var: str, average_sessions: bool) -> tuple[np.ndarray, list[str]]:
+    rows: list[np.ndarray] = []
+    names: list[str] = []
+    index: list[tuple[int, ...]] = []
+    for ix, nm, arr in leaves:
+        where = f"{var}[{', '.join(map(str, ix))}]" if ix else var
+        v = _condensed(arr, where)
+        for r in range(len(v)):
+            rows.append(v[r])
+            names.append((nm or where) if len(v) == 1 else f"{nm or where}[{r}]")
+            index.append(ix if len(v) == 1 else (*ix, r))
+    if len({len(r) for r in rows}) > 1:
+        raise NeuronscopeError(f"the RDMs in {var!r} cover different numbers of stimuli; load them separately")
+    stack = np.stack(rows)
+    if not average_sessions:
+        return stack, names
+    if any(len(ix) < 2 for ix in index):
+        raise NeuronscopeError(f"{var!r} has no session axis (a 1-D list of RDMs); load without average_sessions")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, ix in enumerate(index):
+        groups.setdefault(ix[:-1], []).append(i)
+    out, out_names = [], []
+    for g, members in groups.items():
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out.append(np.nanmean(stack[members], axis=0))
+        group_names = [names[i] for i in members]
+        common = os.path.commonprefix(group_names)
+        if len(set(group_names)) > 1:  # cut back to a word boundary: "s1 sess1", "s1 sess2" -> "s1"
+            common = common[: max((common.rfind(c) for c in " _-:,.(["), default=-1) + 1]
+        common = common.rstrip(" _-:,.([")
+        out_names.append(common or f"{var}[{', '.join(map(str, g))}]")
+    return np.stack(out), out_names
+
+
+def _mat_v73(p: Path) -> dict[str, Any]:
+    """A MATLAB v7.3 (HDF5) file as :func:`scipy.io.loadmat` would give it: numeric arrays in
+    MATLAB's shape, char as str, cell arrays as object arrays, struct arrays (fields of
+    object references) and scalar structs as record arrays."""
+    import h5py
+
+    def value(f: h5py.File, obj: Any) -> Any:
+        cls = obj.attrs.get("MATLAB_class", b"")
+        cls = cls.decode() if isinstance(cls, bytes) else str(cls)
+        if isinstance(obj, h5py.Group):
+            fields = [k for k in obj.keys() if k != "#refs#"]
+            first = obj[fields[0]] if fields else None
+            is_array = (isinstance(first, h5py.Dataset) and h5py.check_ref_dtype(first.dtype) is not None
+                        and "MATLAB_class" not in first.attrs)
+            if is_array:
+                refs = {k: obj[k][()].T for k in fields}
+                shape = refs[fields[0]].shape
+                rec = np.empty(shape, dtype=[(k, object) for k in fields])
+                for ix in np.ndindex(shape):
+                    for k in fields:
+                        rec[ix][k] = value(f, f[refs[k][ix]])
+                return rec
+            rec = np.empty((1, 1), dtype=[(k, object) for k in fields])
+            for k in fields:
+                rec[0, 0][k] = value(f, obj[k])
+            return rec
+        if "MATLAB_empty" in obj.attrs and obj.attrs["MATLAB_empty"]:
+            return np.zeros((0, 0))
+        data = obj[()]
+        if cls == "cell":
+            data = data.T
+            out = np.empty(data.shape, dtype=object)
+            for ix in np.ndindex(data.shape):
+                out[ix] = value(f, f[data[ix]])
+            return out
+        if cls == "char":
+            return "".join(chr(int(c)) for c in np.asarray(data).T.ravel())
+        return np.asarray(data).T
+
+    with h5py.File(p, "r") as f:
+        return {k: value(f, f[k]) for k in f.keys() if not k.startswith("#")}
+
+
+def _rsatoolbox_h5(f: Any, p: Path) -> RDMs:
+    """rsatoolbox's own HDF5 (``RDMs.save(..., file_type='hdf5')``), read without rsatoolbox."""
+    import h5py
+
+    def strings(ds: h5py.Dataset) -> np.ndarray:
+        a = ds[()]
+        return a.astype(str) if a.dtype.kind == "S" else np.asarray(a)
+
+    d = np.asarray(f["dissimilarities"][()], dtype=np.float64)
+    if d.ndim == 3:
+        d = RDMs.from_array(d).dissimilarities
+    rd = f["rdm_descriptors"] if "rdm_descriptors" in f else {}
+    pd_ = f["pattern_descriptors"] if "pattern_descriptors" in f else {}
+    names = None
+    for k in _NAME_DESCRIPTORS + tuple(k for k in rd if k != "index"):
+        if k in rd and isinstance(rd[k], h5py.Dataset) and rd[k].shape == (len(d),):
+            names = [str(x) for x in strings(rd[k])]
+            break
+    stim = None
+    for k in _STIM_DESCRIPTORS + tuple(k for k in pd_ if k != "index"):
+        if k in pd_ and isinstance(pd_[k], h5py.Dataset) and pd_[k].ndim == 1:
+            cand = strings(pd_[k])
+            if len(np.unique(cand)) == len(cand):
+                stim = cand
+                break
+    measure = f.attrs.get("dissimilarity_measure", "")
+    measure = measure.decode() if isinstance(measure, bytes) else str(measure)
+    return RDMs(d, stimulus=stim, names=names or [f"{p.stem}[{i}]" for i in range(len(d))], measure=measure)
+
+
+def load_rdms(path: str | Path, key: str | None = None, field: str = "RDM",
+              average_sessions: bool = False) -> RDMs:
+    """Load RDMs (one per subject, session or model) from the files people have.
+
+    * MATLAB ``.mat`` (v5/v7 through ``scipy.io.loadmat``): RSA-toolbox struct arrays — any
+      nesting of struct and cell arrays, e.g. the 92-image demo's ``RDMs`` (subjects ×
+      sessions) or ``Models`` (1 × k) with fields ``RDM``, ``name``, ``color`` — take the
+      matrices from ``field`` and the RDM names from ``name``; cell arrays of matrices and
+      plain numeric variables too. The variable is ``key``, else the first struct array with
+      ``field``, else ``rdms``, ``rdm``, ``RDMs``, ``RDM``, ``Models`` or the largest numeric
+      array, else the first cell array. ``average_sessions=True``
+      averages over the last axis of the struct array (sessions; NaN-aware), one RDM per
+      subject named by the sessions' common name prefix.
+    * MATLAB v7.3 ``.mat`` (HDF5, read with h5py): numeric arrays, char, cell arrays, scalar
+      structs and struct arrays whose fields are object references (MATLAB's layout), so the
+      same struct files work; sparse, complex, function-handle and object (classdef)
+      variables are not supported.
+    * ``.npy``; ``.npz`` and ``.h5``/``.hdf5`` (array ``key``, default as above, plus an
+      optional ``stimulus`` array and ``names``).
+    * rsatoolbox's HDF5 (``RDMs.save(path, file_type='hdf5')``), detected by its
+      ``dissimilarities`` dataset and read without rsatoolbox or pickle: the names come from
+      an rdm descriptor (``name``, ``model``, ``subject``, … or the first other one), the
+      stimulus ids from a pattern descriptor (``stimulus``, ``conds``, … or the first other
+      one with unique values), the measure from ``dissimilarity_measure``.
+
+    Arrays: a square (n, n) matrix, a stack (k, n, n) (or MATLAB's (n, n, k)), a condensed
+    vector (m,) or a stack (k, m) with m = n(n-1)/2 (scipy ``squareform`` order). Square
+    matrices must be symmetric with a zero diagonal; NaN marks a missing pair (kept, see
+    :class:`RDMs`); Inf is refused. ``stimulus`` ids next to the RDMs are kept for alignment.
     """
     p = Path(path)
     if not p.exists():
         raise NeuronscopeError(f"RDM file {p} does not exist; check the path")
     suf = p.suffix.lower()
-    if suf == ".npy":
+    stim: Any = None
+    names: list[str] | None = None
+    if suf in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            if "dissimilarities" in f and isinstance(f["dissimilarities"], h5py.Dataset) and key is None:
+                return _rsatoolbox_h5(f, p)
+            arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+    elif suf == ".npy":
         arrays = {"rdms": np.load(p, allow_pickle=False)}
     elif suf == ".npz":
         with np.load(p, allow_pickle=False) as z:
@@ -158,19 +371,47 @@ def load_rdms(path: str | Path, key: str | None = None) -> RDMs:
     elif suf == ".mat":
         import scipy.io
 
-        if scipy.io.matlab.matfile_version(p)[0] == 2:  # v7.3 is HDF5, which loadmat cannot read
-            raise NeuronscopeError(f"{p} is a MATLAB v7.3 file; re-save it with -v7 or as .npz")
-        m = scipy.io.loadmat(p)
-        arrays = {k: np.asarray(v) for k, v in m.items() if not k.startswith("__")}
+        try:
+            v73 = scipy.io.matlab.matfile_version(p)[0] == 2
+        except (ValueError, TypeError) as e:
+            raise NeuronscopeError(f"{p} is not a MATLAB file ({e}); check the file") from None
+        arrays = _mat_v73(p) if v73 else {
+            k: v for k, v in scipy.io.loadmat(p).items() if not k.startswith("__")}
     else:
-        raise NeuronscopeError(f"unknown RDM file type {suf!r}; use .npy, .npz or .mat")
-    k = _pick(arrays, key, ("rdms", "rdm", "RDMs", "RDM"), "RDM")
-    stim = arrays.get("stimulus")
-    if stim is not None:
-        stim = np.asarray(stim).ravel()
-        if stim.dtype.kind in "SU" or stim.dtype == object:
-            stim = np.array([str(np.asarray(s).ravel()[0]) if np.ndim(s) else str(s) for s in stim])
-    return RDMs.from_array(np.asarray(arrays[k], dtype=np.float64), stimulus=stim, name=p.stem)
+        raise NeuronscopeError(f"unknown RDM file type {suf!r}; use .mat, .npy, .npz, .h5 or .hdf5")
+    if "stimulus" in arrays:
+        stim = _ids(arrays["stimulus"])
+    if "names" in arrays:
+        names = [str(x) for x in _ids(arrays["names"])]
+    structs = [k for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.names and field in v.dtype.names]
+    if key is not None and key not in arrays:
+        raise NeuronscopeError(f"no variable {key!r} in {p.name} (has {', '.join(sorted(arrays))}); pass one of those")
+    cells = [k for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype == object and k != "stimulus"]
+    var = key if key is not None else (structs[0] if structs else None)
+    if var is None and cells and not any(isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and v.ndim >= 2
+                                         for v in arrays.values()):
+        var = cells[0]
+    if var is None:
+        numeric = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
+                   and v.ndim >= 1 and k not in ("stimulus", "repeat")}
+        if not numeric:
+            have = ", ".join(sorted(arrays)) or "nothing"
+            raise NeuronscopeError(
+                f"no numeric RDM array and no struct with field {field!r} in {p.name} (has {have}); "
+                "pass key=<variable> and field=<struct field>"
+            )
+        var = next((k for k in _RDM_KEYS if k in numeric), max(numeric, key=lambda k: np.size(numeric[k])))
+    value = arrays[var]
+    leaves = _leaves(value, field, var)
+    if len(leaves) == 1 and not (isinstance(value, np.ndarray) and value.dtype.names):
+        d = _condensed(leaves[0][2], var)
+        if average_sessions:
+            raise NeuronscopeError(f"{var!r} is a plain array without a session axis; load without average_sessions")
+        default = [p.stem] if len(d) == 1 else [f"{p.stem}[{i}]" for i in range(len(d))]
+        nm = names if names is not None and len(names) == len(d) else default
+    else:
+        d, nm = _leaf_rdms(leaves, var, average_sessions)
+    return RDMs(d, stimulus=stim, names=nm, measure="")
 
 
 # --------------------------------------------------------------------------- NWB
