@@ -27,10 +27,12 @@ demo: $(STAMP)
 	$(VENV)/bin/neuronscope demo --out demo_output
 
 test: $(STAMP) chromium
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-logo
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
