@@ -1,7 +1,8 @@
 """Atlas: build time, size and page render time, against naive references in the same run.
 
 * examples: ``site_examples`` (all neurons of a site at once) vs one ``top_examples`` call per
-  neuron (the reference API), timed per neuron on the same run and checked equal;
+  neuron (the per-neuron API: reads the site's summaries, then ``site_examples`` for one unit),
+  timed per neuron on the same run and checked equal;
 * size: the atlas's data files vs the same examples as plain JSON (token strings inline,
   full-precision floats), the naive format;
 * render: ``data-page-ms`` that the viewer records (script loads + DOM build) for the index,
@@ -26,8 +27,8 @@ from urllib.parse import quote
 from _results import write_section
 
 import neuronscope
-from neuronscope.analyses.characterize import top_examples
-from neuronscope.atlas.build import build_atlas, collect_atlas_data, site_bytes, site_examples
+from neuronscope.analyses.characterize import site_examples, top_examples
+from neuronscope.atlas.build import build_atlas, collect_atlas_data, site_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -20,13 +20,13 @@ from tinymodels import HandSet, TinyConv, TinyText, Wrapper
 import neuronscope as ns
 from neuronscope.errors import ConfigMismatchError, FormatVersionError, NeuronscopeError
 from neuronscope.recording import keep_mask
+from neuronscope.sources.base import Batch
 from neuronscope.sources.torch_sites import capture
 
 HERE = Path(__file__).parent
-import neuronscope  # noqa: E402
-
-# subprocesses import the neuronscope under test (a worktree or a clone), not an installed copy
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(neuronscope.__file__).parents[1])])}
+# subprocesses import the same neuronscope as this test process (a worktree's src, not the
+# editable install's)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).resolve().parents[1])])}
 
 
 def _direct_ffn(model, tok, texts, batch_size, max_tokens, site_names):
@@ -117,7 +117,7 @@ def test_sites_glob_and_close_names(minilm):
     found = ns.sites(model, "encoder.layer.*.intermediate")
     assert [s.name for s in found] == [f"encoder.layer.{i}.intermediate" for i in range(6)]
     assert all(s.units == 1536 for s in found)
-    with pytest.raises(NeuronscopeError, match="closest module names: .*encoder.layer.0.intermediate"):
+    with pytest.raises(NeuronscopeError, match="among the model's modules; closest names: .*encoder.layer.0.intermediate"):
         ns.sites(model, "encoder.layer.0.intermediat")
 
 
@@ -278,7 +278,7 @@ def test_cli_record_info_json(tmp_path, small_corpus):
     "args, needle",
     [
         (["--model", "no-such-model"], "unknown model"),
-        (["--sites", "encoder.nothing.*"], "matched no module"),
+        (["--sites", "encoder.nothing.*"], "matched no site among the model's modules"),
         (["--corpus", "EMPTY"], "is empty"),
         (["--corpus", "MISSING"], "does not exist"),
         (["--corpus", "BINARY"], "cannot read corpus"),
@@ -315,3 +315,78 @@ def test_tinytext_model_runs_through_text_source(tmp_path):
     run = ns.record(TinyText(), ns.TextSource(corpus, tok, batch_size=3), "act", out=tmp_path / "t.zarr", keep="activations", progress=False)
     assert run.sites == {"act": 48}
     assert run.population().sizes["sample"] == run.n_samples
+
+
+def test_summarize_model_in_memory_equals_the_run_summaries(tmp_path):
+    corpus = _tiny_corpus(tmp_path, n=30)
+    from neuronscope.recording import summarize_model
+    from neuronscope.sources.models import load_model
+
+    _, tok = load_model("minilm")
+    src = ns.TextSource(corpus, tok, batch_size=4)
+    hooked = []
+    mem = summarize_model(TinyText(), src, "ff,act", progress=False,
+                          on_batch=lambda site, acts, samples: hooked.append((site, len(acts))))
+    assert sorted(tmp_path.iterdir()) == [corpus]  # nothing written
+    run = ns.record(TinyText(), src, "ff,act", out=tmp_path / "r.zarr", keep="both", dtype="float32", progress=False)
+    assert list(mem) == ["ff", "act"]
+    for site in mem:
+        got, want = mem[site].result(), run.summaries(site).result()
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    acts = run.population("act").values
+    np.testing.assert_array_equal(mem["act"].result()["firing.pos_count"], (acts > 0).sum(0))
+    assert sum(n for s, n in hooked if s == "act") == run.n_samples
+    with pytest.raises(NeuronscopeError, match="summarize_model"):
+        ns.record(TinyText(), src, "act", out=None, keep="summaries", progress=False)
+
+
+def test_record_distributed_refuses_what_it_cannot_honour(tmp_path):
+    from neuronscope.distributed import record_distributed
+
+    x = ns.TensorSource(np.ones((4, 2), np.float32))
+    for keep in ("both", "activations"):
+        with pytest.raises(NeuronscopeError) as e:
+            record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep=keep)
+        assert str(e.value) == "record --workers stores summaries only; drop --workers or use --keep summaries"
+    with pytest.raises(NeuronscopeError, match="no activations to subsample; drop --sample-rate"):
+        record_distributed("minilm", x, "act", tmp_path / "r.zarr", sample_rate=0.5)
+    with pytest.raises(NeuronscopeError, match="dtype must be float16 or float32"):
+        record_distributed("minilm", x, "act", tmp_path / "r.zarr", dtype="int8")
+    with pytest.raises(NeuronscopeError, match="keep must be one of"):
+        record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep="all")
+    # what it can honour passes the checks and reaches the next one (text corpora only)
+    with pytest.raises(NeuronscopeError, match="shards text corpora"):
+        record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep="summaries", dtype="float32")
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_commits_wait_twenty_times_their_cost():
+    from neuronscope.recording import COMMIT_SPACING, Recorder
+
+    class Writer:  # what Recorder reads of a RunWriter
+        samples_committed = items_committed = 0
+        meta = {"nonfinite": {"a": 0}}
+
+        def __init__(self):
+            self.commits = []
+
+        def append(self, samples, rows, acts):
+            pass
+
+        def commit(self, items, nonfinite, states):
+            self.commits.append(items)
+
+    w = Writer()
+    rec = Recorder({"a": 1}, None, writer=w, commit_seconds=0.0)
+    batch = Batch(inputs=torch.zeros(1), mask=None, samples={"item": np.arange(2)}, items=2)
+    rec.consume(batch, {"a": np.ones((2, 1), np.float32)})
+    assert w.commits == [2]  # commit_seconds=0 and no cost measured yet: commit at once
+    rec.commit_cost = 1.0  # a commit that took 1 s
+    rec.consume(batch, {"a": np.ones((2, 1), np.float32)})
+    assert w.commits == [2] and rec.items_since_commit == 2
+    rec.last_commit -= COMMIT_SPACING * 1.0
+    rec.consume(batch, {"a": np.array([[np.nan], [1.0]], np.float32)})
+    assert w.commits == [2, 4] and rec.nonfinite == {"a": 1}
+    assert rec.n_done == 6 and rec.seen == 6

@@ -17,6 +17,8 @@ import neuronscope as ns
 from neuronscope.distributed import dask_client, record_distributed, summarize_run
 
 HERE = Path(__file__).parent
+# subprocesses import the same neuronscope as this test process
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).resolve().parents[1])])}
 
 
 def _corpus(path: Path, n: int, seed: int = 0) -> Path:
@@ -72,8 +74,12 @@ def test_sharded_recording_on_localcluster_equals_single_process(tmp_path, tok, 
     model = TinyText(seed=3)
     src = ns.TextSource(corpus, tok, batch_size=6, max_tokens=32)
     single = ns.record(model, src, "ff,act", out=tmp_path / "one.zarr", keep="summaries", progress=False)
-    sharded = record_distributed((model, tok), src, "ff,act", tmp_path / "many.zarr", client=client, progress=False)
+    sharded = record_distributed((model, tok), src, "ff,act", tmp_path / "many.zarr", client=client, progress=False,
+                                 keep="summaries", dtype="float32")
     assert sharded.status == "complete" and sharded.n_samples == single.n_samples
+    # one configuration builder: the runs differ only in the dtype asked for
+    assert sharded.config == {**single.config, "dtype": "float32"}
+    assert sharded.info()["nonfinite"] == {"ff": 0, "act": 0}
     for k, v in single.samples.items():
         np.testing.assert_array_equal(sharded.samples[k], v)
     for s in ("ff", "act"):
@@ -83,7 +89,7 @@ def test_sharded_recording_on_localcluster_equals_single_process(tmp_path, tok, 
 def test_resume_with_summaries_equals_uninterrupted(tmp_path, tok):
     """A recording with summaries killed mid-way and resumed ends with the same summaries."""
     corpus = _corpus(tmp_path / "c.jsonl", 120, seed=2)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).parents[1])])}
+    env = ENV
     script = str(HERE / "record_script.py")
     ref = tmp_path / "ref.zarr"
     subprocess.run([sys.executable, script, str(ref), str(corpus), "0", "0", "both"], env=env, check=True)
@@ -122,7 +128,7 @@ print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 
 
 def test_summaries_only_memory_does_not_grow_with_corpus(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).parents[1])])}
+    env = ENV
     res = {}
     for n in (300, 3000):
         corpus = _corpus(tmp_path / f"c{n}.jsonl", n, seed=n)

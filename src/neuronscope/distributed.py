@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.base import State, tree_reduce
 
-State = tuple[dict[str, np.ndarray], dict[str, Any]]
+if TYPE_CHECKING:
+    from neuronscope.store import Run
+    from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
 
 @contextlib.contextmanager
@@ -52,19 +55,10 @@ def _merge_states(a: State, b: State) -> State:
 
 
 def tree_future(client: Any, futures: list[Any]) -> Any:
-    """Submit a balanced tree of pairwise merges of summary-state futures on the cluster;
-    return the root future (nothing waits here, so several trees run side by side)."""
-    while len(futures) > 1:
-        nxt = [client.submit(_merge_states, futures[i], futures[i + 1], pure=False) for i in range(0, len(futures) - 1, 2)]
-        if len(futures) % 2:
-            nxt.append(futures[-1])
-        futures = nxt
-    return futures[0]
-
-
-def tree_reduce(client: Any, futures: list[Any]) -> State:
-    """Merge summary-state futures pairwise on the cluster (a balanced tree); return the root."""
-    return tree_future(client, futures).result()
+    """Submit a balanced tree of pairwise merges of summary-state futures on the cluster
+    (:func:`~neuronscope.summaries.base.tree_reduce` with a merge task per pair); return the
+    root future (nothing waits here, so several trees run side by side)."""
+    return tree_reduce(futures, lambda a, b: client.submit(_merge_states, a, b, pure=False))
 
 
 # -- summarize a stored run -------------------------------------------------------------
@@ -83,13 +77,13 @@ def _doc_aligned_chunks(doc: np.ndarray, target: int) -> list[tuple[int, int]]:
 
 
 def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calibration: np.ndarray) -> State:
+    from neuronscope.recording import finite_or_zero
     from neuronscope.store import open_run
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
     run = open_run(path)
     z = run.group["sites"][site]["activations"]
-    acts = np.asarray(z[start:stop], dtype=np.float32)
-    acts = np.where(np.isfinite(acts), acts, np.float32(0))
+    acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
     rows = np.asarray(run.group["rows"][start:stop])
     samples = {"sample": rows}
     for k in run.attrs.get("sample_coords", []):
@@ -108,7 +102,7 @@ def summarize_run(
     summary_config: Mapping[str, Any] | None = None,
     chunk_rows: int | None = None,
     client: Any = None,
-) -> dict[str, Any]:
+) -> dict[str, SiteSummaries]:
     """Streaming summaries of a stored run's activations, chunk by chunk on a Dask
     cluster, tree-merged: ``{site: SiteSummaries}``.
 
@@ -119,6 +113,7 @@ def summarize_run(
     come from the same calibration rows as ``record`` (the first batch of the source), so
     with float32 storage the result equals the summaries computed while recording.
     """
+    from neuronscope.recording import finite_or_zero
     from neuronscope.store import Run, open_run
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
@@ -133,14 +128,13 @@ def summarize_run(
     key = "doc" if "doc" in run.samples else "item"
     ids = run.samples[key][rows]
     calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
-    def go(c: Any) -> dict[str, Any]:
+    def go(c: Any) -> dict[str, SiteSummaries]:
         n_workers = max(len(c.scheduler_info().get("workers", {})), 1)
         rows_per = chunk_rows or min(32768, -(-len(ids) // n_workers))
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait
-            cal = np.asarray(run.group["sites"][s]["activations"][: max(calib_rows, 1)], dtype=np.float32)
-            cal = np.where(np.isfinite(cal), cal, np.float32(0))
+            cal, _ = finite_or_zero(np.asarray(run.group["sites"][s]["activations"][: max(calib_rows, 1)], dtype=np.float32))
             cal_f = c.scatter([cal], broadcast=True)[0]
             futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal_f, pure=False) for a, b in chunks]
             roots[s] = tree_future(c, futs)
@@ -169,13 +163,15 @@ class _ModelBlob:
 
 def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], doc0: int, sample0: int,
                   sites: str, batch_size: int, max_tokens: int, cfg: dict[str, Any],
-                  calibration: dict[str, np.ndarray]) -> dict[str, State]:
+                  calibration: dict[str, np.ndarray]) -> tuple[dict[str, State], dict[str, int]]:
+    """One shard of documents through a :class:`~neuronscope.recording.Recorder` without a
+    store: ``({site: summary state}, {site: non-finite count})``."""
     import torch
 
-    from neuronscope.recording import forward_batches
+    from neuronscope.recording import Recorder, forward_batches
     from neuronscope.sources.models import load_model
     from neuronscope.sources.text import Corpus, TextSource
-    from neuronscope.summaries.site import SiteSummaries, SummaryConfig
+    from neuronscope.summaries.site import SummaryConfig
 
     torch.set_num_threads(1)
     if isinstance(model, str):
@@ -185,23 +181,20 @@ def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], do
     conf = SummaryConfig.from_dict(cfg)
     src = TextSource(Corpus(texts, labels), tok, batch_size=batch_size, max_tokens=max_tokens,
                      label_categories=conf.label_fields)
-    summ: dict[str, SiteSummaries] = {}
-    n_done = sample0
+    units = {s: int(a.shape[1]) for s, a in calibration.items()}
+    rec = Recorder(units, conf, calibration=calibration, first_sample=sample0)
     for batch, acts in forward_batches(model, src, sites):
-        n = len(next(iter(acts.values())))
-        samples = {"sample": np.arange(n_done, n_done + n, dtype=np.int64), **batch.samples}
-        samples["doc"] = samples["doc"] + doc0
-        for s, a in acts.items():
-            a = np.where(np.isfinite(a), a, np.float32(0))
-            if s not in summ:
-                summ[s] = SiteSummaries.create(a.shape[1], conf, calibration[s])
-            summ[s].update(a, samples)
-        n_done += n
-    return {s: v.state() for s, v in summ.items()}
+        batch.samples["doc"] = batch.samples["doc"] + doc0
+        rec.consume(batch, acts)
+    return rec.states() or {}, rec.nonfinite
 
 
-def _site_state(states: dict[str, State], site: str) -> State:
-    return states[site]
+def _site_state(shard: tuple[dict[str, State], dict[str, int]], site: str) -> State:
+    return shard[0][site]
+
+
+def _nonfinite(shard: tuple[dict[str, State], dict[str, int]]) -> dict[str, int]:
+    return shard[1]
 
 
 def record_distributed(
@@ -210,56 +203,62 @@ def record_distributed(
     sites: str,
     out: str | Path,
     *,
+    keep: str = "summaries",
+    dtype: str = "float16",
+    sample_rate: float = 1.0,
     workers: int | None = None,
     scheduler: str | None = None,
     shards: int | None = None,
     overwrite: bool = False,
-    summary_config: Mapping[str, Any] | None = None,
+    summary_config: SummaryConfig | Mapping[str, Any] | None = None,
     progress: bool = True,
     client: Any = None,
-) -> Any:
+) -> Run:
     """Shard a text recording over a Dask cluster (summaries only): each worker records a
     contiguous range of documents, the per-site summaries are tree-merged, and the driver
     writes a ``keep='summaries'`` run whose summaries equal a single-process recording.
 
     ``model`` is a model name/path that each worker loads (``minilm``), or a
-    ``(model, tokenizer)`` pair shipped to the workers.
+    ``(model, tokenizer)`` pair shipped to the workers. ``keep`` must be ``summaries`` and
+    ``sample_rate`` 1 (no activations are stored, so none are subsampled); ``dtype`` is
+    recorded in the run's configuration like ``record``'s. Other values are refused with a
+    one-line error naming the alternative (``record`` in one process).
     """
+    from neuronscope.recording import (
+        check_record_options,
+        finite_or_zero,
+        forward_batches,
+        recording_config,
+        summary_config_for,
+    )
     from neuronscope.sources.models import load_model
     from neuronscope.sources.text import TextSource
     from neuronscope.store import RunWriter, open_run
-    from neuronscope.summaries.site import SummaryConfig
 
+    check_record_options(keep, dtype, sample_rate)
+    if keep != "summaries":
+        raise NeuronscopeError("record --workers stores summaries only; drop --workers or use --keep summaries")
+    if sample_rate != 1.0:
+        raise NeuronscopeError(
+            "record --workers stores no activations to subsample; drop --sample-rate or drop --workers"
+        )
     if not isinstance(source, TextSource):
         raise NeuronscopeError("distributed recording shards text corpora; record tensor sources in one process")
     import time
 
     t0 = time.perf_counter()
     local_model, tok = load_model(model) if isinstance(model, str) else model
-    from neuronscope.recording import forward_batches, model_fingerprint
-
-    cfg = SummaryConfig(**dict(summary_config or {}))
-    cfg.label_fields = dict(source.label_categories)
+    cfg = summary_config_for(source, summary_config)
     # calibration and sample offsets: the same first batch as a single-process record
     calibration = {}
     for _b, acts in forward_batches(local_model, source, sites):
-        calibration = {s: np.where(np.isfinite(a), a, np.float32(0)) for s, a in acts.items()}
+        calibration = {s: finite_or_zero(a)[0] for s, a in acts.items()}
         break
     units = {s: int(a.shape[1]) for s, a in calibration.items()}
-    config = {
-        "model": model if isinstance(model, str) else getattr(local_model, "neuronscope_id", type(local_model).__name__),
-        "model_fingerprint": model_fingerprint(local_model),
-        "sites": list(units),
-        "source": source.describe(),
-        "keep": "summaries",
-        "dtype": "float16",
-        "sample_rate": 1.0,
-        "conv": "positions",
-        "chunk_rows": 4096,
-        "summary_config": cfg.to_dict(),
-    }
+    config = recording_config(local_model, source, units, model_id=model if isinstance(model, str) else None,
+                              keep=keep, dtype=dtype, sample_rate=sample_rate, summary_config=cfg)
     writer = RunWriter(out, config, units, vocab=source.vocab(), label_categories=source.label_categories,
-                       store_activations=False, dtype="float16", overwrite=overwrite)
+                       store_activations=False, dtype=dtype, overwrite=overwrite)
     if writer.complete:
         return open_run(out)
     # sample coordinates of the whole corpus (tokenizing is cheap; no forward pass)
@@ -272,7 +271,9 @@ def record_distributed(
     n_docs = len(source)
     bs = source.batch_size
 
-    def go(c: Any) -> Any:
+    def go(c: Any) -> tuple[dict[str, SiteSummaries], dict[str, int]]:
+        from neuronscope.summaries.site import SiteSummaries
+
         nw = len(c.scheduler_info().get("workers", {})) or 1
         k = shards or 2 * nw
         # shard boundaries on batch boundaries, so batches match the single-process run
@@ -294,17 +295,17 @@ def record_distributed(
             from distributed import progress as dask_progress
 
             dask_progress(futs)
-        from neuronscope.summaries.site import SiteSummaries
-
         roots = {s: tree_future(c, [c.submit(_site_state, f, s, pure=False) for f in futs]) for s in units}
-        return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}
+        counts = c.gather([c.submit(_nonfinite, f, pure=False) for f in futs])
+        nonfinite = {s: int(sum(cnt.get(s, 0) for cnt in counts)) for s in units}
+        return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}, nonfinite
 
     if client is not None:
-        merged = go(client)
+        merged, nonfinite = go(client)
     else:
         with dask_client(workers, scheduler) as c:
-            merged = go(c)
+            merged, nonfinite = go(c)
     states = {s: merged[s].state() for s in units}
-    writer.commit(n_docs, dict.fromkeys(units, 0), states)
+    writer.commit(n_docs, nonfinite, states)
     writer.finish(states, {"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})
     return open_run(out)

@@ -13,7 +13,6 @@ one population; ``Lockstep.columns`` maps a site glob to columns of that populat
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import json
 from collections.abc import Iterable, Mapping
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
+from neuronscope.population import select_sites
 from neuronscope.summaries.crossprod import CrossProducts
 
 
@@ -63,18 +63,14 @@ class Lockstep:
 
     def columns(self, model: str, sites: str | None = None) -> np.ndarray:
         """Column indices of ``model``'s neurons at sites matching the glob(s) ``sites``
-        (comma-separated; None = all sites)."""
+        (comma-separated, :func:`~neuronscope.population.select_sites`; None = all sites)."""
         self._check_model(model)
         bounds = np.cumsum([0, *self.sites[model].values()])
         names = list(self.sites[model])
         if sites is None:
             return np.arange(bounds[-1])
-        pats = [p.strip() for p in sites.split(",") if p.strip()]
-        keep = [i for i, n in enumerate(names) if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-        if not keep:
-            raise NeuronscopeError(
-                f"site glob {sites!r} matches no site of model {model!r}; its sites: {', '.join(names)}"
-            )
+        chosen = set(select_sites(names, sites, where=f"of model {model!r}"))
+        keep = [i for i, n in enumerate(names) if n in chosen]
         return np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in keep])
 
     def labels(self, model: str, sites: str | None = None) -> tuple[np.ndarray, np.ndarray]:

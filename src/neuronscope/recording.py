@@ -1,16 +1,24 @@
 """One pass: source → forward → per-site activations → summaries (+ store).
 
-``record`` runs a model over a source under ``torch.inference_mode()``, streams every
-batch of every site into the run store and into the site's streaming summaries, commits
-periodically (resume after a crash continues from the last commit), and marks the run
-complete at the end.
+* :func:`record` runs a model over a source under ``torch.inference_mode()``, streams every
+  batch of every site into a run store and into the site's streaming summaries, commits
+  periodically (a resumed recording continues from the last commit), marks the run complete
+  and returns the :class:`~neuronscope.store.Run`.
+* :func:`summarize_model` is the same pass in memory: it writes nothing and returns
+  ``{site: SiteSummaries}``.
+* :class:`Recorder` is everything after the forward pass of a batch (the NaN policy,
+  summaries, the ``on_batch`` hook, storage and commits); ``record``, ``summarize_model``
+  and the shards of ``distributed.record_distributed`` all feed batches through it.
+* :func:`recording_config` / :func:`summary_config_for` / :func:`check_record_options` build
+  and check the configuration a run stores; :func:`finite_or_zero` is the one NaN policy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +31,15 @@ from neuronscope.sources.base import Batch
 from neuronscope.sources.torch_sites import Site, SiteCapture, to_samples
 from neuronscope.sources.torch_sites import sites as resolve_sites
 from neuronscope.store import Run, RunWriter, open_run
+from neuronscope.summaries.base import State
+from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
 KEEP = ("both", "activations", "summaries")
+DTYPES = ("float16", "float32")
 BatchHook = Callable[[str, np.ndarray, Mapping[str, np.ndarray]], None]
+#: A commit checkpoints the summaries; commits wait at least this many times the last
+#: commit's cost, so checkpoints take at most 1/COMMIT_SPACING of the run (5%).
+COMMIT_SPACING = 20
 
 
 def _run_model(model: nn.Module, batch: Batch) -> None:
@@ -114,6 +128,188 @@ def _site_units(model: nn.Module, source: Any, site_list: list[Site], conv: str)
     raise NeuronscopeError("source yielded no batch; give a non-empty corpus")
 
 
+def _site_list(model: nn.Module, sites: str | list[str] | list[Site]) -> list[Site]:
+    if sites and isinstance(sites, list) and isinstance(sites[0], Site):
+        return list(sites)
+    return resolve_sites(model, sites)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def check_record_options(keep: str, dtype: str, sample_rate: float) -> None:
+    """Refuse a ``keep`` outside :data:`KEEP`, a storage ``dtype`` outside :data:`DTYPES` or a
+    ``sample_rate`` outside ``(0, 1]`` with a one-line :class:`NeuronscopeError`."""
+    if keep not in KEEP:
+        raise NeuronscopeError(f"keep must be one of {', '.join(KEEP)}, not {keep!r}")
+    if dtype not in DTYPES:
+        raise NeuronscopeError(f"dtype must be float16 or float32, not {dtype!r}")
+    if not 0.0 < sample_rate <= 1.0:
+        raise NeuronscopeError(f"sample_rate must be in (0, 1], not {sample_rate}")
+
+
+def summary_config_for(source: Any, summary_config: SummaryConfig | Mapping[str, Any] | None = None) -> SummaryConfig:
+    """The summaries' configuration for ``source``: ``summary_config`` (a ``SummaryConfig`` or
+    a dict of its fields; default ``SummaryConfig()``) with ``label_fields`` set to the
+    source's label categories (the caller's object is not modified)."""
+    if isinstance(summary_config, SummaryConfig):
+        cfg = summary_config
+    else:
+        cfg = SummaryConfig.from_dict(dict(summary_config or {}))
+    return dataclasses.replace(cfg, label_fields=dict(getattr(source, "label_categories", {})))
+
+
+def recording_config(
+    model: nn.Module,
+    source: Any,
+    units: Mapping[str, int],
+    *,
+    model_id: str | None = None,
+    keep: str = "both",
+    dtype: str = "float16",
+    sample_rate: float = 1.0,
+    conv: str = "positions",
+    chunk_rows: int = 4096,
+    summary_config: SummaryConfig | None = None,
+) -> dict[str, Any]:
+    """The configuration a run stores and a resumed recording must match: model name
+    (``model_id``, else ``model.neuronscope_id``, else the class name) and parameter
+    fingerprint, sites, the source's description, what is kept and how, and the summaries'
+    configuration (None when no summaries are kept)."""
+    return {
+        "model": model_id or getattr(model, "neuronscope_id", None) or type(model).__name__,
+        "model_fingerprint": model_fingerprint(model),
+        "sites": list(units),
+        "source": source.describe(),
+        "keep": keep,
+        "dtype": dtype,
+        "sample_rate": sample_rate,
+        "conv": conv,
+        "chunk_rows": chunk_rows,
+        "summary_config": summary_config.to_dict() if summary_config is not None else None,
+    }
+
+
+def finite_or_zero(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """The NaN policy of recording: non-finite activations (NaN, ±Inf) enter the summaries
+    as 0 and are counted. Returns ``(clean, n_nonfinite)``; ``clean`` is ``a`` itself when
+    every value is finite (checked by one cheap reduction first)."""
+    if np.isfinite(a.sum()):
+        return a, 0
+    finite = np.isfinite(a)
+    bad = int(a.size - np.count_nonzero(finite))
+    return (np.where(finite, a, a.dtype.type(0)) if bad else a), bad
+
+
+# --------------------------------------------------------------------------- the per-batch work
+
+
+class Recorder:
+    """Everything after the forward pass, batch by batch: the NaN policy
+    (:func:`finite_or_zero`, counted per site in ``nonfinite``), the summaries, the
+    ``on_batch`` hook, the store (activations of the ``sample_rate`` subsample) and commits.
+
+    Global sample ids continue from ``first_sample`` (a resumed run's committed samples).
+    Summaries resume from the writer's last checkpoint, else start from ``calibration``
+    (``{site: (n, units)}``; default: the first batch) — None when ``summary_config`` is
+    None. Commits happen every ``commit_every`` batches, or every ``commit_seconds`` but
+    never sooner than :data:`COMMIT_SPACING` times the last commit's cost. Feed it from one
+    thread at a time; ``seen`` (samples consumed) may be read from another.
+    """
+
+    def __init__(
+        self,
+        units: Mapping[str, int],
+        summary_config: SummaryConfig | None,
+        *,
+        writer: RunWriter | None = None,
+        store_activations: bool = False,
+        sample_rate: float = 1.0,
+        on_batch: BatchHook | None = None,
+        commit_every: int | None = None,
+        commit_seconds: float = 10.0,
+        calibration: Mapping[str, np.ndarray] | None = None,
+        first_sample: int = 0,
+    ) -> None:
+        self.units = dict(units)
+        self.cfg = summary_config
+        self.writer = writer
+        self.store_activations = store_activations
+        self.sample_rate = sample_rate
+        self.on_batch = on_batch
+        self.commit_every = commit_every
+        self.commit_seconds = commit_seconds
+        self.calibration = calibration
+        self.n_done = writer.samples_committed if writer is not None else int(first_sample)
+        self.nonfinite: dict[str, int] = dict(writer.meta["nonfinite"]) if writer is not None else dict.fromkeys(self.units, 0)
+        self.summaries: dict[str, SiteSummaries] | None = None
+        if summary_config is not None and writer is not None and writer.items_committed:
+            state = writer.load_checkpoint()
+            if state is not None:
+                self.summaries = {s: SiteSummaries.from_state(*state[s]) for s in self.units}
+        self.seen = 0
+        self.batches_since_commit = 0
+        self.items_since_commit = 0
+        self.last_commit = time.monotonic()
+        self.commit_cost = 0.0
+
+    def consume(self, batch: Batch, acts: Mapping[str, np.ndarray]) -> None:
+        """One batch after its forward pass: clean, summarize, hook, store, maybe commit."""
+        n = len(next(iter(acts.values())))
+        sample_ids = np.arange(self.n_done, self.n_done + n, dtype=np.int64)
+        samples = {"sample": sample_ids, **batch.samples}
+        clean: dict[str, np.ndarray] = {}
+        for s, a in acts.items():
+            clean[s], bad = finite_or_zero(a)
+            self.nonfinite[s] += bad
+        if self.cfg is not None:
+            if self.summaries is None:
+                cal = self.calibration if self.calibration is not None else clean
+                self.summaries = {s: SiteSummaries.create(self.units[s], self.cfg, cal[s]) for s in self.units}
+            for s in self.units:
+                self.summaries[s].update(clean[s], samples)
+        if self.on_batch is not None:
+            for s in self.units:
+                self.on_batch(s, clean[s], samples)
+        if self.writer is not None:
+            mask = keep_mask(sample_ids, self.sample_rate)
+            kept = {s: (a if mask.all() else a[mask]) for s, a in acts.items()} if self.store_activations else None
+            self.writer.append(batch.samples, sample_ids[mask], kept)
+        self.n_done += n
+        self.seen += n
+        self.batches_since_commit += 1
+        self.items_since_commit += batch.items
+        if self._commit_due():
+            self.commit()
+
+    def _commit_due(self) -> bool:
+        if self.writer is None:
+            return False
+        if self.commit_every is not None:
+            return self.batches_since_commit >= self.commit_every
+        wait = max(self.commit_seconds, COMMIT_SPACING * self.commit_cost)
+        return time.monotonic() - self.last_commit >= wait
+
+    def states(self) -> dict[str, State] | None:
+        """The summaries' states (None without summaries)."""
+        return None if self.summaries is None else {s: ss.state() for s, ss in self.summaries.items()}
+
+    def commit(self) -> None:
+        """Make everything consumed so far durable in the run (with a summary checkpoint)."""
+        c0 = time.monotonic()
+        self.writer.commit(self.items_since_commit, self.nonfinite, self.states())
+        self.batches_since_commit = self.items_since_commit = 0
+        self.last_commit = time.monotonic()
+        self.commit_cost = self.last_commit - c0
+
+    def finish(self, info: Mapping[str, Any]) -> None:
+        """Commit the rest, store the final summaries and mark the run complete."""
+        final = self.states()
+        self.writer.commit(self.items_since_commit, self.nonfinite, final)
+        self.batches_since_commit = self.items_since_commit = 0
+        self.writer.finish(final, info)
+
+
 def _progress(enabled: bool):
     from rich.progress import (
         BarColumn,
@@ -134,17 +330,61 @@ def _progress(enabled: bool):
     )
 
 
+def run_pass(
+    model: nn.Module,
+    source: Any,
+    site_list: list[Site],
+    recorder: Recorder,
+    *,
+    start: int = 0,
+    conv: str = "positions",
+    overlap: bool = True,
+    progress: bool = True,
+) -> None:
+    """Feed every batch of ``source`` from item ``start`` through ``recorder``.
+
+    With ``overlap`` the recorder works on batch *i* on a worker thread while the forward pass
+    of batch *i+1* runs (numpy and Zarr release the GIL); at most one batch is in flight, and
+    an error of the worker is raised here. A ``rich`` progress bar counts items.
+    """
+    t0 = time.perf_counter()
+
+    def rate() -> float:
+        return recorder.seen / max(time.perf_counter() - t0, 1e-9)
+
+    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ns-consume") as pool:
+        task = bar.add_task("record", total=len(source), completed=start, rate=0.0)
+        pending: Future[None] | None = None
+        done_items = 0
+        for batch, acts in forward_batches(model, source, site_list, start=start, conv=conv):
+            if pending is not None:
+                pending.result()  # at most one batch in flight; re-raises its error here
+                bar.update(task, advance=done_items, rate=rate())
+            done_items = batch.items
+            if overlap:
+                pending = pool.submit(recorder.consume, batch, acts)
+            else:
+                recorder.consume(batch, acts)
+                bar.update(task, advance=done_items, rate=rate())
+        if pending is not None:
+            pending.result()
+            bar.update(task, advance=done_items, rate=rate())
+
+
+# --------------------------------------------------------------------------- entry points
+
+
 def record(
     model: nn.Module,
     source: Any,
     sites: str | list[str] | list[Site],
-    out: str | Path | None = None,
+    out: str | Path,
     keep: str = "both",
     *,
     dtype: str = "float16",
     sample_rate: float = 1.0,
     overwrite: bool = False,
-    summary_config: Any = None,
+    summary_config: SummaryConfig | Mapping[str, Any] | None = None,
     conv: str = "positions",
     chunk_rows: int = 4096,
     commit_seconds: float = 10.0,
@@ -153,16 +393,15 @@ def record(
     on_batch: BatchHook | None = None,
     model_id: str | None = None,
     overlap: bool = True,
-) -> Run | dict[str, Any]:
+) -> Run:
     """Record the neurons of ``model`` at ``sites`` over ``source`` into a run at ``out``.
 
     * ``keep``: ``both`` (activations and summaries), ``activations`` or ``summaries``
-      (no activations stored; the run holds sample coordinates and summaries only). With
-      ``out=None`` and ``keep='summaries'`` nothing is written and the per-site summaries
-      are returned.
+      (no activations stored; the run holds sample coordinates and summaries only). For
+      summaries in memory without a run, use :func:`summarize_model`.
     * ``dtype``: ``float16`` or ``float32`` for stored activations (summaries always see float32).
-    * ``sample_rate``: store activations of a deterministic subsample of samples; summaries
-      see every sample.
+    * ``sample_rate``: store activations of a deterministic subsample of samples
+      (:func:`keep_mask`); summaries see every sample.
     * ``on_batch(site, acts, samples)``: called for every batch and site, in order (a hook
       for extra streaming computations; with ``overlap`` it runs on the worker thread).
     * ``overlap``: summarize and store batch *i* on a worker thread while the forward pass
@@ -172,147 +411,55 @@ def record(
       different configuration is refused unless ``overwrite``. A commit checkpoints the
       summaries, so commits are spaced to at least 20× their own cost (≤ 5% overhead).
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
-    summaries as 0; stored activations keep them as recorded.
+    summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
-    if keep not in KEEP:
-        raise NeuronscopeError(f"keep must be one of {', '.join(KEEP)}, not {keep!r}")
-    if dtype not in ("float16", "float32"):
-        raise NeuronscopeError(f"dtype must be float16 or float32, not {dtype!r}")
-    if not 0.0 < sample_rate <= 1.0:
-        raise NeuronscopeError(f"sample_rate must be in (0, 1], not {sample_rate}")
-    if out is None and keep != "summaries":
-        raise NeuronscopeError("give out= (a run directory) to store activations, or keep='summaries'")
-    site_list = sites if sites and isinstance(sites, list) and isinstance(sites[0], Site) else resolve_sites(model, sites)
+    check_record_options(keep, dtype, sample_rate)
+    if out is None:
+        raise NeuronscopeError("give out= (a run directory); for summaries in memory use summarize_model")
+    site_list = _site_list(model, sites)
     units = _site_units(model, source, site_list, conv)
-    want_summaries = keep in ("both", "summaries")
+    cfg = summary_config_for(source, summary_config) if keep in ("both", "summaries") else None
+    config = recording_config(model, source, units, model_id=model_id, keep=keep, dtype=dtype,
+                              sample_rate=sample_rate, conv=conv, chunk_rows=chunk_rows, summary_config=cfg)
     store_acts = keep in ("both", "activations")
-
-    cfg = None
-    if want_summaries:
-        from neuronscope.summaries.site import SummaryConfig
-
-        cfg = summary_config if isinstance(summary_config, SummaryConfig) else SummaryConfig(**(summary_config or {}))
-        cfg.label_fields = dict(getattr(source, "label_categories", {}))
-
-    config = {
-        "model": model_id or getattr(model, "neuronscope_id", None) or type(model).__name__,
-        "model_fingerprint": model_fingerprint(model),
-        "sites": list(units),
-        "source": source.describe(),
-        "keep": keep,
-        "dtype": dtype,
-        "sample_rate": sample_rate,
-        "conv": conv,
-        "chunk_rows": chunk_rows,
-        "summary_config": cfg.to_dict() if cfg is not None else None,
-    }
-    writer = None
-    if out is not None:
-        writer = RunWriter(
-            out,
-            config,
-            units,
-            vocab=source.vocab(),
-            label_categories=getattr(source, "label_categories", {}),
-            store_activations=store_acts,
-            dtype=dtype,
-            chunk_rows=chunk_rows,
-            overwrite=overwrite,
-        )
-        if writer.complete:
-            return open_run(out)
-
-    summaries: dict[str, Any] | None = None
-    start_item = writer.items_committed if writer else 0
-    n_done = writer.samples_committed if writer else 0
-    nonfinite = dict(writer.meta["nonfinite"]) if writer else dict.fromkeys(units, 0)
-    if want_summaries:
-        from neuronscope.summaries.site import SiteSummaries
-
-        state = writer.load_checkpoint() if writer and start_item else None
-        if state is not None:
-            summaries = {s: SiteSummaries.from_state(*state[s]) for s in units}
-
-    t0 = time.perf_counter()
-    st = {"n_done": n_done, "seen": 0, "batches": 0, "items": 0, "last_commit": time.monotonic(),
-          "commit_cost": 0.0, "summaries": summaries}
-
-    def consume(batch: Batch, acts: dict[str, np.ndarray]) -> None:
-        """Everything after the forward pass of one batch: finite check, summaries, hook,
-        store, commit. Runs on a worker thread while the next forward pass runs."""
-        n = len(next(iter(acts.values())))
-        sample_ids = np.arange(st["n_done"], st["n_done"] + n, dtype=np.int64)
-        samples = {"sample": sample_ids, **batch.samples}
-        clean: dict[str, np.ndarray] = {}
-        for s, a in acts.items():
-            # one cheap reduction first: a NaN/Inf anywhere makes the sum non-finite
-            if np.isfinite(a.sum()):
-                clean[s] = a
-                continue
-            finite = np.isfinite(a)
-            bad = int(a.size - np.count_nonzero(finite))
-            nonfinite[s] += bad
-            clean[s] = np.where(finite, a, np.float32(0)) if bad else a
-        if want_summaries:
-            if st["summaries"] is None:
-                st["summaries"] = {s: SiteSummaries.create(units[s], cfg, clean[s]) for s in units}
-            for s in units:
-                st["summaries"][s].update(clean[s], samples)
-        if on_batch is not None:
-            for s in units:
-                on_batch(s, clean[s], samples)
-        if writer is not None:
-            mask = keep_mask(sample_ids, sample_rate)
-            rows = sample_ids[mask]
-            kept = {s: (a if mask.all() else a[mask]) for s, a in acts.items()} if store_acts else None
-            writer.append(batch.samples, rows, kept)
-        st["n_done"] += n
-        st["seen"] += n
-        st["batches"] += 1
-        st["items"] += batch.items
-        if writer is not None and (
-            (commit_every is not None and st["batches"] >= commit_every)
-            or (commit_every is None and time.monotonic() - st["last_commit"] >= max(commit_seconds, 20 * st["commit_cost"]))
-        ):
-            c0 = time.monotonic()
-            writer.commit(st["items"], nonfinite, _states(st["summaries"]))
-            st["batches"] = st["items"] = 0
-            st["last_commit"] = time.monotonic()
-            # keep checkpoints to ≤ 5% of the run: wait 20× the last commit's cost
-            st["commit_cost"] = st["last_commit"] - c0
-
-    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ns-consume") as pool:
-        task = bar.add_task("record", total=len(source), completed=start_item, rate=0.0)
-        pending = None
-        done_items = 0
-        for batch, acts in forward_batches(model, source, site_list, start=start_item, conv=conv):
-            if pending is not None:
-                pending.result()  # at most one batch in flight; re-raises its error here
-                bar.update(task, advance=done_items, rate=st["seen"] / max(time.perf_counter() - t0, 1e-9))
-            done_items = batch.items
-            if overlap:
-                pending = pool.submit(consume, batch, acts)
-            else:
-                consume(batch, acts)
-                bar.update(task, advance=done_items, rate=st["seen"] / max(time.perf_counter() - t0, 1e-9))
-        if pending is not None:
-            pending.result()
-            bar.update(task, advance=done_items, rate=st["seen"] / max(time.perf_counter() - t0, 1e-9))
-    summaries = st["summaries"]
-    items_since = st["items"]
-
-    if writer is None:
-        return summaries or {}
-    final = _states(summaries)
-    writer.commit(items_since, nonfinite, final)
-    writer.finish(
-        final,
-        {"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])},
+    writer = RunWriter(
+        out,
+        config,
+        units,
+        vocab=source.vocab(),
+        label_categories=getattr(source, "label_categories", {}),
+        store_activations=store_acts,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
     )
+    if writer.complete:
+        return open_run(out)
+    recorder = Recorder(units, cfg, writer=writer, store_activations=store_acts, sample_rate=sample_rate,
+                        on_batch=on_batch, commit_every=commit_every, commit_seconds=commit_seconds)
+    t0 = time.perf_counter()
+    run_pass(model, source, site_list, recorder, start=writer.items_committed, conv=conv, overlap=overlap,
+             progress=progress)
+    recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])})
     return open_run(out)
 
 
-def _states(summaries: Mapping[str, Any] | None) -> dict[str, tuple[dict, dict]] | None:
-    if summaries is None:
-        return None
-    return {s: summaries[s].state() for s in summaries}
+def summarize_model(
+    model: nn.Module,
+    source: Any,
+    sites: str | list[str] | list[Site],
+    *,
+    summary_config: SummaryConfig | Mapping[str, Any] | None = None,
+    conv: str = "positions",
+    progress: bool = True,
+    on_batch: BatchHook | None = None,
+    overlap: bool = True,
+) -> dict[str, SiteSummaries]:
+    """The streaming summaries of ``model``'s ``sites`` over ``source``, in memory: the pass of
+    :func:`record` (same NaN policy, hook and overlap) without a run; nothing is written.
+    Returns ``{site: SiteSummaries}`` (empty if the source yields no batch)."""
+    site_list = _site_list(model, sites)
+    units = _site_units(model, source, site_list, conv)
+    recorder = Recorder(units, summary_config_for(source, summary_config), on_batch=on_batch)
+    run_pass(model, source, site_list, recorder, conv=conv, overlap=overlap, progress=progress)
+    return recorder.summaries or {}

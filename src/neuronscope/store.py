@@ -23,20 +23,24 @@ Nothing is ever unpickled: arrays are numeric or UTF-8 strings, attributes are J
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from neuronscope.errors import ConfigMismatchError, FormatVersionError, NeuronscopeError
+from neuronscope.population import select_sites
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from neuronscope.summaries.base import State
+    from neuronscope.summaries.site import SiteSummaries
+
+FORMAT_VERSION = 2
 ATTR = "neuronscope"
 UNIT_CHUNK = 64
 
@@ -254,7 +258,7 @@ class RunWriter:
     def complete(self) -> bool:
         return self.meta["status"] == "complete"
 
-    def load_checkpoint(self) -> dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] | None:
+    def load_checkpoint(self) -> dict[str, State] | None:
         """Summary states at the last commit, per site (None if never checkpointed)."""
         slot = self.meta.get("checkpoint")
         if slot is None:
@@ -305,7 +309,7 @@ class RunWriter:
         self,
         items: int,
         nonfinite: Mapping[str, int],
-        summary_states: Mapping[str, tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] | None,
+        summary_states: Mapping[str, State] | None,
     ) -> None:
         """Make everything appended so far durable, then move the commit record."""
         try:
@@ -344,7 +348,7 @@ class RunWriter:
         except OSError as e:
             raise _write_error(self.path, e) from None
 
-    def finish(self, summary_states: Mapping[str, tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] | None, info: Mapping[str, Any]) -> None:
+    def finish(self, summary_states: Mapping[str, State] | None, info: Mapping[str, Any]) -> None:
         """Write the final summaries and mark the run complete."""
         try:
             if summary_states is not None:
@@ -430,13 +434,8 @@ class Run:
         return out
 
     def _site_names(self, pattern: str | None) -> list[str]:
-        if pattern is None:
-            return list(self.sites)
-        pats = [p.strip() for p in pattern.split(",") if p.strip()]
-        names = [s for s in self.sites if any(fnmatch.fnmatchcase(s, p) for p in pats)]
-        if not names:
-            raise NeuronscopeError(f"no site of run {self.path} matches {pattern!r}; its sites: {', '.join(self.sites)}")
-        return names
+        """The run's sites matched by ``pattern`` (:func:`~neuronscope.population.select_sites`)."""
+        return select_sites(self.sites, pattern, where=f"of run {self.path}")
 
     def population(self, sites: str | None = None):
         """Stored activations as a dask-backed ``xarray.DataArray`` (dims ``sample``,
@@ -461,7 +460,7 @@ class Run:
             coords["token"] = ("sample", np.array(self.vocab, dtype=object)[coords["token_id"][1]])
         return xr.DataArray(data, dims=("sample", "neuron"), coords=coords, name="activation")
 
-    def summaries(self, site: str):
+    def summaries(self, site: str) -> SiteSummaries | None:
         """The site's streaming summaries (a ``SiteSummaries``), or None if none were kept."""
         from neuronscope.summaries.site import SiteSummaries
 
@@ -487,7 +486,7 @@ class Run:
         g = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         _save_state(g.require_group("extras").require_group(name), arrays, attrs)
 
-    def write_summaries(self, summaries: Mapping[str, Any]) -> None:
+    def write_summaries(self, summaries: Mapping[str, SiteSummaries]) -> None:
         """Store per-site summaries (e.g. from ``summarize_run``) as the run's summaries."""
         g = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         sg = g.require_group("summaries")

@@ -2,6 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from scipy.stats import linregress
 
 from neuronscope.analyses.characterize import (
     NEURON_COLUMNS,
@@ -105,9 +106,29 @@ def test_site_summary_closed_form():
     assert row["dormant_frac"] == pytest.approx(1 / 6)
     freq = (acts > 0).mean(0)
     assert row["top20_share"] == pytest.approx(np.sort(freq)[::-1][:2].sum() / freq.sum())
-    assert row["powerlaw_exponent"] == pytest.approx(powerlaw_exponent(freq))
+    # PowerInfer's exponent: least-squares slope of log freq on log rank over the firing
+    # neurons, here from scipy's own regression
+    firing = np.sort(freq[freq > 0])[::-1]
+    fit = linregress(np.log(np.arange(1, len(firing) + 1)), np.log(firing))
+    assert row["powerlaw_exponent"] == pytest.approx(-fit.slope, rel=1e-9)
     thr = site_summary({"mlp": ss}, threshold=0.1).iloc[0]
     assert thr["pct_active_per_token"] == pytest.approx(100 * (np.abs(acts) > 0.1).mean())
+
+
+def test_powerlaw_exponent_of_synthetic_power_laws():
+    rng = np.random.default_rng(11)
+    ranks = np.arange(1, 401)
+    for alpha in (0.5, 1.0, 1.5, 2.3):
+        # an exact power law, shuffled, with dead neurons: the exponent itself
+        f = 0.4 * ranks**-alpha
+        freq = rng.permutation(np.r_[f, np.zeros(37)])
+        assert powerlaw_exponent(freq) == pytest.approx(alpha, rel=1e-9)
+        # log-normal noise: scipy's least-squares fit on the rank-ordered frequencies
+        noisy = f * np.exp(0.2 * rng.standard_normal(len(f)))
+        ordered = np.sort(noisy)[::-1]
+        fit = linregress(np.log(ranks), np.log(ordered))
+        assert powerlaw_exponent(rng.permutation(noisy)) == pytest.approx(-fit.slope, rel=1e-9)
+        assert abs(-fit.slope - alpha) < 0.2
 
 
 def test_score_helpers_closed_form():
@@ -148,12 +169,31 @@ def test_top_examples_tokens_and_context():
 
 def test_site_selection_errors():
     acts, samples = population(4)
-    with pytest.raises(NeuronscopeError, match="no site matches"):
+    with pytest.raises(NeuronscopeError, match="matched no site"):
         characterize({"mlp": summarize(acts, samples)}, site="attn*")
     with pytest.raises(NeuronscopeError, match="no summaries"):
         characterize(RunData({"mlp": 6}, samples, None, {}))
     df = characterize({"layer.0.mlp": summarize(acts, samples)}, site="layer.*")
     assert df["top_token"].isna().all()
+
+
+def test_site_globs_comma_separated_and_vocab_keyword():
+    acts, samples = population(5)
+    ss = summarize(acts, samples)
+    sites = {"attn.0": ss, "block.1": ss, "mlp.0": ss, "mlp.1": ss, "out": ss}
+    run = RunData(dict.fromkeys(sites, 6), samples, VOCAB, sites)
+    df = characterize(run, site="a*,b*")
+    assert df["site"].drop_duplicates().tolist() == ["attn.0", "block.1"] and len(df) == 12
+    df = characterize(sites, site="mlp.1,a*")  # result in site order, not glob order
+    assert df["site"].drop_duplicates().tolist() == ["attn.0", "mlp.1"]
+    assert site_summary(sites, site="mlp.*, out")["site"].tolist() == ["mlp.0", "mlp.1", "out"]
+    with pytest.raises(NeuronscopeError, match="'z\\*' matched no site; closest names"):
+        characterize(sites, site="a*,z*")
+    # a dict of summaries with the run's vocab names the top tokens like the run itself
+    df = characterize({"mlp": ss}, vocab=VOCAB)
+    assert df.loc[2, "top_token"] == "tok7"
+    run = RunData({"mlp": 6}, samples, VOCAB, {"mlp": ss})
+    assert top_examples({"mlp": ss}, "mlp", 2, k=3, samples=samples, vocab=VOCAB) == top_examples(run, "mlp", 2, k=3)
 
 
 def test_recorded_run_characterize_top_examples_and_cli(minilm, small_corpus, tmp_path):

@@ -260,7 +260,13 @@ def test_browser_site_table_state_from_url(synthetic, chromium):
     root = chromium.dom(url)
     units = [int(r.find(tag="a").text) for r in root.find(id="neurons").find(tag="tbody").find_all(tag="tr")]
     t = site["table"]
-    mean = build._round_sig(t["mean"], 4)
+    # the browser sorts the values the atlas shipped: read them from the site's data script
+    _, shipped = _load_data_script(index.parent / "data" / "site-1.js")
+    mean = shipped["rows"]["mean"]
+    raw = np.asarray(t["mean"])
+    # ... which are the table's means to 4 significant digits (half a unit of the 4th digit)
+    half_unit = 0.5 * 10.0 ** (np.floor(np.log10(np.abs(raw))) - 3)
+    assert np.all(np.abs(np.asarray(mean) - raw) <= half_unit * (1 + 1e-9))
     keep = [i for i in range(len(mean)) if "svg" in t["top_token"][i].lower() and not t["dead"][i]]
     assert units == sorted(keep, key=lambda i: (mean[i], i))
     assert root.find(cls="status").text == f"{len(keep)} of {len(mean)} neurons"
@@ -315,16 +321,45 @@ def real_run(minilm, small_corpus, tmp_path_factory):
     return run, build.build_atlas(run, tmp / "atlas", examples=8), cka
 
 
-def test_site_examples_equal_top_examples(real_run):
-    from neuronscope.analyses.characterize import top_examples
+def _brute_force_examples(run, site: str, unit: int, k: int, window: int) -> list[dict]:
+    """The top-k examples of one neuron by sorting the stored float32 activations of every
+    sample (activation descending, sample id ascending), with their context from the samples."""
+    pop = run.population(site)
+    acts = np.asarray(pop.values[:, unit])
+    sample = np.asarray(pop["sample"].values)
+    doc, pos, tok = (np.asarray(pop[c].values) for c in ("doc", "pos", "token_id"))
+    out = []
+    for row in np.lexsort((sample, -acts))[:k]:
+        ctx = np.flatnonzero((doc == doc[row]) & (np.abs(pos - pos[row]) <= window))
+        ctx = ctx[np.argsort(pos[ctx])]
+        out.append({
+            "activation": float(acts[row]), "sample": int(sample[row]), "doc": int(doc[row]),
+            "pos": int(pos[row]), "token_id": int(tok[row]), "token": run.vocab[tok[row]],
+            "tokens": [run.vocab[t] for t in tok[ctx]], "acts": [float(a) for a in acts[ctx]],
+            "peak": int(np.flatnonzero(ctx == row)[0]),
+        })
+    return out
+
+
+def test_site_examples_and_top_examples_equal_a_brute_force_sort(real_run):
+    from neuronscope.analyses.characterize import site_examples, top_examples
 
     run, _, _ = real_run
+    assert run.config["keep"] == "both" and run.config["dtype"] == "float32"
     site = list(run.sites)[-1]
     res = run.summaries(site).result()
-    fast = build.site_examples(res, run.samples, run.vocab, k=5)
+    fast = site_examples(res, run.samples, run.vocab, k=5)
+    assert build.site_examples is site_examples  # the atlas uses the analysis layer's
     edge = int(np.argmax(res["topk.pos"][:, 0] == 0))  # a neuron whose top example starts a doc
-    for unit in (0, 1, edge, 777, run.sites[site] - 1):
-        assert fast[unit] == top_examples(run, site, unit, k=5)
+    units = (0, 1, edge, 777, run.sites[site] - 1)
+    assert res["topk.pos"][edge, 0] == 0
+    for unit in units:
+        expected = _brute_force_examples(run, site, unit, k=5, window=4)
+        assert fast[unit] == expected
+        assert top_examples(run, site, unit, k=5) == expected
+    # a plain {site: SiteSummaries} dict with the run's samples and vocab gives the same
+    plain = {site: run.summaries(site)}
+    assert top_examples(plain, site, edge, k=5, samples=run.samples, vocab=run.vocab) == fast[edge]
 
 
 def _expected_context(run, doc: int, pos: int, window: int) -> list[str]:

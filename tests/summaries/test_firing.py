@@ -6,9 +6,9 @@ from summaries_corpus import doc_chunks, make_corpus, take
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import summary_from_state, tree_merge
-from neuronscope.summaries.firing import Firing, LabelFiring
+from neuronscope.summaries.firing import Firing
+from neuronscope.summaries.groups import GroupFiring, Grouping
 from neuronscope.summaries.kernels import col_count, group_sum, row_count
-from neuronscope.summaries.position import PositionFiring
 
 
 def test_kernels_agree_with_numpy():
@@ -59,8 +59,8 @@ def test_label_and_position_counts_closed_form():
     acts[:, 0] = np.where(pos < 3, 1.0, 0.0)
     acts[:, 1] = np.where(lang == 1, 0.5, -0.5)
     samples = {"sample": np.arange(len(pos)), "pos": pos, "lang": lang, "doc": doc}
-    lf = LabelFiring(3, "lang", ["en", "de"])
-    pf = PositionFiring(3, max_pos=6)
+    lf = GroupFiring.by_label(3, "lang", ["en", "de"])
+    pf = GroupFiring.by_position(3, max_pos=6)
     lf.update(acts, samples)
     pf.update(acts, samples)
     np.testing.assert_array_equal(lf.result()["n"], [100, 100])
@@ -72,13 +72,22 @@ def test_label_and_position_counts_closed_form():
 
 
 def test_unlabeled_codes_are_skipped_and_missing_coords_raise():
-    lf = LabelFiring(1, "lang", ["a", "b"])
+    lf = GroupFiring.by_label(1, "lang", ["a", "b"])
     lf.update(np.ones((3, 1), np.float32), {"sample": np.arange(3), "lang": np.array([0, -1, 5])})
     np.testing.assert_array_equal(lf.result()["n"], [1, 0])
     with pytest.raises(NeuronscopeError, match="label_fields"):
         lf.update(np.ones((1, 1), np.float32), {"sample": np.arange(1)})
     with pytest.raises(NeuronscopeError, match="max_pos=0"):
-        PositionFiring(1, 4).update(np.ones((1, 1), np.float32), {"sample": np.arange(1)})
+        GroupFiring.by_position(1, 4).update(np.ones((1, 1), np.float32), {"sample": np.arange(1)})
+    with pytest.raises(NeuronscopeError, match=">= 0"):
+        GroupFiring.by_position(1, 4).update(np.ones((1, 1), np.float32),
+                                             {"sample": np.arange(1), "pos": np.array([-1])})
+    with pytest.raises(NeuronscopeError, match="at least one category"):
+        GroupFiring.by_label(1, "lang", [])
+    with pytest.raises(NeuronscopeError, match="cannot merge"):
+        GroupFiring.by_label(1, "lang", ["a", "b"]).merge(GroupFiring.by_label(1, "lang", ["a", "c"]))
+    with pytest.raises(NeuronscopeError, match="cannot merge"):
+        GroupFiring.by_position(1, 4).merge(GroupFiring.by_position(1, 5))
 
 
 @settings(max_examples=40, deadline=None)
@@ -88,8 +97,8 @@ def test_merge_of_chunks_equals_whole(seed, cuts, rev):
     units = acts.shape[1]
 
     def fresh():
-        return [Firing(units, [0.4, 1.2], 4), LabelFiring(units, "lang", ["x", "y", "z"]),
-                PositionFiring(units, 4)]
+        return [Firing(units, [0.4, 1.2], 4), GroupFiring.by_label(units, "lang", ["x", "y", "z"]),
+                GroupFiring.by_position(units, 4)]
 
     whole = fresh()
     for s in whole:
@@ -111,7 +120,8 @@ def test_merge_of_chunks_equals_whole(seed, cuts, rev):
 
 def test_state_round_trip():
     acts, samples = make_corpus(5)
-    for s in (Firing(5, [0.1]), LabelFiring(5, "lang", ["a", "b", "c"]), PositionFiring(5, 3)):
+    for s in (Firing(5, [0.1]), GroupFiring.by_label(5, "lang", ["a", "b", "c"]),
+              GroupFiring.by_position(5, 3)):
         s.update(acts, samples)
         arrays, attrs = s.state()
         back = summary_from_state(attrs["kind"], arrays, attrs)
@@ -121,10 +131,43 @@ def test_state_round_trip():
 
 def test_position_state_trims_unseen_positions():
     acts, samples = make_corpus(6, max_len=4)
-    pf = PositionFiring(acts.shape[1], max_pos=100)
+    pf = GroupFiring.by_position(acts.shape[1], max_pos=100)
     pf.update(acts, samples)
     arrays, attrs = pf.state()
     assert arrays["count"].shape == (samples["pos"].max() + 1, acts.shape[1])
     back = summary_from_state(attrs["kind"], arrays, attrs)
     np.testing.assert_array_equal(back.count, pf.count)
     np.testing.assert_array_equal(back.n, pf.n)
+
+
+def test_group_firing_closed_form_any_grouping():
+    # group counts against a direct count per group: labels drop codes outside [0, C),
+    # buckets put every value >= size into the last bucket
+    rng = np.random.default_rng(7)
+    acts = rng.standard_normal((300, 4)).astype(np.float32)
+    label = rng.integers(-1, 5, 300)  # codes 3, 4 and -1 are in no group of 3 categories
+    pos = rng.integers(0, 40, 300)
+    samples = {"sample": np.arange(300), "lang": label, "pos": pos}
+    lf = GroupFiring.by_label(4, "lang", ["a", "b", "c"])
+    pf = GroupFiring.by_position(4, max_pos=10)
+    lf.update(acts, samples)
+    pf.update(acts, samples)
+    for g in range(3):
+        np.testing.assert_array_equal(lf.count[g], (acts[label == g] > 0).sum(0))
+        assert lf.n[g] == (label == g).sum()
+    for g in range(9):
+        np.testing.assert_array_equal(pf.count[g], (acts[pos == g] > 0).sum(0))
+    np.testing.assert_array_equal(pf.count[9], (acts[pos >= 9] > 0).sum(0))
+    assert pf.n.sum() == 300 and lf.n.sum() == np.isin(label, [0, 1, 2]).sum()
+    assert lf.grouping == Grouping.labels("lang", ["a", "b", "c"])
+    assert pf.grouping == Grouping.buckets("pos", 10)
+
+
+def test_label_state_trims_trailing_empty_categories():
+    lf = GroupFiring.by_label(2, "lang", ["a", "b", "c", "d"])
+    lf.update(np.ones((3, 2), np.float32), {"sample": np.arange(3), "lang": np.array([0, 1, 1])})
+    arrays, attrs = lf.state()
+    assert arrays["count"].shape == (2, 2) and arrays["n"].tolist() == [1, 2]
+    back = summary_from_state(attrs["kind"], arrays, attrs)
+    assert back.result()["n"].tolist() == [1, 2, 0, 0]
+    assert back.grouping.categories == ("a", "b", "c", "d")

@@ -1,20 +1,31 @@
 """Per-neuron and per-site characterization from a run's streaming summaries.
 
-Plain functions over a Run (anything with ``.summaries(site)``, ``.sites``,
-``.samples``, ``.vocab``) or a dict ``{site: SiteSummaries}``.
+Plain functions over a run (:class:`RunLike`: a :class:`~neuronscope.store.Run`) or a dict
+``{site: SiteSummaries}`` (with ``vocab`` / ``samples`` given as keyword arguments when
+token strings and context tokens are wanted).
+
+* :func:`characterize` — one row per neuron (firing frequency, moments, dead / dormant,
+  positional and token-detector scores, hot rank).
+* :func:`site_summary` — one row per site (lazy-neuron share, dead / dormant fractions,
+  power-law exponent, top-20% share).
+* :func:`site_examples` / :func:`top_examples` — the top-k activating examples with their
+  context, for every neuron of a site at once or for one neuron.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from neuronscope.errors import NeuronscopeError
+from neuronscope.population import select_sites
+
+if TYPE_CHECKING:
+    from neuronscope.summaries.site import SiteSummaries
 
 NEURON_COLUMNS = [
     "site", "unit", "freq", "mean", "std", "mean_abs", "min", "max", "dead",
@@ -27,12 +38,37 @@ SITE_COLUMNS = [
 ]
 
 
+@runtime_checkable
+class RunLike(Protocol):
+    """What characterization reads from a run; :class:`~neuronscope.store.Run` is one."""
+
+    @property
+    def sites(self) -> Mapping[str, int]:
+        """``{site: units}`` in site order."""
+
+    @property
+    def samples(self) -> Mapping[str, np.ndarray]:
+        """Sample coordinates of every sample (``sample``, ``doc``, ``pos``, ``token_id``, …)."""
+
+    @property
+    def vocab(self) -> Sequence[str] | None:
+        """Token strings by id (text runs), else None."""
+
+    def summaries(self, site: str) -> SiteSummaries | None:
+        """The site's streaming summaries, or None if none were kept."""
+
+
+#: What the functions here accept: a run, or ``{site: SiteSummaries}``.
+RunOrSummaries = RunLike | Mapping[str, "SiteSummaries"]
+
+
 def _is_run(obj: Any) -> bool:
     return callable(getattr(obj, "summaries", None))
 
 
-def _site_summaries(run_or_summaries: Any, site: str | None) -> list[tuple[str, Any]]:
-    """``[(site, SiteSummaries)]`` selected by ``site`` (exact name or glob)."""
+def _site_summaries(run_or_summaries: RunOrSummaries, site: str | None) -> list[tuple[str, SiteSummaries]]:
+    """``[(site, SiteSummaries)]`` selected by ``site`` (:func:`~neuronscope.population.select_sites`:
+    exact names or globs, comma-separated)."""
     if _is_run(run_or_summaries):
         names = list(run_or_summaries.sites)
         get = run_or_summaries.summaries
@@ -41,12 +77,7 @@ def _site_summaries(run_or_summaries: Any, site: str | None) -> list[tuple[str, 
         get = run_or_summaries.get
     else:
         raise NeuronscopeError("pass a Run (neuronscope.open_run) or a dict {site: SiteSummaries}")
-    if site is not None:
-        chosen = [n for n in names if n == site or fnmatch.fnmatchcase(n, site)]
-        if not chosen:
-            raise NeuronscopeError(f"no site matches {site!r}; sites: {names}")
-        names = chosen
-    out = [(n, get(n)) for n in names]
+    out = [(n, get(n)) for n in select_sites(names, site)]
     out = [(n, s) for n, s in out if s is not None]
     if not out:
         raise NeuronscopeError(
@@ -54,10 +85,6 @@ def _site_summaries(run_or_summaries: Any, site: str | None) -> list[tuple[str, 
             "or record with --keep both / summaries"
         )
     return out
-
-
-def _vocab(run_or_summaries: Any) -> list[str] | None:
-    return getattr(run_or_summaries, "vocab", None) if _is_run(run_or_summaries) else None
 
 
 def firing_frequency(result: Mapping[str, np.ndarray], threshold: float | None = None) -> np.ndarray:
@@ -170,8 +197,8 @@ def top_share(freq: np.ndarray, fraction: float = 0.2) -> float:
 
 def _neuron_table(
     name: str,
-    ss: Any,
-    vocab: list[str] | None,
+    ss: SiteSummaries,
+    vocab: Sequence[str] | None,
     threshold: float | None,
     dormant_tau: float,
     positional_threshold: float,
@@ -216,11 +243,13 @@ def _neuron_table(
 
 
 def characterize(
-    run_or_summaries: Any,
+    run_or_summaries: RunOrSummaries,
     site: str | None = None,
     threshold: float | None = None,
     dormant_tau: float = 0.025,
     positional_threshold: float = 0.5,
+    *,
+    vocab: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per neuron: what it does and how often it fires.
 
@@ -233,9 +262,12 @@ def characterize(
     position ``>= positional_threshold`` (:func:`positional_scores`); ``token_score``,
     ``top_token_id``, ``top_token`` = share of the top-k examples on the most common
     token (:func:`token_scores`; string from ``run.vocab``); ``hot_rank`` = rank by
-    ``freq``, 0 hottest, ties by unit (PowerInfer). ``site`` may be a glob.
+    ``freq``, 0 hottest, ties by unit (PowerInfer). ``site`` selects sites by name or glob
+    (comma-separated globs too). ``vocab`` gives token strings for a dict of summaries (a
+    run's own ``vocab`` is used by default).
     """
-    vocab = _vocab(run_or_summaries)
+    if vocab is None and _is_run(run_or_summaries):
+        vocab = run_or_summaries.vocab
     tables = [
         _neuron_table(name, ss, vocab, threshold, dormant_tau, positional_threshold)
         for name, ss in _site_summaries(run_or_summaries, site)
@@ -244,7 +276,7 @@ def characterize(
 
 
 def site_summary(
-    run_or_summaries: Any,
+    run_or_summaries: RunOrSummaries,
     site: str | None = None,
     threshold: float | None = None,
     dormant_tau: float = 0.025,
@@ -279,90 +311,122 @@ def site_summary(
     return pd.DataFrame(rows, columns=SITE_COLUMNS)
 
 
-def _sample_index(samples: Mapping[str, np.ndarray] | None, ids: np.ndarray) -> np.ndarray | None:
-    """Row of each global sample id in ``run.samples`` (ids are row numbers when dense)."""
-    if samples is None:
-        return None
+def _sample_rows(samples: Mapping[str, np.ndarray], sample: np.ndarray) -> np.ndarray:
+    """Row of each global sample id of ``sample`` in ``samples`` (-1 where absent); ids are
+    row numbers when ``samples['sample']`` is missing or ``0..n-1``."""
+    n = len(samples["token_id"])
     sid = samples.get("sample")
-    n = len(next(iter(samples.values()))) if samples else 0
-    if sid is None:
-        return np.where((ids >= 0) & (ids < n), ids, -1)
+    if sid is None or np.array_equal(np.asarray(sid), np.arange(n)):
+        return np.where((sample >= 0) & (sample < n), sample, -1)
     sid = np.asarray(sid)
     order = np.argsort(sid, kind="stable")
-    at = np.searchsorted(sid, ids, sorter=order)
-    at = np.minimum(at, len(sid) - 1)
-    rows = order[at]
-    return np.where(sid[rows] == ids, rows, -1)
+    at = order[np.minimum(np.searchsorted(sid, sample, sorter=order), n - 1)]
+    return np.where(sid[at] == sample, at, -1)
 
 
-def top_examples(run: Any, site: str, unit: int, k: int | None = None) -> list[dict[str, Any]]:
-    """The top-k activating examples of one neuron, Neuroscope-style.
+def site_examples(
+    result: Mapping[str, np.ndarray],
+    samples: Mapping[str, np.ndarray] | None = None,
+    vocab: Sequence[str] | None = None,
+    k: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """The top-k activating examples of every neuron of a site, Neuroscope-style.
 
-    Each example: ``activation, sample, doc, pos, token_id, token``, plus ``tokens``
-    (the tokens at ``pos - W .. pos + W`` that lie in the same document),
-    ``acts`` (the neuron's activation on each of them, None if unknown) and ``peak``
-    (index of the example's own token in ``tokens``). Token strings come from
-    ``run.samples`` (token ids of every sample; documents contiguous) and
-    ``run.vocab``; with a plain ``{site: SiteSummaries}`` dict the neighbours' ids are
-    unknown and their tokens are ``""``.
+    ``result`` holds the site's ``topk.*`` arrays (``SiteSummaries.result()``); ``samples``
+    and ``vocab`` are the run's (``run.samples``: coordinates of every sample, documents
+    contiguous; ``run.vocab``). Per neuron, the first ``k`` filled examples (all with
+    ``None``) in the top-k's order (activation descending, sample id ascending), each a dict
+    of ``activation, sample, doc, pos, token_id, token``, plus ``tokens`` (the tokens at
+    ``pos - W .. pos + W`` that lie in the same document), ``acts`` (the neuron's activation
+    on each of them, None if unknown) and ``peak`` (index of the example's own token in
+    ``tokens``). Without ``samples`` the neighbours' ids are unknown and their tokens are
+    ``""``; without ``vocab`` a token is its id as text. Vectorised over neurons.
+    """
+    values, sample = result["topk.values"], result["topk.sample"]
+    ctx = result["topk.context"]
+    units, kk = sample.shape
+    window = (ctx.shape[-1] - 1) // 2
+    offsets = np.arange(-window, window + 1)
+    filled = sample >= 0
+    rank = np.cumsum(filled, axis=1) - 1
+    take = filled & (rank < (kk if k is None else max(int(k), 0)))
+    in_doc = ~np.isnan(ctx)
+    in_doc[..., window] = True
+    tids = np.full(ctx.shape, -1, dtype=np.int64)
+    tids[..., window] = result["topk.token_id"]
+    if samples is not None and "token_id" in samples and len(samples["token_id"]):
+        tok = np.asarray(samples["token_id"])
+        n = len(tok)
+        rows = _sample_rows(samples, sample)
+        nb = rows[..., None] + offsets
+        ok = (rows[..., None] >= 0) & (nb >= 0) & (nb < n)
+        nbc = np.clip(nb, 0, n - 1)
+        if "doc" in samples:
+            doc = np.asarray(samples["doc"])
+            ok &= doc[nbc] == doc[np.clip(rows, 0, n - 1)][..., None]
+        has_row = rows[..., None] >= 0
+        tids = np.where(has_row, np.where(ok, tok[nbc], -1), tids)
+        in_doc &= np.where(has_row, ok, True)
+    strings = list(vocab) if vocab is not None else []
+
+    def token_str(t: int) -> str:
+        if 0 <= t < len(strings):
+            return str(strings[t])
+        return str(t) if t >= 0 else ""
+
+    doc_, pos_, tid_ = result["topk.doc"], result["topk.pos"], result["topk.token_id"]
+    out: list[list[dict[str, Any]]] = []
+    for u in range(units):
+        exs = []
+        for j in np.flatnonzero(take[u]):
+            keep = np.flatnonzero(in_doc[u, j])
+            acts = ctx[u, j, keep]
+            exs.append({
+                "activation": float(values[u, j]),
+                "sample": int(sample[u, j]),
+                "doc": int(doc_[u, j]),
+                "pos": int(pos_[u, j]),
+                "token_id": int(tid_[u, j]),
+                "token": token_str(int(tid_[u, j])),
+                "tokens": [token_str(int(t)) for t in tids[u, j, keep]],
+                "acts": [None if a != a else float(a) for a in acts.tolist()],
+                "peak": int(np.searchsorted(keep, window)),
+            })
+        out.append(exs)
+    return out
+
+
+def top_examples(
+    run: RunOrSummaries,
+    site: str,
+    unit: int,
+    k: int | None = None,
+    *,
+    samples: Mapping[str, np.ndarray] | None = None,
+    vocab: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The top-k activating examples of one neuron, Neuroscope-style: :func:`site_examples`
+    for unit ``unit`` of ``site`` (same dicts).
+
+    Token strings and context tokens come from the run's ``samples`` and ``vocab``; for a
+    plain ``{site: SiteSummaries}`` dict pass them as keyword arguments (without them the
+    neighbours' ids are unknown and their tokens are ``""``).
     """
     if _is_run(run):
-        ss, samples, vocab = run.summaries(site), run.samples, run.vocab
+        ss = run.summaries(site)
         if ss is None:
             raise NeuronscopeError(f"site {site!r} has no summaries; record it with summaries")
+        samples = run.samples if samples is None else samples
+        vocab = run.vocab if vocab is None else vocab
     elif isinstance(run, Mapping):
         if site not in run:
             raise NeuronscopeError(f"no site {site!r}; sites: {list(run)}")
-        ss, samples, vocab = run[site], None, None
+        ss = run[site]
     else:
         raise NeuronscopeError("pass a Run (neuronscope.open_run) or a dict {site: SiteSummaries}")
-    tk = ss.parts["topk"].result() if hasattr(ss, "parts") else {
-        key[5:]: v for key, v in ss.result().items() if key.startswith("topk.")
-    }
+    tk = ss.parts["topk"].result()
     units = tk["values"].shape[0]
     if not 0 <= unit < units:
         raise NeuronscopeError(f"unit {unit} is out of range for site {site!r} (0..{units - 1})")
-    filled = np.flatnonzero(tk["sample"][unit] >= 0)
-    if k is not None:
-        filled = filled[: max(int(k), 0)]
-    ctx = tk["context"][unit]
-    window = (ctx.shape[-1] - 1) // 2
-    offsets = np.arange(-window, window + 1)
-    rows = _sample_index(samples, tk["sample"][unit][filled])
-
-    def token_str(tid: int) -> str:
-        if vocab is not None and 0 <= tid < len(vocab):
-            return str(vocab[tid])
-        return str(tid) if tid >= 0 else ""
-
-    out = []
-    for i, j in enumerate(filled):
-        acts = ctx[j]
-        in_doc = ~np.isnan(acts)
-        in_doc[window] = True
-        tids = np.full(len(offsets), -1, dtype=np.int64)
-        tids[window] = tk["token_id"][unit, j]
-        if rows is not None and rows[i] >= 0 and "token_id" in samples:
-            nb = rows[i] + offsets
-            ok = (nb >= 0) & (nb < len(samples["token_id"]))
-            nbc = np.clip(nb, 0, len(samples["token_id"]) - 1)
-            if "doc" in samples:
-                ok &= np.asarray(samples["doc"])[nbc] == np.asarray(samples["doc"])[rows[i]]
-            tids = np.where(ok, np.asarray(samples["token_id"])[nbc], -1)
-            in_doc &= ok
-        keep = np.flatnonzero(in_doc)
-        tokens = [token_str(int(t)) if t >= 0 else "" for t in tids[keep]]
-        out.append(
-            {
-                "activation": float(tk["values"][unit, j]),
-                "sample": int(tk["sample"][unit, j]),
-                "doc": int(tk["doc"][unit, j]),
-                "pos": int(tk["pos"][unit, j]),
-                "token_id": int(tk["token_id"][unit, j]),
-                "token": token_str(int(tk["token_id"][unit, j])),
-                "tokens": tokens,
-                "acts": [None if np.isnan(a) else float(a) for a in acts[keep]],
-                "peak": int(np.searchsorted(keep, window)),
-            }
-        )
-    return out
+    one = {f"topk.{key}": v[unit : unit + 1] for key, v in tk.items()}
+    return site_examples(one, samples, vocab, k)[0]

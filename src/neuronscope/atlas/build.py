@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from neuronscope.analyses.characterize import characterize, site_examples, site_summary
 from neuronscope.errors import NeuronscopeError
 
 #: Neurons per data chunk file (a neuron page loads exactly one chunk).
@@ -288,92 +289,6 @@ def _outside(res: Mapping[str, np.ndarray], side: str, n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.int64)
 
 
-def site_examples(result: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray] | None,
-                  vocab: Sequence[str] | None, k: int | None = None) -> list[list[dict[str, Any]]]:
-    """``top_examples`` for every neuron of a site at once (same dicts, same order).
-
-    ``result`` is the site's ``SiteSummaries.result()`` (``topk.*``), ``samples`` and ``vocab``
-    the run's. For each kept example (the first ``k`` filled of the neuron's top-k, ordered by
-    activation): the tokens at ``pos - W .. pos + W`` of the same document, the neuron's
-    activations there (None where unknown), and ``peak``, the index of the example's token.
-    Vectorised over neurons: one pass instead of one ``top_examples`` call per neuron.
-    """
-    values, sample = result["topk.values"], result["topk.sample"]
-    ctx = result["topk.context"]
-    units, kk = sample.shape
-    window = (ctx.shape[-1] - 1) // 2
-    offsets = np.arange(-window, window + 1)
-    filled = sample >= 0
-    rank = np.cumsum(filled, axis=1) - 1
-    take = filled & (rank < (kk if k is None else max(int(k), 0)))
-    in_doc = ~np.isnan(ctx)
-    in_doc[..., window] = True
-    tids = np.full(ctx.shape, -1, dtype=np.int64)
-    tids[..., window] = result["topk.token_id"]
-    if samples is not None and "token_id" in samples and len(samples["token_id"]):
-        tok = np.asarray(samples["token_id"])
-        n = len(tok)
-        sid = samples.get("sample")
-        if sid is None or np.array_equal(np.asarray(sid), np.arange(n)):
-            rows = np.where((sample >= 0) & (sample < n), sample, -1)
-        else:
-            sid = np.asarray(sid)
-            order = np.argsort(sid, kind="stable")
-            at = order[np.minimum(np.searchsorted(sid, sample, sorter=order), n - 1)]
-            rows = np.where(sid[at] == sample, at, -1)
-        nb = rows[..., None] + offsets
-        ok = (rows[..., None] >= 0) & (nb >= 0) & (nb < n)
-        nbc = np.clip(nb, 0, n - 1)
-        if "doc" in samples:
-            doc = np.asarray(samples["doc"])
-            ok &= doc[nbc] == doc[np.clip(rows, 0, n - 1)][..., None]
-        has_row = rows[..., None] >= 0
-        tids = np.where(has_row, np.where(ok, tok[nbc], -1), tids)
-        in_doc &= np.where(has_row, ok, True)
-    strings = np.array([str(t) for t in vocab] if vocab is not None else [], dtype=object)
-
-    def token_str(t: int) -> str:
-        if 0 <= t < len(strings):
-            return strings[t]
-        return str(t) if t >= 0 else ""
-
-    doc_, pos_, tid_ = result["topk.doc"], result["topk.pos"], result["topk.token_id"]
-    out: list[list[dict[str, Any]]] = []
-    for u in range(units):
-        exs = []
-        for j in np.flatnonzero(take[u]):
-            keep = np.flatnonzero(in_doc[u, j])
-            acts = ctx[u, j, keep]
-            exs.append({
-                "activation": float(values[u, j]),
-                "sample": int(sample[u, j]),
-                "doc": int(doc_[u, j]),
-                "pos": int(pos_[u, j]),
-                "token_id": int(tid_[u, j]),
-                "token": token_str(int(tid_[u, j])),
-                "tokens": [token_str(int(t)) for t in tids[u, j, keep]],
-                "acts": [None if a != a else float(a) for a in acts.tolist()],
-                "peak": int(np.searchsorted(keep, window)),
-            })
-        out.append(exs)
-    return out
-
-
-class _LoadedRun:
-    """A run's summaries loaded once, in the duck type ``characterize`` accepts for a Run
-    (``summaries(site)``, ``sites``, ``samples``, ``vocab``), so each site is read once."""
-
-    def __init__(self, summaries: Mapping[str, Any], samples: Mapping[str, np.ndarray],
-                 vocab: list[str] | None) -> None:
-        self._summaries = dict(summaries)
-        self.sites = {s: ss.units for s, ss in self._summaries.items()}
-        self.samples = samples
-        self.vocab = vocab
-
-    def summaries(self, site: str) -> Any:
-        return self._summaries.get(site)
-
-
 def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     """Everything the atlas shows, gathered from a run (a ``Run`` or its path).
 
@@ -381,11 +296,11 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     and tau-dormant neurons, positional and token-detector scores, hot rank), the headline
     figures of ``site_summary``, the activation histogram of every neuron
     (``run.summaries(site).result()``: ``histogram.edges`` / ``histogram.counts``) and its
-    ``examples`` highest-activating contexts (:func:`site_examples`, equal to ``top_examples``
-    for each neuron; ``None`` keeps all k). Extras
+    ``examples`` highest-activating contexts (``analyses.characterize.site_examples``, the
+    ``top_examples`` of every neuron at once; ``None`` keeps all k). Each site's summaries are
+    read once. Extras
     (comparison / matching results stored in the run) become heatmap pages.
     """
-    from neuronscope.analyses.characterize import characterize, site_summary
     from neuronscope.store import Run, open_run
 
     run = run if isinstance(run, Run) else open_run(run)
@@ -399,9 +314,8 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
         )
     if examples is not None and examples < 0:
         raise NeuronscopeError(f"examples must be >= 0, not {examples}")
-    loaded = _LoadedRun(summaries, run.samples, run.vocab)
-    table = characterize(loaded)
-    heads = site_summary(loaded).set_index("site")
+    table = characterize(summaries, vocab=run.vocab)
+    heads = site_summary(summaries).set_index("site")
     sites = []
     for site, ss in summaries.items():
         res = ss.result()

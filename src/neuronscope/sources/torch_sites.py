@@ -7,8 +7,6 @@ its *units* are the last axis of the module output (``[batch, seq, units]`` or
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from neuronscope.errors import NeuronscopeError
+from neuronscope.population import select_sites
 
 
 @dataclass
@@ -49,30 +48,16 @@ def sites(model: nn.Module, pattern: str | list[str]) -> list[Site]:
     """Resolve module-name globs to the model's sites, in module order.
 
     ``pattern`` is an ``fnmatch`` glob over ``model.named_modules()`` names (``*`` matches
-    within and across dots), or a comma-separated list / list of globs. A pattern that
-    matches nothing raises an error that names the closest module names.
+    within and across dots), or a comma-separated list / list of globs, resolved by
+    :func:`~neuronscope.population.select_sites`. A glob that matches no module raises an
+    error that names the closest module names.
     """
-    patterns = pattern if isinstance(pattern, list) else [p.strip() for p in pattern.split(",")]
-    patterns = [p for p in patterns if p]
-    if not patterns:
+    globs = pattern if isinstance(pattern, list) else pattern.split(",")
+    if not any(p.strip() for p in globs):
         raise NeuronscopeError("no site pattern given; pass a module glob such as 'encoder.layer.*.intermediate'")
-    named = [(name, mod) for name, mod in model.named_modules() if name]
-    found: list[Site] = []
-    for pat in patterns:
-        hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            names = [n for n, _ in named]
-            close = difflib.get_close_matches(pat, names, n=5, cutoff=0.3)
-            if not close:
-                close = names[:5]
-            raise NeuronscopeError(
-                f"site pattern {pat!r} matched no module; closest module names: {', '.join(close)}"
-            )
-        for n, m in hits:
-            if all(s.name != n for s in found):
-                found.append(Site(n, m, _infer_units(m)))
-    order = {n: i for i, (n, _) in enumerate(named)}
-    return sorted(found, key=lambda s: order[s.name])
+    modules = {name: mod for name, mod in model.named_modules() if name}
+    chosen = select_sites(modules, globs, where="among the model's modules")
+    return [Site(n, modules[n], _infer_units(modules[n])) for n in chosen]
 
 
 def _first_tensor(output: Any) -> torch.Tensor:

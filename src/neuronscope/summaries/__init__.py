@@ -1,0 +1,63 @@
+"""Mergeable streaming summaries of a population, one batch at a time.
+
+Every summary follows :class:`Summary`: ``update(acts, samples)`` folds in a float32
+``(n, units)`` batch, ``merge(other)`` folds in a summary of disjoint samples (associative,
+exact to float rounding), ``result()`` reports named arrays, and ``state()`` /
+``from_state()`` store it as numpy arrays plus JSON attributes (no pickle). Per neuron ``u``
+with activation ``a_u``:
+
+* :class:`Moments` — ``n``, ``mean = Σa/n``, ``var = M2/n`` with ``M2 = Σ(a − mean)²``
+  (Chan, Golub & LeVeque's pairwise merge), ``min``, ``max``, ``mean_abs = Σ|a|/n``.
+* :class:`Firing` — ``pos_count = #{a > 0}``; ``abs_count[t] = #{|a| > t}`` (ReLU²);
+  per sample the active share ``f = #{u: a_u > 0} / units`` as ``Σf`` and a histogram of ``f``.
+* :class:`GroupFiring` — ``count[g] = #{samples in group g: a > 0}``, ``n[g] = #{samples in
+  g}``; a :class:`Grouping` puts samples in groups: label categories (LAPE) or position
+  buckets ``min(pos, max_pos − 1)`` (positional neurons).
+* :class:`Histogram` — ``counts[j] = #{e_j ≤ a < e_{j+1}}`` on bins shared by the site,
+  plus under/overflow; quantiles within one bin width.
+* :class:`TopK` — the ``k`` largest ``a`` (ties: smaller sample id) with ``sample``, ``doc``,
+  ``pos``, ``token_id`` and the context ``a(pos − W … pos + W)`` in the same document.
+* :class:`TokenMeans` — ``Σa`` and ``n`` per token id in a bounded number of slots: the mean
+  activation per token id.
+* :class:`CrossProducts` — ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` (and ``ΣxᵀX, ΣyᵀY``) of two
+  populations on the same samples: Pearson correlation, CKA, CCA without stored activations.
+* :class:`SiteSummaries` — the parts of one recorded site (``moments``, ``firing``,
+  ``labels.<field>``, ``histogram``, ``topk``, ``position``, ``tokens``) under one
+  :class:`SummaryConfig`.
+
+Helpers: :func:`summary_from_state` rebuilds a stored summary by its ``kind`` (every class
+above is registered here; :func:`register` adds one of your own); :func:`tree_merge` merges
+summaries in a balanced tree (:func:`tree_reduce`, the same reduction Dask runs across workers).
+"""
+
+from neuronscope.summaries.base import (
+    Samples,
+    State,
+    Summary,
+    merge_pair,
+    register,
+    summary_from_state,
+    tree_merge,
+    tree_reduce,
+)
+from neuronscope.summaries.crossprod import CrossProducts
+from neuronscope.summaries.firing import Firing
+from neuronscope.summaries.groups import GroupFiring, Grouping
+from neuronscope.summaries.histogram import Histogram
+from neuronscope.summaries.moments import Moments
+from neuronscope.summaries.site import SiteSummaries, SummaryConfig
+from neuronscope.summaries.tokens import TokenMeans
+from neuronscope.summaries.topk import TopK
+
+#: The built-in summary kinds, registered for :func:`summary_from_state`.
+KINDS: tuple[type[Summary], ...] = (
+    Moments, Firing, GroupFiring, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries,
+)
+for _kind in KINDS:
+    register(_kind)
+
+__all__ = [
+    "KINDS", "CrossProducts", "Firing", "GroupFiring", "Grouping", "Histogram", "Moments",
+    "Samples", "SiteSummaries", "State", "Summary", "SummaryConfig", "TokenMeans", "TopK",
+    "merge_pair", "register", "summary_from_state", "tree_merge", "tree_reduce",
+]

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.base import Samples
 
 _FIELDS = ("sx", "sy", "sxx", "syy", "sxy")
 _GRAMS = {False: (False, False), True: (True, True), "x": (True, False), "y": (False, True)}
@@ -54,7 +54,6 @@ def _gram_value(gx: bool, gy: bool) -> bool | str:
     return next(k for k, v in _GRAMS.items() if v == (gx, gy))
 
 
-@register
 class CrossProducts:
     """Mergeable ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` (+ optional ``ΣxᵀX, ΣyᵀY``) of two populations.
 

@@ -1,5 +1,7 @@
-"""Firing counts: per neuron (a > 0 and |a| > t), per token (share of the site active),
-and per label value (the input of LAPE)."""
+"""Firing counts: per neuron (a > 0 and |a| > t) and per token (share of the site active).
+
+Firing per group of samples (per label value for LAPE, per position) is
+:class:`~neuronscope.summaries.groups.GroupFiring`."""
 
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ from typing import Any, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register
-from neuronscope.summaries.kernels import Batch, as_batch, col_count, group_sum
+from neuronscope.summaries.base import Samples
+from neuronscope.summaries.kernels import Batch, as_batch, col_count
 
 
-@register
 class Firing:
     """How often each neuron is active, and how much of the site is active per token.
 
@@ -116,73 +117,4 @@ class Firing:
         self.active_frac_sum = float(np.asarray(arrays["active_frac_sum"]).reshape(-1)[0])
         self.tokens = int(np.asarray(arrays["tokens"]).reshape(-1)[0])
         self.frac_hist = np.array(arrays["frac_hist"], dtype=np.int64)
-        return self
-
-
-@register
-class LabelFiring:
-    """Firing counts (``a > 0``) per value of one label field — the statistics of LAPE.
-
-    ``count[c, u] = #{samples with label c: a_u > 0}`` and ``n[c] = #{samples with
-    label c}``, so the activation probability of neuron ``u`` on language ``c`` is
-    ``count[c, u] / n[c]`` (Tang et al., *Language-Specific Neurons*, LAPE). Labels
-    arrive as int64 codes into ``categories``; codes outside ``[0, C)`` (e.g. -1 for
-    unlabeled) are not counted.
-    """
-
-    kind = "labels"
-
-    def __init__(self, units: int, field: str, categories: Sequence[str]) -> None:
-        self.units = int(units)
-        self.field = str(field)
-        self.categories = [str(c) for c in categories]
-        if not self.categories:
-            raise NeuronscopeError(f"label field {field!r} needs at least one category")
-        self.count = np.zeros((len(self.categories), self.units), dtype=np.int64)
-        self.n = np.zeros(len(self.categories), dtype=np.int64)
-
-    def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
-        """Fold in a batch; ``samples[field]`` holds the int64 label codes."""
-        b = as_batch(acts, samples, self.units)
-        codes = b.coord(self.field)
-        if codes is None:
-            raise NeuronscopeError(
-                f"samples lack label field {self.field!r}; drop it from SummaryConfig.label_fields"
-            )
-        if b.n == 0:
-            return
-        n_cat = len(self.categories)
-        groups, sums = group_sum(b.pos_mask_f32, codes, n_cat)
-        self.count[groups] += sums.astype(np.int64)
-        valid = codes[(codes >= 0) & (codes < n_cat)]
-        self.n += np.bincount(valid, minlength=n_cat)
-
-    def merge(self, other: Self) -> Self:
-        """Add the counts of a summary of disjoint samples."""
-        if other.categories != self.categories or other.units != self.units:
-            raise NeuronscopeError(f"cannot merge label counts of {self.field!r}: categories differ")
-        self.count += other.count
-        self.n += other.n
-        return self
-
-    def result(self) -> dict[str, np.ndarray]:
-        """``count`` (C, units) int64 and ``n`` (C,) int64."""
-        return {"count": self.count.copy(), "n": self.n.copy()}
-
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays ``count``, ``n``; attrs ``units``, ``field``, ``categories``."""
-        attrs = {
-            "kind": self.kind,
-            "units": self.units,
-            "field": self.field,
-            "categories": list(self.categories),
-        }
-        return {"count": self.count, "n": self.n}, attrs
-
-    @classmethod
-    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
-        """Rebuild from :meth:`state`."""
-        self = cls(int(attrs["units"]), attrs["field"], attrs["categories"])
-        self.count = np.array(arrays["count"], dtype=np.int64)
-        self.n = np.array(arrays["n"], dtype=np.int64)
         return self

@@ -8,7 +8,7 @@ from typing import Any, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.base import Samples
 from neuronscope.summaries.kernels import Batch, as_batch
 
 #: fewest neurons per bincount call (a 64 x (n_bins + 2) int64 table stays in cache).
@@ -30,7 +30,6 @@ def calibration_edges(calibration: np.ndarray, n_bins: int, margin: float = 0.5)
     return np.linspace(lo - margin * span, hi + margin * span, n_bins + 1)
 
 
-@register
 class Histogram:
     """Counts per neuron in ``n_bins`` equal bins ``[e_j, e_{j+1})`` shared by the site,
     plus underflow (``a < e_0``) and overflow (``a >= e_n``) per neuron — the

@@ -8,11 +8,10 @@ from typing import Any, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.base import Samples
 from neuronscope.summaries.kernels import Batch, as_batch
 
 
-@register
 class Moments:
     """Streaming count, mean, variance (ddof=0), min, max and mean |a| per neuron.
 

@@ -9,12 +9,12 @@ from typing import Any, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register, summary_from_state
-from neuronscope.summaries.firing import Firing, LabelFiring
+from neuronscope.summaries.base import Samples, State, Summary, summary_from_state
+from neuronscope.summaries.firing import Firing
+from neuronscope.summaries.groups import GroupFiring
 from neuronscope.summaries.histogram import Histogram, calibration_edges
 from neuronscope.summaries.kernels import Batch
 from neuronscope.summaries.moments import Moments
-from neuronscope.summaries.position import PositionFiring
 from neuronscope.summaries.tokens import TokenMeans
 from neuronscope.summaries.topk import TopK
 
@@ -74,10 +74,11 @@ class SummaryConfig:
         return cls(**kw)
 
 
-@register
 class SiteSummaries:
-    """The summaries of one site: moments, firing, per-label firing, histogram, top-k,
-    per-position firing and per-token means (see each class for its formula).
+    """The summaries of one site: moments, firing, per-label firing (``labels.<field>``),
+    histogram, top-k, per-position firing (``position``) and per-token means (see each
+    class for its formula; both group parts are a
+    :class:`~neuronscope.summaries.groups.GroupFiring`).
 
     ``update`` builds one :class:`~neuronscope.summaries.kernels.Batch` so shared
     intermediates (the ``a > 0`` mask, ``|a|``) are computed once per batch. Sources
@@ -89,10 +90,10 @@ class SiteSummaries:
 
     kind = "site"
 
-    def __init__(self, units: int, cfg: SummaryConfig, parts: Mapping[str, Any]) -> None:
+    def __init__(self, units: int, cfg: SummaryConfig, parts: Mapping[str, Summary]) -> None:
         self.units = int(units)
         self.cfg = cfg
-        self.parts: dict[str, Any] = dict(parts)
+        self.parts: dict[str, Summary] = dict(parts)
 
     @classmethod
     def create(
@@ -118,16 +119,16 @@ class SiteSummaries:
             edges = calibration_edges(cal, cfg.n_bins, cfg.hist_margin)
         else:
             raise NeuronscopeError("pass a calibration batch or set SummaryConfig.hist_range")
-        parts: dict[str, Any] = {
+        parts: dict[str, Summary] = {
             "moments": Moments(units),
             "firing": Firing(units, cfg.thresholds, cfg.frac_bins),
         }
         for name, cats in cfg.label_fields.items():
-            parts[f"labels.{name}"] = LabelFiring(units, name, cats)
+            parts[f"labels.{name}"] = GroupFiring.by_label(units, name, cats)
         parts["histogram"] = Histogram(units, edges, cfg.hist_stride)
         parts["topk"] = TopK(units, cfg.k, cfg.window)
         if cfg.max_pos > 0:
-            parts["position"] = PositionFiring(units, cfg.max_pos)
+            parts["position"] = GroupFiring.by_position(units, cfg.max_pos)
         if cfg.token_slots > 0:
             parts["tokens"] = TokenMeans(units, cfg.token_slots)
         return cls(units, cfg, parts)
@@ -171,7 +172,7 @@ class SiteSummaries:
             return nan, nan.copy()
         return self.parts["histogram"].quantiles(q, m.min.astype(np.float64), m.max.astype(np.float64))
 
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def state(self) -> State:
         """Flat arrays ``<part>.<name>`` (one Zarr array each) and JSON attrs."""
         arrays: dict[str, np.ndarray] = {}
         part_attrs: dict[str, Any] = {}
@@ -191,7 +192,7 @@ class SiteSummaries:
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state` (each part through ``summary_from_state``)."""
-        parts: dict[str, Any] = {}
+        parts: dict[str, Summary] = {}
         for name, part_attrs in attrs["parts"].items():
             prefix = name + "."
             sub = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}

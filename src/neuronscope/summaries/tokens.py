@@ -8,11 +8,10 @@ from typing import Any, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.base import Samples
 from neuronscope.summaries.kernels import Batch, as_batch, group_sum
 
 
-@register
 class TokenMeans:
     """Per-token-id mean activation of every neuron, for token detectors (Voita et al.).
 

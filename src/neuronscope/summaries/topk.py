@@ -8,7 +8,7 @@ from typing import Any, Self
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.summaries.base import Samples, register
+from neuronscope.summaries.base import Samples
 from neuronscope.summaries.kernels import Batch, as_batch, col_count
 
 _EMPTY_KEY = np.iinfo(np.int64).max
@@ -28,7 +28,6 @@ def _order_key(cols: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (cols.astype(np.int64) << 33) | ((1 << 31) - ascending)
 
 
-@register
 class TopK:
     """The ``k`` highest activations of each neuron, exact in one pass with bounded memory
     — the examples of Neuroscope pages and OpenAI's ``NeuronRecord``.

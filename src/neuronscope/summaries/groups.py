@@ -1,0 +1,154 @@
+"""Statistics per group of samples: how samples fall into groups, and firing counts per group.
+
+A :class:`Grouping` says which group each sample belongs to, from one int64 sample
+coordinate: a label field (groups are its categories; LAPE's per-language firing) or an
+ordered coordinate cut into buckets (positions). :class:`GroupFiring` counts firing per
+group. Any other per-group statistic (e.g. streamed per-label moments) reuses the same
+:class:`Grouping` and the ``group_sum`` kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.base import Samples
+from neuronscope.summaries.kernels import Batch, as_batch, group_sum
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The group ``g`` of each sample, from the int64 sample coordinate ``key``.
+
+    * labels (``categories`` given, ``size = C``): ``g = code`` for label codes in
+      ``[0, C)``; any other code (-1 = unlabeled) is in no group.
+    * buckets (``categories`` None): ``g = min(v, size - 1)`` for a coordinate ``v >= 0``
+      (positions: ``pos >= max_pos`` share the last bucket); ``v < 0`` is an error.
+    """
+
+    key: str
+    size: int
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            what = f"label field {self.key!r} needs at least one category" if self.categories is not None \
+                else f"the number of {self.key} buckets (max_pos) must be >= 1"
+            raise NeuronscopeError(what)
+
+    @classmethod
+    def labels(cls, field: str, categories: Sequence[str]) -> Grouping:
+        """One group per category of the label field ``field`` (codes index ``categories``)."""
+        cats = tuple(str(c) for c in categories)
+        return cls(str(field), len(cats), cats)
+
+    @classmethod
+    def buckets(cls, key: str, size: int) -> Grouping:
+        """``size`` buckets of a non-negative coordinate, the last one open-ended."""
+        return cls(str(key), int(size))
+
+    def codes(self, b: Batch) -> np.ndarray:
+        """Group index of every row of ``b`` (int64; -1 = in no group)."""
+        v = b.coord(self.key)
+        if v is None:
+            if self.categories is not None:
+                raise NeuronscopeError(
+                    f"samples lack label field {self.key!r}; drop it from SummaryConfig.label_fields"
+                )
+            raise NeuronscopeError(
+                f"samples lack {self.key!r}; set SummaryConfig(max_pos=0) for sources without positions"
+            )
+        if self.categories is not None:
+            return np.where((v >= 0) & (v < self.size), v, -1)
+        if len(v) and v.min() < 0:
+            raise NeuronscopeError(f"{self.key} values must be >= 0 (positions count from 0)")
+        return np.minimum(v, self.size - 1)
+
+    def stored(self, n: np.ndarray) -> int:
+        """Groups to store: up to the last one with samples (trailing empty groups are not stored)."""
+        seen = np.flatnonzero(n)
+        return int(seen[-1]) + 1 if len(seen) else 0
+
+    def attrs(self) -> dict[str, Any]:
+        """JSON attributes (``key``, ``size``, ``categories``)."""
+        cats = None if self.categories is None else list(self.categories)
+        return {"key": self.key, "size": self.size, "categories": cats}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Grouping:
+        """Inverse of :meth:`attrs`."""
+        cats = attrs.get("categories")
+        return cls(str(attrs["key"]), int(attrs["size"]), None if cats is None else tuple(str(c) for c in cats))
+
+
+class GroupFiring:
+    """Firing counts per group of samples (a :class:`Grouping`).
+
+    ``count[g, u] = #{samples in group g: a_u > 0}`` and ``n[g] = #{samples in group g}``,
+    so ``count[g, u] / n[g]`` is neuron ``u``'s activation probability in group ``g``:
+    per language for LAPE (Tang et al., *Language-Specific Neurons*), per position for
+    positional neurons (Voita et al., *Neurons in LLMs: Dead, N-gram, Positional*; see
+    ``analyses.characterize.positional_scores``). Integer counts: merge is exact in any order.
+    """
+
+    kind = "group_firing"
+
+    def __init__(self, units: int, grouping: Grouping) -> None:
+        self.units = int(units)
+        self.grouping = grouping
+        self.count = np.zeros((grouping.size, self.units), dtype=np.int64)
+        self.n = np.zeros(grouping.size, dtype=np.int64)
+
+    @classmethod
+    def by_label(cls, units: int, field: str, categories: Sequence[str]) -> GroupFiring:
+        """Counts per category of the label field ``field``."""
+        return cls(units, Grouping.labels(field, categories))
+
+    @classmethod
+    def by_position(cls, units: int, max_pos: int, key: str = "pos") -> GroupFiring:
+        """Counts per position ``0 .. max_pos - 1`` (``pos >= max_pos`` in the last)."""
+        return cls(units, Grouping.buckets(key, max_pos))
+
+    def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
+        """Fold in a batch; ``samples[grouping.key]`` holds the int64 coordinate."""
+        b = as_batch(acts, samples, self.units)
+        g = self.grouping.codes(b)
+        if b.n == 0:
+            return
+        groups, sums = group_sum(b.pos_mask_f32, g, self.grouping.size)
+        self.count[groups] += sums.astype(np.int64)
+        self.n += np.bincount(g[g >= 0], minlength=self.grouping.size)
+
+    def merge(self, other: Self) -> Self:
+        """Add the counts of a summary of disjoint samples."""
+        if other.grouping != self.grouping or other.units != self.units:
+            raise NeuronscopeError(
+                f"cannot merge group counts of {self.grouping.key!r}: units, groups or categories differ"
+            )
+        self.count += other.count
+        self.n += other.n
+        return self
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``count`` (groups, units) int64 and ``n`` (groups,) int64."""
+        return {"count": self.count.copy(), "n": self.n.copy()}
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays ``count``, ``n`` up to the last group with samples (trailing empty groups are
+        not stored); attrs ``units`` and the grouping."""
+        last = self.grouping.stored(self.n)
+        attrs = {"kind": self.kind, "units": self.units, **self.grouping.attrs()}
+        return {"count": self.count[:last], "n": self.n[:last]}, attrs
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`state`."""
+        self = cls(int(attrs["units"]), Grouping.from_attrs(attrs))
+        n = np.asarray(arrays["n"], dtype=np.int64)
+        self.count[: len(n)] = np.asarray(arrays["count"], dtype=np.int64).reshape(len(n), self.units)
+        self.n[: len(n)] = n
+        return self
