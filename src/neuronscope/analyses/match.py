@@ -133,7 +133,7 @@ def universal_neurons(
                         f"same_site: model {b!r} has no site {missing[0]!r}; "
                         "use same_site=False to search all of its sites"
                     )
-                groups = [(np.flatnonzero(site_a == sa), _glob(sa), _glob(sa), [lock.sites[b][sa]])
+                groups = [(np.flatnonzero(site_a == sa), sa, sa, [lock.sites[b][sa]])
                           for sa in lock.sites[a]]
             else:
                 groups = [(np.arange(len(df)), sites, None, list(lock.sites[b].values()))]
@@ -167,11 +167,6 @@ def universal_neurons(
     out = pd.concat(frames, ignore_index=True)
     out.attrs["threshold"] = threshold
     return out
-
-
-def _glob(site: str) -> str:
-    """A glob matching exactly ``site`` (escaping fnmatch's special characters)."""
-    return "".join(f"[{c}]" if c in "*?[]," else c for c in site)
 
 
 def universal_fractions(neurons: pd.DataFrame, untrained: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -508,7 +503,7 @@ def match_report(
                 correlation.append({"model_a": a, "model_b": b, "site_a": sa,
                                     "mean_max_corr": float(vals.mean()), "median_max_corr": float(vals.median())})
                 if sa in lock.sites[b]:
-                    m = match_one_to_one(lock.cross(a, b, _glob(sa), _glob(sa)))
+                    m = match_one_to_one(lock.cross(a, b, sa, sa))
                     matching.append({
                         "model_a": a, "model_b": b, "site": sa, "pairs": len(m),
                         "mean_matched_corr": float(np.nanmean(m["corr"])),
