@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def minilm():
     """(model, tokenizer) of the packaged all-MiniLM-L6-v2."""
-    from neuronscope.sources.models import load_model
+    from neuronscope.specs import load_model
 
     return load_model("minilm")
 

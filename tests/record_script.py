@@ -16,8 +16,8 @@ from tinymodels import TinyText  # noqa: E402
 
 from neuronscope.errors import NeuronscopeError  # noqa: E402
 from neuronscope.recording import record  # noqa: E402
-from neuronscope.sources.models import load_model  # noqa: E402
 from neuronscope.sources.text import TextSource  # noqa: E402
+from neuronscope.specs import load_model  # noqa: E402
 
 
 def main() -> int:

@@ -309,7 +309,7 @@ def test_cli_info_errors(tmp_path):
 
 def test_tinytext_model_runs_through_text_source(tmp_path):
     corpus = _tiny_corpus(tmp_path, n=10)
-    from neuronscope.sources.models import load_model
+    from neuronscope.specs import load_model
 
     _, tok = load_model("minilm")
     run = ns.record(TinyText(), ns.TextSource(corpus, tok, batch_size=3), "act", out=tmp_path / "t.zarr", keep="activations", progress=False)
@@ -320,7 +320,7 @@ def test_tinytext_model_runs_through_text_source(tmp_path):
 def test_summarize_model_in_memory_equals_the_run_summaries(tmp_path):
     corpus = _tiny_corpus(tmp_path, n=30)
     from neuronscope.recording import summarize_model
-    from neuronscope.sources.models import load_model
+    from neuronscope.specs import load_model
 
     _, tok = load_model("minilm")
     src = ns.TextSource(corpus, tok, batch_size=4)

@@ -13,7 +13,7 @@ from scipy.spatial.distance import squareform
 import neuronscope as ns
 from neuronscope.errors import NeuronscopeError
 from neuronscope.rdms import RDMs
-from neuronscope.specs import is_rdm_file, load_named_model, load_populations, load_zoo
+from neuronscope.specs import is_rdm_file, load_model, load_populations, load_zoo
 from neuronscope.testing.digits import digits_data, train_digits
 
 
@@ -22,12 +22,12 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_load_named_model_digits_equals_train_digits() -> None:
-    model, tokenizer = load_named_model("digits-mlp:0")
+def test_load_model_digits_equals_train_digits() -> None:
+    model, tokenizer = load_model("digits-mlp:0")
     assert tokenizer is None and not model.training
     assert _same_weights(model, train_digits("mlp", 0))
     assert not _same_weights(model, train_digits("mlp", 1))
-    untrained, _ = load_named_model("digits-mlp:0:untrained")
+    untrained, _ = load_model("digits-mlp:0:untrained")
     assert _same_weights(untrained, train_digits("mlp", 0, trained=False))
     assert not _same_weights(untrained, model)
     assert untrained.neuronscope_id == "digits-mlp:0:untrained"
@@ -36,8 +36,9 @@ def test_load_named_model_digits_equals_train_digits() -> None:
 @pytest.mark.parametrize(
     "name, fix",
     [
-        ("no-such-model", "unknown model 'no-such-model'; pass 'minilm', a local Hugging Face model "
-                          "directory with config.json, or digits-mlp:SEED / digits-cnn:SEED[:untrained]"),
+        ("no-such-model", "unknown model 'no-such-model'; pass 'minilm', 'e5-small', a local Hugging Face "
+                          "model directory with config.json, tinylm:SEED, or digits-mlp:SEED / "
+                          "digits-cnn:SEED[:untrained]"),
         ("digits-mlp:x", "bad digits model name 'digits-mlp:x'; use digits-mlp:SEED or digits-cnn:SEED[:untrained]"),
         ("digits-mlp:0:trained", "bad digits model name 'digits-mlp:0:trained'; the optional suffix is ':untrained'"),
         ("digits-rnn:0", "unknown digits architecture 'rnn'; use one of mlp, cnn"),
@@ -45,13 +46,13 @@ def test_load_named_model_digits_equals_train_digits() -> None:
 )
 def test_bad_model_names_name_the_fix(name: str, fix: str) -> None:
     with pytest.raises(NeuronscopeError) as exc:
-        load_named_model(name)
+        load_model(name)
     assert str(exc.value) == fix
 
 
 def test_a_directory_without_config_is_not_a_model(tmp_path: Path) -> None:
     with pytest.raises(NeuronscopeError, match="local Hugging Face model directory with config.json"):
-        load_named_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_load_zoo_digits() -> None:
@@ -170,3 +171,15 @@ def test_load_populations_errors_name_the_fix(small_run: tuple, tmp_path: Path) 
     with pytest.raises(NeuronscopeError) as exc:
         load_populations(f"{summaries_only}:*")
     assert str(exc.value) == f"run {summaries_only} kept no activations; record with activations to compare"
+
+
+def test_load_model_tinylm_equals_load_tinylm() -> None:
+    from neuronscope.testing.tinylm import ByteTokenizer, load_tinylm
+
+    model, tok = load_model("tinylm:0")
+    ref, _ = load_tinylm(0)
+    assert model.neuronscope_id == "tinylm:0" and isinstance(tok, ByteTokenizer)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+    with pytest.raises(NeuronscopeError, match="tinylm:SEED"):
+        load_model("tinylm:first")

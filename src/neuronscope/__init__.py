@@ -16,7 +16,7 @@ _API = {
     # foundation
     "sites": "neuronscope.sources.torch_sites",
     "Site": "neuronscope.sources.torch_sites",
-    "load_model": "neuronscope.sources.models",
+    "load_model": "neuronscope.specs",
     "TextSource": "neuronscope.sources.text",
     "TensorSource": "neuronscope.sources.tensors",
     "load_corpus": "neuronscope.sources.text",

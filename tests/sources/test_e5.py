@@ -20,8 +20,9 @@ import torch
 from neuronscope.errors import NeuronscopeError
 from neuronscope.recording import forward_batches
 from neuronscope.sources import e5 as e5mod
-from neuronscope.sources.models import BERT_FFN_SITES, PACKAGED, load_model
+from neuronscope.sources.models import BERT_FFN_SITES, PACKAGED
 from neuronscope.sources.text import TextSource, default_corpus_path
+from neuronscope.specs import load_model
 
 #: two lines of each language, 12 languages in 9 scripts (the first two of each in the corpus)
 LANGS = ["en", "de", "tr", "es", "ru", "he", "fa", "mr", "bn", "zh", "ja", "ko"]

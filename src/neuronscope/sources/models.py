@@ -39,7 +39,7 @@ def model_path(name: str | Path) -> Path:
     return path
 
 
-def load_model(name: str | Path = "minilm") -> tuple[Any, Any]:
+def load_hf_model(name: str | Path = "minilm") -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` offline (``HF_HUB_OFFLINE=1``; nothing is downloaded).
 
     ``name`` is ``minilm`` (the packaged all-MiniLM-L6-v2), ``e5-small``
