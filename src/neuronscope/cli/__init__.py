@@ -9,6 +9,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.atlas` — ``atlas``, ``serve``.
 * :mod:`neuronscope.cli.compare` — ``compare``.
 * :mod:`neuronscope.cli.match` — ``match``, ``sysid``.
+* :mod:`neuronscope.cli.causal` — ``attribute``, ``ablate``, ``steer``.
 
 The group modules define plain command functions and import nothing from this package
 module; :data:`app` is built here from them, and :func:`main` is the console entry point.
@@ -21,7 +22,7 @@ import sys
 
 import typer
 
-from neuronscope.cli import atlas, characterize, compare, match, run
+from neuronscope.cli import atlas, causal, characterize, compare, match, run
 from neuronscope.errors import NeuronscopeError
 
 __all__ = ["app", "main"]
@@ -49,6 +50,9 @@ for _name, _command in (
     ("compare", compare.compare),
     ("match", match.match),
     ("sysid", match.sysid),
+    ("attribute", causal.attribute),
+    ("ablate", causal.ablate),
+    ("steer", causal.steer),
 ):
     app.command(_name)(_command)
 

@@ -1,0 +1,330 @@
+"""``neuronscope attribute``, ``neuronscope ablate``, ``neuronscope steer``: the causal verbs.
+
+Thin over :mod:`neuronscope.analyses.attribute` (conductance over a corpus, batched ablation
+effects), :mod:`neuronscope.analyses.steer` (CAA steering vectors and coefficient sweeps)
+and :mod:`neuronscope.analyses.targets` (what "the output" is).
+
+MODEL is ``minilm`` (the packaged all-MiniLM-L6-v2), a local Hugging Face model directory
+(both run on the first ``--docs`` documents of ``--corpus``) or ``digits-mlp:SEED`` /
+``digits-cnn:SEED`` (run on the first ``--docs`` digit images). Targets (``--target``):
+``cosine`` (cosine of the mean-pooled sentence embedding to the unmodified model's; the
+default for models without an output vocabulary), ``loss`` (next-token loss; the default for
+language models), ``logit:TOKEN`` / ``logprob:TOKEN`` (a token, or ``#ID``), ``unit:INDEX``
+(an output unit, for tensor models) and ``probe:FILE.npz`` (a linear probe: ``weights``,
+``bias``, ``site``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from neuronscope.cli.output import console, emit_json
+from neuronscope.errors import NeuronscopeError
+
+_MODEL_HELP = ("Model: 'minilm', a local Hugging Face model directory, or 'digits-mlp:SEED' / "
+               "'digits-cnn:SEED' (small nets trained on scikit-learn's digits).")
+_TARGET_HELP = ("What the output is: cosine (embedding cosine to the unmodified model; default for models "
+                "without a vocabulary), loss (next-token loss; default for language models), logit:TOKEN, "
+                "logprob:TOKEN (TOKEN or #ID), unit:INDEX (output unit of a tensor model), probe:FILE.npz "
+                "(arrays weights, bias, site).")
+_CORPUS_HELP = "Text corpus: a .txt (one document per line) or .jsonl file, or 'default' for the bundled one."
+
+
+def _setup(model_name: str, corpus: str, docs: int, batch_size: int, max_tokens: int) -> tuple[Any, Any, Any, str]:
+    """``(model, tokenizer or None, source of the first docs items, default site glob)``."""
+    from neuronscope.specs import is_digits_name, load_named_model
+
+    if docs < 1 or batch_size < 1 or max_tokens < 1:
+        raise NeuronscopeError("--docs, --batch-size and --max-tokens must be positive")
+    if is_digits_name(model_name):
+        from neuronscope.sources.tensors import TensorSource
+        from neuronscope.testing.digits import digits_data
+
+        model, _ = load_named_model(model_name)
+        arch = model_name.split(":")[0].removeprefix("digits-")
+        x, y = digits_data("all", arch)
+        return model, None, TensorSource(x[:docs], batch_size=batch_size, labels={"digit": y[:docs].tolist()},
+                                         name="sklearn digits"), "act*"
+    from neuronscope.sources.models import BERT_FFN_SITES
+    from neuronscope.sources.text import Corpus, TextSource, load_corpus
+
+    model, tok = load_named_model(model_name)
+    full = load_corpus(corpus)
+    cut = Corpus(full.texts[:docs], {k: v[:docs] for k, v in full.labels.items()}, name=full.name)
+    return model, tok, TextSource(cut, tok, batch_size=batch_size, max_tokens=max_tokens,
+                                  label_categories=full.categories()), BERT_FFN_SITES
+
+
+def _target(spec: str | None, model: Any, tok: Any) -> Any:
+    from neuronscope.analyses.targets import has_vocab, parse_target
+
+    if spec:
+        return parse_target(spec, tok)
+    if tok is None:
+        raise NeuronscopeError("tensor models need --target unit:INDEX (the output unit to explain)")
+    return parse_target("loss" if has_vocab(model) else "cosine", tok)
+
+
+@contextmanager
+def _progress(what: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``update(done)``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), disable=not enabled, transient=True) as p:
+        task = p.add_task(what, total=total)
+        yield lambda done: p.update(task, completed=done)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise NeuronscopeError(f"{what} must be comma-separated integers, not {text!r}") from None
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise NeuronscopeError(f"{what} must be comma-separated numbers, not {text!r}") from None
+
+
+def _baseline(spec: str, tok: Any) -> Any:
+    if spec in ("zeros", "pad"):
+        return spec
+    if spec == "mask":
+        mid = getattr(tok, "mask_token_id", None)
+        if mid is None:
+            raise NeuronscopeError("--baseline mask needs a tokenizer with a [MASK] token; use zeros or pad")
+        return int(mid)
+    raise NeuronscopeError(f"--baseline must be zeros, pad or mask, not {spec!r}")
+
+
+def attribute(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    site: str = typer.Option("", "--site", help="Module glob(s) whose units to attribute (default: the FFN sites of text models, 'act*' for digits nets); several sites share one integrated-gradients path."),
+    target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
+    corpus: str = typer.Option("default", help=_CORPUS_HELP),
+    docs: int = typer.Option(64, help="Use the first N documents (or images)."),
+    steps: int = typer.Option(20, help="Integration steps along the path from the baseline to the input (steps+1 forward points)."),
+    method: str = typer.Option("riemann_trapezoid", help="Integration rule: riemann_trapezoid (ends included; completeness converges), riemann_left, riemann_right, riemann_middle, gausslegendre (Captum's rules)."),
+    baseline: str = typer.Option("zeros", help="Path start for text models: zeros (zero token embeddings), pad ([PAD] embedding at every position) or mask ([MASK] embedding); tensor models start at zeros."),
+    label: str = typer.Option(None, "--label", help="Also average per value of this document label (e.g. lang).", show_default=False),
+    top: int = typer.Option(15, help="Show this many neurons per site, by mean |conductance|."),
+    batch_size: int = typer.Option(8, help="Documents per batch (each runs steps+1 path points)."),
+    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
+    internal_batch_size: int = typer.Option(0, help="Cap on examples × path points per forward pass (0 = the whole path at once)."),
+    save: Path = typer.Option(None, "--save", help="Store per-neuron importance (mean and mean |conductance| per unit, per label) in this run as extras/conductance.", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Conductance of every neuron of a site for a target, over a corpus (Dhamdhere et al.
+    2018): one integrated-gradients path per batch, streamed means; the top neurons per site
+    and the completeness error Σ cond − (F(x) − F(baseline))."""
+    from neuronscope.analyses.attribute import conductance_over, save_conductance
+
+    m, tok, source, default_sites = _setup(model, corpus, docs, batch_size, max_tokens)
+    tgt = _target(target, m, tok)
+    base = _baseline(baseline, tok) if tok is not None else "zeros"
+    with _progress("conductance", len(source), not json_out) as prog:
+        summ = conductance_over(m, source, site or default_sites, tgt, baseline=base, steps=steps, method=method,
+                                label=label, internal_batch_size=internal_batch_size or None, progress=prog)
+    info = {"model": model, "target": tgt.describe(), "steps": steps, "method": method, "baseline": baseline,
+            "documents": len(source)}
+    saved = None
+    if save is not None:
+        saved = save_conductance(save, summ, attrs={k: v for k, v in info.items() if k != "target"}
+                                 | {"target": str(tgt.describe().get("target"))})
+    out: dict[str, Any] = {**info, "sites": {}}
+    for name, s in summ.items():
+        res = s.result()
+        entry: dict[str, Any] = {
+            "units": s.units,
+            "top": [{"unit": u, "mean": mu, "mean_abs": ma} for u, mu, ma in s.top(top)],
+            "completeness": {"mean_abs_delta": float(res["completeness_mean_abs"]),
+                             "max_abs_delta": float(res["completeness_max_abs"]),
+                             "mean_abs_change": float(res["change_mean_abs"]),
+                             "relative": float(res["completeness_relative"])},
+        }
+        if s.labels:
+            entry["labels"] = {lab: {"count": int(res["label_count"][i]),
+                                     "top_units": [int(u) for u in (-res["label_mean_abs"][i]).argsort()[:5]]}
+                               for i, lab in enumerate(s.labels) if res["label_count"][i] > 0}
+        out["sites"][name] = entry
+    if saved:
+        out["saved"] = {"run": str(save), "extras": saved}
+    if json_out:
+        emit_json(out)
+        return
+    from rich.table import Table
+
+    console.print(f"[bold]conductance[/bold] of {model} for {tgt.name} over {len(source)} documents "
+                  f"({steps} steps, {method}, baseline {baseline})")
+    for name, entry in out["sites"].items():
+        t = Table(title=f"{name}: top {len(entry['top'])} of {entry['units']} neurons")
+        for col in ("unit", "mean", "mean |cond|"):
+            t.add_column(col, justify="right")
+        for row in entry["top"]:
+            t.add_row(str(row["unit"]), f"{row['mean']:+.4g}", f"{row['mean_abs']:.4g}")
+        c = entry["completeness"]
+        t.caption = (f"completeness: mean |Σ cond − ΔF| = {c['mean_abs_delta']:.3g} vs mean |ΔF| = "
+                     f"{c['mean_abs_change']:.3g} (a residual path around the site carries the rest)")
+        console.print(t)
+    if saved:
+        console.print(f"saved per-neuron importance into {save} (extras/{saved})")
+
+
+def ablate(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    site: str = typer.Option(..., "--site", help="The one module whose units to ablate (e.g. encoder.layer.3.intermediate)."),
+    units: str = typer.Option(None, "--units", help="Comma-separated unit indices to ablate one at a time.", show_default=False),
+    top: int = typer.Option(0, help="Instead of --units: the top-K units by importance (from --importance RUN, else by conductance computed here)."),
+    importance: Path = typer.Option(None, "--importance", help="A run holding `attribute --save` results; --top reads its mean |conductance|.", show_default=False),
+    how: str = typer.Option("zero", help="zero, or mean (the unit's corpus mean from --means-run)."),
+    means_run: Path = typer.Option(None, "--means-run", help="A recorded run whose summaries give the means for --how mean.", show_default=False),
+    cumulative: bool = typer.Option(False, "--cumulative", help="Ablate the sets top-1, top-2, ... (in the order given) instead of single units."),
+    target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
+    corpus: str = typer.Option("default", help=_CORPUS_HELP),
+    docs: int = typer.Option(32, help="Use the first N documents (or images)."),
+    steps: int = typer.Option(10, help="Integration steps when --top ranks by conductance computed here."),
+    batch_size: int = typer.Option(8, help="Documents per batch."),
+    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
+    max_batch: int = typer.Option(256, help="Items per forward pass: each batch is copied once per ablated unit, this many at a time."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Effect on a target of ablating each listed (or top) neuron of a site, batched over
+    neurons: mean over documents of F(ablated) − F(unmodified)."""
+    import numpy as np
+
+    from neuronscope.analyses.attribute import (
+        _one_site,
+        ablation_effects,
+        conductance_over,
+        load_importance,
+    )
+
+    if (units is None) == (top <= 0):
+        raise NeuronscopeError("give --units LIST or --top K (exactly one)")
+    listed = _ints(units, "--units") if units is not None else None
+    if listed is not None and not listed:
+        raise NeuronscopeError("--units is empty; list at least one unit")
+    if how == "mean" and means_run is None:
+        raise NeuronscopeError("--how mean needs --means-run RUN (a recorded run whose summaries hold the means)")
+    m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
+    tgt = _target(target, m, tok)
+    name = _one_site(m, site).name
+    if listed is not None:
+        chosen = listed
+        ranked_by = "given"
+    elif importance is not None:
+        imp = load_importance(importance, name)
+        chosen = [int(u) for u in np.argsort(-imp, kind="stable")[:top]]
+        ranked_by = f"mean |conductance| from {importance}"
+    else:
+        with _progress("conductance", len(source), not json_out) as prog:
+            imp = conductance_over(m, source, name, tgt, steps=steps, progress=prog)[name].result()["mean_abs"]
+        chosen = [int(u) for u in np.argsort(-imp, kind="stable")[:top]]
+        ranked_by = f"mean |conductance| ({steps} steps)"
+    with _progress("ablation", len(source), not json_out) as prog:
+        eff = ablation_effects(m, name, chosen, tgt, source, how=how, run=means_run, cumulative=cumulative,
+                               max_batch=max_batch, progress=prog)
+    doc = {"model": model, "target": tgt.describe(), "ranked_by": ranked_by, **eff.to_dict()}
+    if json_out:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{how}-ablation of {name} on {tgt.name} ({eff.count} documents; units {ranked_by})")
+    for col in ("ablated", "effect", "mean |effect|"):
+        t.add_column(col, justify="right")
+    for s, e, a in zip(eff.sets, eff.effect, eff.effect_abs, strict=True):
+        label = f"top-{len(s)}" if cumulative else str(s[0])
+        t.add_row(label, f"{e:+.4g}", f"{a:.4g}")
+    t.caption = f"unmodified mean target = {eff.clean:.4g}; effect = mean F(ablated) − F(unmodified)"
+    console.print(t)
+
+
+def steer(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    site: str = typer.Option(..., "--site", help="The one module to steer (e.g. encoder.layer.3.intermediate)."),
+    positive: str = typer.Option(..., "--positive", help="Positive examples: a value of --label, or a .txt/.jsonl file."),
+    negative: str = typer.Option(..., "--negative", help="Negative examples: a value of --label, or a .txt/.jsonl file."),
+    label: str = typer.Option(None, "--label", help="Label field of --corpus whose values --positive/--negative name (e.g. lang).", show_default=False),
+    coefficients: str = typer.Option("-8,-4,-2,0,2,4,8", help="Comma-separated steering coefficients c of y + c·v."),
+    positions: str = typer.Option("all", help="Token positions averaged for the vector and steered: all, or last (each document's last real token)."),
+    target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
+    corpus: str = typer.Option("default", help=_CORPUS_HELP + " The vector comes from the whole corpus (with --label); the sweep runs on the first --docs documents."),
+    docs: int = typer.Option(32, help="Measure the target on the first N documents."),
+    batch_size: int = typer.Option(8, help="Documents per batch."),
+    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
+    plot: Path = typer.Option(None, "--plot", help="Write the steering curve (PNG) here.", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Contrastive activation addition (Rimsky et al. 2023): the steering vector is the mean
+    of the site's activations on positive minus negative examples; add c·v for each
+    coefficient and measure the target."""
+    from neuronscope.analyses.steer import (
+        plot_sweep,
+        steering_sweep,
+        steering_vector,
+        steering_vector_from_labels,
+    )
+
+    if positions not in ("all", "last"):
+        raise NeuronscopeError(f"--positions must be all or last, not {positions!r}")
+    coefs = _floats(coefficients, "--coefficients")
+    if not coefs:
+        raise NeuronscopeError("--coefficients is empty; give at least one number")
+    m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
+    if tok is None:
+        raise NeuronscopeError("steer works on text models (minilm or a Hugging Face model directory)")
+    tgt = _target(target, m, tok)
+    if label:
+        from neuronscope.sources.text import TextSource
+
+        full = TextSource(corpus, tok, batch_size=batch_size, max_tokens=max_tokens)
+        with _progress("steering vector", len(full), not json_out) as prog:
+            sv = steering_vector_from_labels(m, full, site, label, positive, negative, positions=positions,
+                                             progress=prog)
+    else:
+        for f in (positive, negative):
+            if not Path(f).exists():
+                raise NeuronscopeError(f"{f} is not a file; give .txt/.jsonl files or --label with label values")
+        from neuronscope.sources.text import TextSource
+
+        sv = steering_vector(m, site, TextSource(positive, tok, batch_size=batch_size, max_tokens=max_tokens),
+                             TextSource(negative, tok, batch_size=batch_size, max_tokens=max_tokens), positions=positions)
+    with _progress("steering", len(source), not json_out) as prog:
+        curve = steering_sweep(m, site, sv, coefs, tgt, source, positions=positions, progress=prog)
+    if plot is not None:
+        plot_sweep(curve, plot, title=f"steering {curve.site}: {positive} − {negative}")
+    doc = {"model": model, "vector": {k: v for k, v in sv.to_dict().items() if k != "vector"}, **curve.to_dict()}
+    if plot is not None:
+        doc["plot"] = str(plot)
+    if json_out:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"steering {curve.site} along {positive} − {negative} (|v| = {sv.norm:.3g}; "
+                    f"{sv.n_positive} vs {sv.n_negative} samples)")
+    for col in ("coefficient", f"mean {tgt.name}", "std"):
+        t.add_column(col, justify="right")
+    for c, mu, sd in zip(curve.coefficients, curve.mean, curve.std, strict=True):
+        t.add_row(f"{c:+g}", f"{mu:.4g}", f"{sd:.3g}")
+    t.caption = f"unsteered mean = {curve.clean:.4g} over {curve.count} documents"
+    console.print(t)
+    if plot is not None:
+        console.print(f"wrote {plot}")
