@@ -15,9 +15,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,13 @@ def recording_config(
     conv: str = "positions",
     chunk_rows: int = 4096,
     summary_config: SummaryConfig | None = None,
+    interventions: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """The configuration a run stores and a resumed recording must match: model name
     (``model_id``, else ``model.neuronscope_id``, else the class name) and parameter
-    fingerprint, sites, the source's description, what is kept and how, and the summaries'
-    configuration (None when no summaries are kept)."""
+    fingerprint, sites, the source's description, what is kept and how, the summaries'
+    configuration (None when no summaries are kept) and the interventions active during the
+    recording (their ``describe()``; a run recorded with other interventions is not resumed)."""
     return {
         "model": model_id or getattr(model, "neuronscope_id", None) or type(model).__name__,
         "model_fingerprint": model_fingerprint(model),
@@ -187,6 +190,7 @@ def recording_config(
         "conv": conv,
         "chunk_rows": chunk_rows,
         "summary_config": summary_config.to_dict() if summary_config is not None else None,
+        "interventions": [iv.describe() for iv in interventions],
     }
 
 
@@ -393,6 +397,7 @@ def record(
     on_batch: BatchHook | None = None,
     model_id: str | None = None,
     overlap: bool = True,
+    interventions: Sequence[Any] = (),
 ) -> Run:
     """Record the neurons of ``model`` at ``sites`` over ``source`` into a run at ``out``.
 
@@ -406,6 +411,9 @@ def record(
       for extra streaming computations; with ``overlap`` it runs on the worker thread).
     * ``overlap``: summarize and store batch *i* on a worker thread while the forward pass
       of batch *i+1* runs (numpy and Zarr release the GIL); one batch in flight at most.
+    * ``interventions``: :mod:`neuronscope.intervene` context managers (``ablate``, ``clamp``,
+      ``scale``, ``add``, ``patch``) active for the whole recording, so an intervened model
+      is recorded and characterized like any other; they are part of the run configuration.
     * Resume: running again into an unfinished run with the same configuration continues
       from its last commit (every ``commit_seconds`` or ``commit_every`` batches); a
       different configuration is refused unless ``overwrite``. A commit checkpoints the
@@ -416,11 +424,25 @@ def record(
     check_record_options(keep, dtype, sample_rate)
     if out is None:
         raise NeuronscopeError("give out= (a run directory); for summaries in memory use summarize_model")
+    with contextlib.ExitStack() as stack:
+        for iv in interventions:
+            stack.enter_context(iv)
+        return _record(model, source, sites, out, keep, dtype=dtype, sample_rate=sample_rate,
+                       overwrite=overwrite, summary_config=summary_config, conv=conv, chunk_rows=chunk_rows,
+                       commit_seconds=commit_seconds, commit_every=commit_every, progress=progress,
+                       on_batch=on_batch, model_id=model_id, overlap=overlap, interventions=interventions)
+
+
+def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], out: str | Path, keep: str, *,
+            dtype: str, sample_rate: float, overwrite: bool, summary_config: Any, conv: str, chunk_rows: int,
+            commit_seconds: float, commit_every: int | None, progress: bool, on_batch: BatchHook | None,
+            model_id: str | None, overlap: bool, interventions: Sequence[Any]) -> Run:
     site_list = _site_list(model, sites)
     units = _site_units(model, source, site_list, conv)
     cfg = summary_config_for(source, summary_config) if keep in ("both", "summaries") else None
     config = recording_config(model, source, units, model_id=model_id, keep=keep, dtype=dtype,
-                              sample_rate=sample_rate, conv=conv, chunk_rows=chunk_rows, summary_config=cfg)
+                              sample_rate=sample_rate, conv=conv, chunk_rows=chunk_rows, summary_config=cfg,
+                              interventions=interventions)
     store_acts = keep in ("both", "activations")
     writer = RunWriter(
         out,
@@ -454,12 +476,16 @@ def summarize_model(
     progress: bool = True,
     on_batch: BatchHook | None = None,
     overlap: bool = True,
+    interventions: Sequence[Any] = (),
 ) -> dict[str, SiteSummaries]:
     """The streaming summaries of ``model``'s ``sites`` over ``source``, in memory: the pass of
-    :func:`record` (same NaN policy, hook and overlap) without a run; nothing is written.
-    Returns ``{site: SiteSummaries}`` (empty if the source yields no batch)."""
-    site_list = _site_list(model, sites)
-    units = _site_units(model, source, site_list, conv)
-    recorder = Recorder(units, summary_config_for(source, summary_config), on_batch=on_batch)
-    run_pass(model, source, site_list, recorder, conv=conv, overlap=overlap, progress=progress)
-    return recorder.summaries or {}
+    :func:`record` (same NaN policy, hook, overlap and interventions) without a run; nothing
+    is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no batch)."""
+    with contextlib.ExitStack() as stack:
+        for iv in interventions:
+            stack.enter_context(iv)
+        site_list = _site_list(model, sites)
+        units = _site_units(model, source, site_list, conv)
+        recorder = Recorder(units, summary_config_for(source, summary_config), on_batch=on_batch)
+        run_pass(model, source, site_list, recorder, conv=conv, overlap=overlap, progress=progress)
+        return recorder.summaries or {}

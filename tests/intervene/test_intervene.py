@@ -261,3 +261,31 @@ def test_resample_from_a_captured_text_pool_uses_real_tokens_only(minilm, enc) -
         got = capture(model, SITE, enc)[SITE]
     rows = got[..., [3, 700]].reshape(-1, 2)
     assert (rows[:, None, :] == flat[None, :, [3, 700]]).all(-1).any(1).all()
+
+
+def test_record_accepts_interventions_and_keeps_them_in_the_configuration(tmp_path) -> None:
+    """An intervened model records like any other: the ablated unit reads 0, the readout
+    downstream drops by exactly that unit's clean activation times its outgoing weight, and the
+    run configuration names the intervention so a clean re-run into it is refused."""
+    from tinymodels import HandSet
+
+    from neuronscope.errors import ConfigMismatchError
+    from neuronscope.recording import record
+    from neuronscope.sources.tensors import TensorSource
+
+    model = HandSet()
+    x = torch.tensor([[2.0, 3.0], [1.0, 0.5], [-1.0, 4.0], [0.5, 2.5]])
+    clean = record(model, TensorSource(x), "act,out", tmp_path / "clean.zarr", dtype="float32", progress=False)
+    iv = ablate(model, "act", [1])
+    cut = record(model, TensorSource(x), "act,out", tmp_path / "cut.zarr", dtype="float32", progress=False,
+                 interventions=[iv])
+    a0, a1 = (r.population("act").values for r in (clean, cut))
+    o0, o1 = (r.population("out").values for r in (clean, cut))
+    np.testing.assert_array_equal(a1[:, 1], 0.0)
+    np.testing.assert_array_equal(a1[:, [0, 2]], a0[:, [0, 2]])
+    w = model.out.weight.detach().numpy()
+    np.testing.assert_allclose(o0 - o1, a0[:, [1]] * w[:, 1][None, :], rtol=1e-6)
+    assert cut.config["interventions"] == [iv.describe()] and clean.config["interventions"] == []
+    assert _no_hooks(model)
+    with pytest.raises(ConfigMismatchError, match="interventions"):
+        record(model, TensorSource(x), "act,out", tmp_path / "cut.zarr", dtype="float32", progress=False)

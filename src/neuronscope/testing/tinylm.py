@@ -333,6 +333,11 @@ class TinyLM(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._init_weights()
 
+    def get_output_embeddings(self) -> nn.Linear:
+        """The unembedding ``lm_head`` (the Hugging Face accessor: targets such as ``logit``
+        and "what a neuron writes" read the output vocabulary through it)."""
+        return self.lm_head
+
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 n_layers)
         for name, p in self.named_parameters():
