@@ -39,6 +39,7 @@ CASES: list[tuple[str, str, list[str], str]] = [
     ("record", "option", ["record", "--out", "r", "--bogus", "1"], "No such option: --bogus"),
     ("record", "option", ["record"], "Missing option '--out'"),
     ("record", "encoding", ["record", "--out", "r", "--corpus", "surrogate.jsonl"], "lone surrogate"),
+    ("record", "encoding", ["record", "--out", "r", "--corpus", "latin1.txt"], "pass a readable UTF-8"),
     ("record", "file", ["record", "--out", "r", "--corpus", "missing.txt"], "does not exist"),
     ("record", "file", ["record", "--out", "r", "--corpus", "notjson.jsonl"], "is not valid JSON"),
     ("record", "model", ["record", "--out", "r", "--model", "picklemodel"], "holds a pickled checkpoint"),
@@ -100,6 +101,7 @@ CASES: list[tuple[str, str, list[str], str]] = [
     ("compare", "complex", ["compare", "a.npy", "complex.mat", "-m", "rsa"], "complex-valued"),
     ("compare", "file", ["compare", "bad.csv", "a.npy"], "hold non-numbers"),
     ("compare", "file", ["compare", "empty.csv", "a.npy"], "cannot read response file empty.csv"),
+    ("compare", "encoding", ["compare", "latin1.csv", "a.npy"], "latin1.csv is not UTF-8 text"),
     ("compare", "file", ["compare", "nostim.csv", "a.npy"], "has no `stimulus` column"),
     ("compare", "file", ["compare", "a.npy", "short.npy"], "different stimulus ids"),
     ("compare", "file", ["compare", "a.npy", "missing.npy"], "is neither a file nor RUN:SITE_GLOB"),
@@ -253,6 +255,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "bad.csv").write_text("stimulus,u1,u2\n1,a,b\n2,c,d\n3,e,f\n")
     (d / "empty.csv").write_text("")
     (d / "nostim.csv").write_text("u1,u2\n1,2\n3,4\n5,6\n")
+    (d / "latin1.csv").write_bytes("stimulus,r\u00e9ponse\n1,2\n2,3\n3,4\n".encode("latin-1"))
+    (d / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
     (d / "surrogate.jsonl").write_text('{"text": "fine"}\n{"text": "ok \\ud800 bad"}\n', encoding="utf-8")
     (d / "notjson.jsonl").write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
     (d / "p.txt").write_text("a positive example\n")

@@ -59,7 +59,7 @@ def scale_exponent(a: np.ndarray) -> int:
     all-zero or non-finite ``a``)."""
     if a.size == 0:
         return 0
-    m = float(np.max(np.abs(a)))
+    m = max(float(a.max()), -float(a.min()))  # max |a| without an |a| copy of the data
     if m == 0.0 or not math.isfinite(m):
         return 0
     e = math.frexp(m)[1]

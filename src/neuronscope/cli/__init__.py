@@ -4,6 +4,8 @@ Every verb takes ``--json`` for machine-readable output. Errors are one line on 
 that names the fix, with exit code 2.
 
 * :mod:`neuronscope.cli.output` — the one output module: JSON emitter and rich tables.
+* :mod:`neuronscope.cli.checks` — early checks of output paths, runs written into and
+  half-open option ranges, made before any model loads or any computing starts.
 * :mod:`neuronscope.cli.run` — ``record``, ``info``, ``summarize``, ``demo``.
 * :mod:`neuronscope.cli.characterize` — ``characterize``.
 * :mod:`neuronscope.cli.atlas` — ``atlas``, ``serve``.

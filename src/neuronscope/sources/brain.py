@@ -47,6 +47,8 @@ def reading(path: Path, what: str) -> Iterator[None]:
         raise
     except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, UnicodeDecodeError):
+            raise NeuronscopeError(f"{path} is not UTF-8 text ({msg[:120]}); save it as UTF-8") from None
         if "pickle" in msg.lower():
             raise NeuronscopeError(
                 f"{path} holds pickled (object) data, which neuronscope never loads; "
