@@ -186,7 +186,9 @@ def load_populations(spec: str | Path) -> dict[str, Any]:
 
     * ``RUN:SITE_GLOB`` — sites of a recorded run with stored activations matching the glob
       (comma-separated globs allowed; an empty glob means all sites): ``{site: DataArray}``,
-      one in-memory population per site, in the run's site order.
+      one lazy (dask-backed) population per site, in the run's site order — nothing is read
+      until an analysis asks (``compare_all`` streams linear CKA, CCA and shape metrics from
+      the store chunk by chunk; ``.load()`` one to hold it in memory).
     * a file — response arrays (``.npy``, ``.npz``, ``.h5``/``.hdf5``, ``.csv``; see
       :func:`neuronscope.sources.brain.load_responses`) give ``{file stem: DataArray}``;
       precomputed RDMs (``.mat``, or an ``.npz`` holding ``rdms``; see
@@ -206,16 +208,11 @@ def load_populations(spec: str | Path) -> dict[str, Any]:
         raise NeuronscopeError(f"{str(spec)!r} is neither a file nor RUN:SITE_GLOB; check the path")
     if not Path(run_path).exists():
         raise NeuronscopeError(f"run {run_path!r} does not exist; give RUN:SITE_GLOB of a recorded run")
+    from neuronscope.population import select_sites
     from neuronscope.store import open_run
 
     run = open_run(run_path)
     if not run.has_activations:
         raise NeuronscopeError(f"run {run_path} kept no activations; record with activations to compare")
-    pop = run.population(glob or None)
-    sites = np.asarray(pop.coords["site"].values)
-    if sites.size == 0:
-        raise NeuronscopeError(f"no site of {run_path} matches {glob!r}; see `run.sites` for names")
-    return {
-        str(site): pop.isel(neuron=np.flatnonzero(sites == site)).load()
-        for site in dict.fromkeys(sites.tolist())
-    }
+    sites = select_sites(run.sites, glob or None, where=f"of run {run_path}")
+    return {site: run.population(site) for site in sites}

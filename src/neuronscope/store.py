@@ -460,6 +460,110 @@ class Run:
             coords["token"] = ("sample", np.array(self.vocab, dtype=object)[coords["token_id"][1]])
         return xr.DataArray(data, dims=("sample", "neuron"), coords=coords, name="activation")
 
+    # -- read side: grouped reductions straight from the store --------------------------
+    POOLINGS = ("mean", "sum", "max", "min", "first", "last")
+
+    def pooled(self, sites: str | None = None, by: str = "doc", how: str = "mean", block_rows: int = 8192):
+        """Stored activations reduced per group of samples (per document by default), read
+        chunk by chunk: ``pop.groupby(by).mean()`` without building a task graph.
+
+        ``by`` is a sample coordinate (``doc``, ``item``, a label such as ``lang``); ``how``
+        is ``mean``, ``sum``, ``max``, ``min``, ``first`` or ``last`` (the first/last stored
+        sample of the group in recording order — e.g. a document's last token). Each block of
+        ``block_rows`` rows of every selected site is read once and reduced in one step (sums:
+        a sparse group-indicator product, float32 within a block and float64 across blocks;
+        max/min/first/last: ``reduceat`` over the block's rows sorted by group); memory is the
+        result plus one block. Returns an in-memory
+        ``xarray.DataArray`` with dims ``("sample", "neuron")``: one sample per group, in
+        ascending order of ``by`` (as ``groupby``), coordinates ``by``, ``count`` (stored
+        samples in the group) and every other sample coordinate that is constant within each
+        group (e.g. a document's ``lang``); neuron coordinates ``site`` and ``unit``. float32
+        for float16/float32 runs.
+        """
+        import scipy.sparse
+        import xarray as xr
+
+        if how not in self.POOLINGS:
+            raise NeuronscopeError(f"unknown pooling {how!r}; use one of {', '.join(self.POOLINGS)}")
+        if "sites" not in self.group:
+            raise NeuronscopeError(f"run {self.path} kept no activations (keep=summaries); re-record with --keep both")
+        samples = self.samples
+        if by not in samples:
+            raise NeuronscopeError(
+                f"run {self.path} has no sample coordinate {by!r}; use one of {', '.join(samples)}"
+            )
+        names = self._site_names(sites)
+        n = self.n_rows
+        stored = np.asarray(self.group["rows"][:n])
+        keys, codes = np.unique(samples[by][stored], return_inverse=True)
+        codes = codes.reshape(-1)
+        g = len(keys)
+        count = np.bincount(codes, minlength=g)
+        width = sum(self.sites[s] for s in names)
+        first_dtype = np.dtype(self.group["sites"][names[0]]["activations"].dtype)
+        out_dtype = np.float32 if first_dtype.itemsize <= 4 and first_dtype.kind == "f" else np.float64
+        acc_dtype = np.float64 if how in ("mean", "sum") else out_dtype
+        fill = {"max": -np.inf, "min": np.inf}.get(how, 0.0)
+        out = np.full((g, width), fill, dtype=acc_dtype)
+        seen = np.zeros(g, dtype=bool)
+        if block_rows < 1:
+            raise NeuronscopeError("block_rows must be a positive integer")
+        for r0 in range(0, n, block_rows):
+            r1 = min(n, r0 + block_rows)
+            c = codes[r0:r1]
+            if how in ("mean", "sum"):
+                # one sparse indicator product per block: group sums without sorting the rows
+                groups, inv = np.unique(c, return_inverse=True)
+                indicator = scipy.sparse.csr_matrix(
+                    (np.ones(len(c), np.float32), (inv.reshape(-1), np.arange(len(c)))),
+                    shape=(len(groups), len(c)))
+            else:
+                order = None if np.all(c[1:] >= c[:-1]) else np.argsort(c, kind="stable")
+                cs = c if order is None else c[order]
+                starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+                groups = cs[starts]
+            col = 0
+            for s in names:
+                block = np.asarray(self.group["sites"][s]["activations"][r0:r1])
+                if block.dtype == np.float16:
+                    block = block.astype(np.float32)
+                dest = out[:, col : col + block.shape[1]]
+                col += block.shape[1]
+                if how in ("mean", "sum"):
+                    dest[groups] += indicator @ block
+                    continue
+                if order is not None:
+                    block = block[order]
+                if how == "max":
+                    dest[groups] = np.maximum(dest[groups], np.maximum.reduceat(block, starts, axis=0))
+                elif how == "min":
+                    dest[groups] = np.minimum(dest[groups], np.minimum.reduceat(block, starts, axis=0))
+                elif how == "first":
+                    new = ~seen[groups]
+                    dest[groups[new]] = block[starts[new]]
+                else:  # last
+                    dest[groups] = block[np.r_[starts[1:], len(cs)] - 1]
+            seen[groups] = True
+        if how == "mean":
+            out /= count[:, None]
+        coords: dict[str, Any] = {
+            by: ("sample", keys),
+            "count": ("sample", count),
+            "site": ("neuron", np.repeat(np.array(names, dtype=object), [self.sites[s] for s in names])),
+            "unit": ("neuron", np.concatenate([np.arange(self.sites[s]) for s in names])),
+        }
+        first_row = np.zeros(g, dtype=np.int64)
+        first_row[codes[::-1]] = np.arange(n - 1, -1, -1)  # the first stored row of each group
+        for k, v in samples.items():
+            if k in (by, "sample"):
+                continue
+            v = np.asarray(v)[stored]
+            head = v[first_row]
+            if np.array_equal(v, head[codes]):
+                coords[k] = ("sample", head)
+        return xr.DataArray(out.astype(out_dtype, copy=False), dims=("sample", "neuron"), coords=coords,
+                            name="activation", attrs={"pooled_by": by, "pooling": how})
+
     def summaries(self, site: str) -> SiteSummaries | None:
         """The site's streaming summaries (a ``SiteSummaries``), or None if none were kept."""
         from neuronscope.summaries.site import SiteSummaries

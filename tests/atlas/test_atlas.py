@@ -140,7 +140,8 @@ def test_data_files_round_trip(synthetic):
             nb = chunk["neurons"][u - chunk["start"]]
             assert nb["h"] == site["hist_counts"][u].tolist()
             for packed, ex in zip(nb["e"], site["examples"][u], strict=True):
-                activation, sample, doc, pos, toks, q, peak = packed
+                activation, sample, doc, pos, toks, q, peak = packed[:7]
+                assert packed[7:] == [None, None]  # no item ids or labels in this site
                 assert [vocab[t] for t in toks] == ex["tokens"]
                 assert (activation, sample, doc, pos, peak) == (
                     ex["activation"], ex["sample"], ex["doc"], ex["pos"], ex["peak"])
@@ -234,8 +235,14 @@ def test_browser_neuron_page_shows_examples_literally(synthetic, chromium):
         assert peaks == [ex["peak"]]
     stats = root.find(id="stats").text
     assert site["table"]["top_token"][unit] in stats
-    bars = root.find(id="histogram").find_all(tag="rect")
-    assert len(bars) == int(np.count_nonzero(site["hist_counts"][unit]))
+    # without min/max in the table: the bins from one before the first non-empty one to one
+    # after the last, every one a bar (empty ones of height 0)
+    counts = site["hist_counts"][unit]
+    nz = np.flatnonzero(counts)
+    first, last = max(0, nz[0] - 1), min(len(counts) - 1, nz[-1] + 1)
+    bars = root.find(id="histogram").find_all(tag="rect", cls="bar")
+    assert len(bars) == last - first + 1
+    assert len([b for b in bars if "empty" not in b.attrs["class"]]) == len(nz)
     _assert_no_injection(root, html)
 
 
@@ -448,12 +455,16 @@ def test_atlas_of_a_non_text_run(tmp_path, chromium):
     heads = [h.text for h in root.find(id="examples").find_all(cls="exhead")]
     expected = []
     for j in range(4):
-        doc, pos = int(res["topk.doc"][unit, j]), int(res["topk.pos"][unit, j])
+        pos, sample = int(res["topk.pos"][unit, j]), int(res["topk.sample"][unit, j])
         value = float(f"{res['topk.values'][unit, j]:.6g}")
-        expected.append(f"activation {value:.4g}"
-                        + (f" · doc {doc}" if doc >= 0 else "") + (f" · pos {pos}" if pos >= 0 else "")
-                        + f" · sample {int(res['topk.sample'][unit, j])}")
+        expected.append(f"activation {value:.4g}" + (f" · pos {pos}" if pos >= 0 else "")
+                        + f" · item {int(run.samples['item'][sample])} · sample {sample}")
     assert heads == expected
+    # feature vectors are items, not images: the pages say so, and show no thumbnails
+    assert "one of the items on which this neuron is most active" in root.find(id="examples").parent.text
+    assert not root.find_all(tag="img")
+    front = chromium.dom(page_url(index))
+    assert "mean % active / item" in front.find(id="sites").text
     assert not root.find(id="examples").find_all(cls="ctx")
 
 
@@ -469,3 +480,145 @@ def test_build_atlas_needs_summaries(tmp_path):
     with pytest.raises(NeuronscopeError, match="no summaries"):
         build.build_atlas(run, tmp_path / "atlas")
     assert not (tmp_path / "atlas").exists()
+
+
+# ----------------------------------------------------------------------------- beyond text (issue 11, item 8)
+
+
+def _png_pixels(uri: str) -> np.ndarray:
+    """Decode a data:image/png;base64 URI to 8-bit pixels."""
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+
+    assert uri.startswith("data:image/png;base64,")
+    a = mpimg.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
+    return np.round(a * 255).astype(int)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """An (untrained) digits CNN over the 1,797 sklearn digits, conv channels averaged over
+    space, with the digit labels: an image run."""
+    import torch
+
+    import neuronscope
+    from neuronscope.testing.digits import build_digits, digits_data
+
+    torch.manual_seed(0)
+    x, y = digits_data("all", "cnn")
+    source = neuronscope.TensorSource(x, batch_size=256, labels={"digit": y.tolist()}, name="sklearn digits")
+    tmp = tmp_path_factory.mktemp("digits")
+    run = neuronscope.record(build_digits("cnn"), source, "act*", out=tmp / "run.zarr", keep="summaries",
+                             conv="mean", progress=False, summary_config={"k": 6})
+    return run, y, tmp
+
+
+def test_image_run_neuron_page_shows_thumbnails_labels_and_images(digits_run, chromium):
+    from neuronscope.testing.digits import digits_images
+
+    run, y, tmp = digits_run
+    seen = []
+    index = build.build_atlas(run, tmp / "atlas", examples=6,
+                              progress=lambda done, total, detail: seen.append((done, total)))
+    assert seen[-1] == (1 + 2 * len(run.sites),) * 2  # characterize + each site read + written
+    res = run.summaries("act3").result()
+    unit = int(np.argmax(res["topk.values"][:, 0]))
+    root = chromium.dom(page_url(index, "act3", unit))
+    items = root.find(id="examples").find_all(tag="li")
+    assert len(items) == 6
+    raw = digits_images()  # 0..16 intensities: the thumbnails scale them to 0..255
+    for j, li in enumerate(items):
+        sample = int(res["topk.sample"][unit, j])
+        item = int(run.samples["item"][sample])
+        (img,) = li.find_all(tag="img")
+        assert "thumb" in img.attrs["class"].split() and img.attrs["alt"] == f"image {item} (digit {y[item]})"
+        np.testing.assert_array_equal(_png_pixels(img.attrs["src"]), np.round(raw[item] / 16 * 255))
+        assert li.find(cls="exhead").text.endswith(f"image {item} · sample {sample} · digit {y[item]}")
+    page = root.find(tag="main").text
+    assert "one of the images on which this neuron is most active" in page and "token" not in page
+    front = chromium.dom(page_url(index))
+    assert "mean % active / image" in front.find(id="sites").text
+    assert "samples (images)" in front.find(tag="table", cls="kv").text
+    assert "fraction of images with activation > 0" in front.find(tag="main").text
+
+
+def test_explicit_image_inputs_are_checked_against_the_run(tmp_path, chromium):
+    import torch
+
+    import neuronscope
+    from neuronscope.atlas.images import thumbnail
+
+    rng = np.random.default_rng(0)
+    x = rng.random(size=(40, 3, 12, 12)).astype(np.float32)  # RGB, channels first
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(432, 6), torch.nn.ReLU())
+    run = neuronscope.record(model, neuronscope.TensorSource(x, batch_size=10), "2", out=tmp_path / "run.zarr",
+                             keep="summaries", progress=False, summary_config={"k": 3})
+    with pytest.raises(NeuronscopeError, match="not the ones this run recorded"):
+        build.build_atlas(run, tmp_path / "bad", inputs=x[::-1].copy(), progress=False)
+    with pytest.raises(NeuronscopeError, match="not the ones this run recorded"):
+        build.build_atlas(run, tmp_path / "bad", inputs=x[:20], progress=False)
+    np.save(tmp_path / "x.npy", x)
+    index = build.build_atlas(run, tmp_path / "atlas", inputs=tmp_path / "x.npy", progress=False)
+    res = run.summaries("2").result()
+    unit = int(np.argmax(res["topk.values"][:, 0]))
+    root = chromium.dom(page_url(index, "2", unit))
+    imgs = root.find(id="examples").find_all(tag="img")
+    assert len(imgs) == 3
+    lo, hi = np.percentile(x, [0.5, 99.5])
+    for j, img in enumerate(imgs):
+        item = int(run.samples["item"][int(res["topk.sample"][unit, j])])
+        px = _png_pixels(img.attrs["src"])
+        assert px.shape == (12, 12, 3)  # RGB, moved channels-last
+        np.testing.assert_array_equal(px, thumbnail(x[item], lo, hi))
+        np.testing.assert_allclose(px / 255, np.clip((x[item].transpose(1, 2, 0) - lo) / (hi - lo), 0, 1), atol=0.6 / 255)
+    # without inputs: no thumbnails, still images
+    index = build.build_atlas(run, tmp_path / "plain", inputs=None, progress=False)
+    root = chromium.dom(page_url(index, "2", unit))
+    assert not root.find_all(tag="img") and "images" in root.find(tag="main").text
+
+
+def test_24_sites_get_24_colours_and_full_names_in_the_legend(chromium, tmp_path):
+    names = [f"model.encoder.transformer.blocks.{i}.feed_forward.intermediate_activation" for i in range(24)]
+    data = {"title": "24 sites", "meta": {}, "sites": [synthetic_site(nm, 8, i) for i, nm in enumerate(names)],
+            "extras": []}
+    index = write_site(data, tmp_path / "atlas")
+    root = chromium.dom(page_url(index))
+    lines = root.find(id="rank-plot").find_all(tag="polyline")
+    assert len(lines) == 24 and len({ln.attrs["stroke"].lower() for ln in lines}) == 24
+    legend = [li.text for li in root.find(id="rank-legend").find_all(tag="li")]
+    assert legend == names and "…" not in root.find(id="rank-legend").text
+    app = (Path(build.__file__).parent / "static" / "app.js").read_text()
+    palette = re.findall(r'"(#[0-9a-f]{6})"', app[app.index("const PALETTE"): app.index("const DATA_PNG")])
+    assert len(palette) == 24 and min(_delta_e(a, b) for i, a in enumerate(palette) for b in palette[i + 1:]) > 25
+
+
+def _delta_e(a: str, b: str) -> float:
+    """CIE76 colour difference of two sRGB hex colours."""
+    def lab(h: str) -> np.ndarray:
+        rgb = np.array([int(h[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+        rgb = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+        xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ rgb
+        f = np.cbrt(xyz / [0.95047, 1.0, 1.08883])
+        return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    return float(np.linalg.norm(lab(a) - lab(b)))
+
+
+def test_real_histograms_cover_the_neurons_own_range(real_run, chromium):
+    run, index, _ = real_run
+    site = list(run.sites)[0]
+    res = run.summaries(site).result()
+    edges, counts = res["histogram.edges"], res["histogram.counts"]
+    lo, hi = res["moments.min"], res["moments.max"]
+    unit = int(np.argmax(hi - lo))
+    root = chromium.dom(page_url(index, site, unit))
+    bars = root.find(id="histogram").find_all(tag="rect", cls="bar")
+    in_range = [j for j in range(len(counts[unit])) if edges[j + 1] > lo[unit] and edges[j] <= hi[unit]]
+    assert len(bars) >= len(in_range) > 1
+    assert [int(b.find(tag="title").text.rsplit(": ", 1)[1]) for b in bars] == [int(counts[unit][j]) for j in in_range]
+    assert f"{len(in_range)} of the site's {len(edges) - 1} summary bins" in root.find(id="hist-note").text
+    main = root.find(tag="main").text
+    assert "tokens are coloured" in main  # text runs keep their words

@@ -81,3 +81,25 @@ def test_main_prints_one_error_line_and_exits_2(args: list[str], message: str,
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), err
+
+
+def _words(text: str) -> str:
+    """Rendered help as one line of words (box drawing and wrapping removed)."""
+    return " ".join(text.replace("│", " ").replace("╭", " ").replace("╰", " ").split())
+
+
+@pytest.mark.parametrize("columns", [None, "60"])
+def test_help_is_never_cut(columns: str | None) -> None:
+    """Every verb's and every option's help appears whole in --help, in a pipe and in a narrow
+    terminal alike (typer's rich help squeezes option help into "…" below ~100 columns)."""
+    group = typer.main.get_command(app)
+    env = {"COLUMNS": columns} if columns else {}
+    top = CliRunner().invoke(app, ["--help"], env=env)
+    assert "…" not in top.output
+    for name, command in group.commands.items():
+        assert _words(command.short_help) in _words(top.output), name
+        res = CliRunner().invoke(app, [name, "--help"], env=env)
+        assert res.exit_code == 0 and "…" not in res.output, name
+        text = _words(res.output)
+        for param in command.params:
+            assert _words(param.help) in text, f"{name} {param.name}"

@@ -26,6 +26,12 @@ class Metric:
       pair costs one cross product. ``factored_options`` lists the options that path handles
       (with any other option given, ``compare_all`` calls ``fn`` pairwise).
     * ``accepts_rdms``: precomputed :class:`~neuronscope.rdms.RDMs` are valid inputs.
+    * ``stats_factor(n, cxx, **options)`` / ``stats_pair(fa, fb, cxy, **options)``: the
+      streamed path for populations too large for memory (dask-backed run populations) — a
+      population's factor from its centred ``XᵀX`` (float64, ``n`` rows), a pair from the
+      centred ``XᵀY``; both accumulated chunk by chunk from the store
+      (:mod:`neuronscope.analyses._stream`). ``stats_options`` lists the options it handles;
+      ``stats_float64`` multiplies in float64 even for float32 data (metrics that whiten).
     """
 
     name: str
@@ -37,6 +43,10 @@ class Metric:
     pair: Callable[..., float] | None = None
     factored_options: tuple[str, ...] = field(default=())
     accepts_rdms: bool = False
+    stats_factor: Callable[..., Any] | None = None
+    stats_pair: Callable[..., float] | None = None
+    stats_options: tuple[str, ...] = field(default=())
+    stats_float64: bool = False
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Refuse keyword arguments this metric does not take (one-line error)."""
@@ -50,3 +60,7 @@ class Metric:
     def factored(self, options: Mapping[str, Any]) -> bool:
         """Whether ``compare_all`` can use ``factor``/``pair`` with these options."""
         return self.factor is not None and set(options) <= set(self.factored_options)
+
+    def streamed(self, options: Mapping[str, Any]) -> bool:
+        """Whether populations can be compared from streamed cross-products with these options."""
+        return self.stats_factor is not None and set(options) <= set(self.stats_options)

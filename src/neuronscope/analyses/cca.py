@@ -206,9 +206,29 @@ def _factored(metric: str):
     return pair
 
 
+def cca_stats_factor(n: int, cxx: np.ndarray, **_: object) -> _Basis:
+    """A population's principal basis from its streamed centred ``XcᵀXc`` (many comparisons)."""
+    return _basis_from_cov(cxx, "population")
+
+
+def _stats_factored(metric: str):
+    def pair(bx: _Basis, by: _Basis, cxy: np.ndarray, keep: float | int | None = None,
+             eps: float = 1e-10, side: str = "auto") -> float:
+        if metric == "svcca" and keep is None:
+            keep = 0.99
+        res = _cca_core(bx, by, bx.vecs.T @ cxy @ by.vecs, keep, eps)
+        return _pwcca_from_result(res, side) if metric == "pwcca" else float(np.mean(res.rho))
+
+    return pair
+
+
 MEAN_CCA = Metric("cca", mean_cca, True, options=("eps",), factor=cca_factor, pair=_factored("cca"),
-                  factored_options=("eps",))
+                  factored_options=("eps",), stats_factor=cca_stats_factor,
+                  stats_pair=_stats_factored("cca"), stats_options=("eps",), stats_float64=True)
 SVCCA = Metric("svcca", svcca, True, options=("keep", "eps"), factor=cca_factor,
-               pair=_factored("svcca"), factored_options=("keep", "eps"))
+               pair=_factored("svcca"), factored_options=("keep", "eps"), stats_factor=cca_stats_factor,
+               stats_pair=_stats_factored("svcca"), stats_options=("keep", "eps"), stats_float64=True)
 PWCCA = Metric("pwcca", pwcca, True, symmetric=False, options=("keep", "eps", "side"),
-               factor=cca_factor, pair=_factored("pwcca"), factored_options=("keep", "eps", "side"))
+               factor=cca_factor, pair=_factored("pwcca"), factored_options=("keep", "eps", "side"),
+               stats_factor=cca_stats_factor, stats_pair=_stats_factored("pwcca"),
+               stats_options=("keep", "eps", "side"), stats_float64=True)

@@ -257,7 +257,19 @@ def cka_pair(fa: tuple[str, np.ndarray, float], fb: tuple[str, np.ndarray, float
     return _cka_ratio(xy, na * na, nb * nb)
 
 
-LINEAR_CKA = Metric("cka", linear_cka, True, options=("debiased",), factor=cka_factor, pair=cka_pair)
+def cka_stats_factor(n: int, cxx: np.ndarray) -> float:
+    """A population's linear-CKA factor from its streamed centred ``XcᵀXc``: ‖XcᵀXc‖_F."""
+    return float(np.sqrt(frob2(cxx)))
+
+
+def cka_stats_pair(fa: float, fb: float, cxy: np.ndarray) -> float:
+    """Linear CKA from two :func:`cka_stats_factor` and the centred cross-product ``XcᵀYc``:
+    ``‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F)`` (equal to :func:`linear_cka` on the same rows)."""
+    return _cka_ratio(frob2(cxy), fa * fa, fb * fb)
+
+
+LINEAR_CKA = Metric("cka", linear_cka, True, options=("debiased",), factor=cka_factor, pair=cka_pair,
+                    stats_factor=cka_stats_factor, stats_pair=cka_stats_pair)
 DEBIASED_CKA = Metric("debiased_cka", debiased_cka, True)
 RBF_CKA = Metric("rbf_cka", rbf_cka, True,
                  options=("threshold", "sigma", "chunk", "warn_above", "seed"))

@@ -26,6 +26,15 @@ import numpy as np
 import xarray as xr
 
 from neuronscope.analyses._metric import Metric
+from neuronscope.analyses._progress import ProgressArg, progress_bar
+from neuronscope.analyses._stream import (
+    MAX_BYTES,
+    centred_cross_products,
+    check_shapes,
+    count_blocks,
+    is_lazy,
+    width,
+)
 from neuronscope.analyses.cca import (
     MEAN_CCA,
     PWCCA,
@@ -125,7 +134,7 @@ def metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def compare(a: Any, b: Any, metric: str = "cka", **options: Any) -> float:
+def compare(a: Any, b: Any, metric: str = "cka", *, progress: ProgressArg = True, **options: Any) -> float:
     """Similarity (or distance) of two populations under ``metric``.
 
     Metrics: ``cka`` (linear CKA), ``debiased_cka``, ``rbf_cka``, ``rsa``, ``trsa``, ``cca``
@@ -133,19 +142,92 @@ def compare(a: Any, b: Any, metric: str = "cka", **options: Any) -> float:
     ``shape``/``angular`` (angular shape distance), ``stochastic_shape``, ``deconfounded_cka``
     and ``deconfounded_rsa`` (need ``inputs=``), ``encoding`` (mean held-out ridge r of b from a).
     Keyword arguments go to the metric function; one it does not take is an error.
+    Dask-backed populations (``Run.population``) are streamed from their store when the
+    metric allows it (see :func:`compare_all`), with a progress bar on stderr unless
+    ``progress=False``.
     """
     m = globals()["metric"](metric)
     m.check_options(options)
+    if (is_lazy(a) or is_lazy(b)) and m.streamed(options):
+        mat = compare_all({"a": a}, metric, others={"b": b}, progress=progress, **options)
+        return float(mat.values[0, 0])
     return float(m.fn(a, b, **options))
 
 
 # --------------------------------------------------------------------------- many vs many
 
 
+def _key(p: Any) -> tuple[Any, ...]:
+    """Identity of a population's data: the dask graph name for lazy data (two DataArrays over
+    the same stored site are one population), else the object."""
+    data = p.data if isinstance(p, xr.DataArray) else p
+    if is_lazy(data):
+        return ("dask", data.name, tuple(data.shape))
+    return ("object", id(p))
+
+
+def _streamable(m: Metric, pops: Sequence[Any], options: Mapping[str, Any], max_bytes: int) -> bool:
+    """Stream from the store when any population is lazy, the metric has a streamed form for
+    these options, and no population is so wide that its ``XᵀX`` would not fit (then loading
+    it, with the Gram form, is cheaper)."""
+    if not m.streamed(options) or not any(is_lazy(p) for p in pops):
+        return False
+    if any(isinstance(p, RDMs) for p in pops):
+        return False
+    n = int(np.shape(pops[0])[0])
+    return all(width(p) <= n or 8 * width(p) ** 2 <= max_bytes // 2 for p in pops)
+
+
+def _compare_streamed(m: Metric, pa: list[Any], pb: list[Any], names_a: list[str], names_b: list[str],
+                      options: Mapping[str, Any], progress: ProgressArg, max_bytes: int) -> np.ndarray:
+    """The matrix from streamed centred cross-products: each distinct population's factor once
+    (from its ``XᵀX``), each distinct pair once (from its ``XᵀY``), all read from the store in
+    row blocks (:func:`neuronscope.analyses._stream.centred_cross_products`)."""
+    unique: list[Any] = []
+    unames: list[str] = []
+    where: dict[tuple[Any, ...], int] = {}
+
+    def index(p: Any, name: str) -> int:
+        k = _key(p)
+        if k not in where:
+            where[k] = len(unique)
+            unique.append(p)
+            unames.append(name)
+        return where[k]
+
+    ia = [index(p, nm) for p, nm in zip(pa, names_a, strict=True)]
+    ib = [index(p, nm) for p, nm in zip(pb, names_b, strict=True)]
+    check_shapes(unique, unames)
+    wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, u in enumerate(ia):
+        for c, v in enumerate(ib):
+            wanted.setdefault((min(u, v), max(u, v)), []).append((r, c))
+    pairs = list(wanted)
+    total = count_blocks(unique, pairs, max_bytes)
+    what = (f"{m.name}: {len(pa)} × {len(pb)} populations ({len(unique)} distinct, "
+            f"{len(pairs)} pairs)")
+    out = np.full((len(pa), len(pb)), np.nan)
+    factors: dict[int, Any] = {}
+    with progress_bar(what, total, progress, unit="row blocks") as advance:
+        for n, cross in centred_cross_products(unique, pairs, max_bytes=max_bytes, advance=advance,
+                                               names=unames, float64=m.stats_float64):
+            for (i, j), c in cross.items():
+                if i == j and i not in factors:
+                    factors[i] = m.stats_factor(n, c, **options)
+            for (i, j), c in cross.items():
+                for r, col in wanted.get((i, j), []):
+                    u, v = ia[r], ib[col]
+                    out[r, col] = m.stats_pair(factors[u], factors[v], c if u == i else c.T, **options)
+    return out
+
+
 def compare_all(
     populations: Mapping[str, Any] | Sequence[Any],
     metric: str = "cka",
     others: Mapping[str, Any] | Sequence[Any] | None = None,
+    *,
+    progress: ProgressArg = True,
+    max_bytes: int = MAX_BYTES,
     **options: Any,
 ) -> xr.DataArray:
     """The matrix of ``metric`` between every pair of populations.
@@ -158,6 +240,15 @@ def compare_all(
     (partially whitened) principal scores; CCA/SVCCA/PWCCA: the principal basis) it is
     computed once per population; other metrics run pairwise. Returns an
     ``xarray.DataArray`` with dims ``("a", "b")``.
+
+    Populations that live in a run (dask-backed, e.g. ``{s: run.population(s) for s in
+    run.sites}``) are never loaded whole for linear CKA, CCA/SVCCA/PWCCA and the Procrustes /
+    angular shape metrics: each distinct population's factor comes from its centred ``XᵀX``
+    and each distinct pair from its centred ``XᵀY``, accumulated from the store in row blocks
+    that are read once per pass (one pass when the float64 cross-products fit in
+    ``max_bytes``, default 2 GiB, which also bounds the blocks in flight); the values equal
+    the in-memory computation. ``progress=True`` draws a bar on stderr while populations are
+    read from a store (a callable gets ``(done, total, detail)``; ``False`` draws nothing).
     """
     m = globals()["metric"](metric)
     m.check_options(options)
@@ -177,9 +268,28 @@ def compare_all(
     if not m.accepts_rdms and any(isinstance(p, RDMs) for p in allp):
         raise NeuronscopeError(f"precomputed RDMs only support metric rsa or trsa, not {metric!r}")
 
+    def result(values: np.ndarray) -> xr.DataArray:
+        return xr.DataArray(values, dims=("a", "b"), coords={"a": names_a, "b": names_b},
+                            name=metric, attrs={"metric": metric})
+
+    if _streamable(m, allp, options, max_bytes):
+        return result(_compare_streamed(m, pa, pb, names_a, names_b, options, progress, max_bytes))
+
+    lazy = any(is_lazy(p) for p in allp)
     if m.factored(options):
-        fa = [m.factor(p, **options) for p in pa]
-        fb = fa if square else [m.factor(p, **options) for p in pb]
+        fa_: list[Any] = []
+        fb_: list[Any] = []
+        steps = len(pa) + (0 if square else len(pb))
+        with progress_bar(f"{metric}: factors of {steps} populations", steps,
+                          progress if lazy or callable(progress) else False) as advance:
+            for p in pa:
+                fa_.append(m.factor(p, **options))
+                advance(len(fa_))
+            if not square:
+                for p in pb:
+                    fb_.append(m.factor(p, **options))
+                    advance(len(fa_) + len(fb_))
+        fa, fb = fa_, (fa_ if square else fb_)
 
         def fn(a: Any, b: Any) -> float:
             return m.pair(a, b, **options)
@@ -191,14 +301,16 @@ def compare_all(
 
     out = np.full((len(pa), len(pb)), np.nan)
     sym = square and m.symmetric
-    for i in range(len(pa)):
-        for j in range(len(pb)):
-            if sym and j < i:
-                out[i, j] = out[j, i]
-            else:
-                out[i, j] = fn(fa[i], fb[j])
-    return xr.DataArray(out, dims=("a", "b"), coords={"a": names_a, "b": names_b},
-                        name=metric, attrs={"metric": metric})
+    todo = [(i, j) for i in range(len(pa)) for j in range(len(pb)) if not (sym and j < i)]
+    with progress_bar(f"{metric}: {len(pa)} × {len(pb)} populations, {len(todo)} pairs", len(todo),
+                      progress if lazy or callable(progress) else False, unit="pairs") as advance:
+        for k, (i, j) in enumerate(todo):
+            out[i, j] = fn(fa[i], fb[j])
+            advance(k + 1)
+    if sym:
+        lower = np.tril_indices(len(pa), -1)
+        out[lower] = out.T[lower]
+    return result(out)
 
 
 # --------------------------------------------------------------------------- streamed statistics

@@ -310,11 +310,36 @@ def stochastic_shape_distance(
     return unscale(float(np.sqrt(max(best, 0.0))), e)
 
 
+def shape_stats_factor(n: int, cxx: np.ndarray, alpha: float = 1.0,
+                       normalize: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """A population's shape factor from its streamed centred ``XcᵀXc``: principal axes V,
+    the partial-whitening scale d per axis (unit ‖φX‖_F with ``normalize``) and ‖φX‖²_F."""
+    if not 0.0 <= alpha <= 1.0:
+        raise NeuronscopeError("alpha must be in [0, 1] (1 = no whitening, 0 = full whitening)")
+    v, lam = principal_axes(cxx, "population", _EIG_TOL)
+    d = whiten_scale(lam, alpha)
+    total = float(np.sum(d**2 * lam))
+    if normalize:
+        d, total = d / np.sqrt(total), 1.0
+    return v, d, total
+
+
+def _stats_terms(fa: tuple[np.ndarray, np.ndarray, float], fb: tuple[np.ndarray, np.ndarray, float],
+                 cxy: np.ndarray) -> tuple[float, float, float]:
+    """‖φX‖², ‖φY‖² and ‖φXᵀφY‖_* from two :func:`shape_stats_factor` and the centred XcᵀYc."""
+    (va, da, ta), (vb, db, tb) = fa, fb
+    return ta, tb, nuclear(da[:, None] * (va.T @ cxy @ vb) * db[None, :])
+
+
 PROCRUSTES = Metric("procrustes", procrustes_distance, False, options=("alpha", "normalize"),
                     factor=shape_factor, pair=lambda a, b, **_: procrustes_pair(a, b),
-                    factored_options=("alpha", "normalize"))
+                    factored_options=("alpha", "normalize"), stats_factor=shape_stats_factor,
+                    stats_pair=lambda a, b, cxy, **_: procrustes_from_terms(*_stats_terms(a, b, cxy)),
+                    stats_options=("alpha", "normalize"), stats_float64=True)
 ANGULAR = Metric("shape", angular_shape_distance, False, options=("alpha",),
                  factor=shape_factor, pair=lambda a, b, **_: angular_pair(a, b),
-                 factored_options=("alpha",))
+                 factored_options=("alpha",), stats_factor=shape_stats_factor,
+                 stats_pair=lambda a, b, cxy, **_: angular_from_terms(*_stats_terms(a, b, cxy)),
+                 stats_options=("alpha",), stats_float64=True)
 STOCHASTIC_SHAPE = Metric("stochastic_shape", stochastic_shape_distance, False,
                           options=("alpha", "max_iter", "tol"))

@@ -21,13 +21,14 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from neuronscope.analyses._progress import ProgressArg, progress_bar
 from neuronscope.analyses.characterize import characterize, site_examples, site_summary
 from neuronscope.errors import NeuronscopeError
 
@@ -204,12 +205,14 @@ def _sig(x: Any, digits: int) -> float | None:
 
 def _pack_examples(examples: Sequence[Mapping[str, Any]], vocab: _Vocab
                    ) -> tuple[float, list[list[Any]]]:
-    """Examples of one neuron as compact rows ``[activation, sample, doc, pos, token ids, q, peak]``.
+    """Examples of one neuron as compact rows
+    ``[activation, sample, doc, pos, token ids, q, peak, item, labels]``.
 
     ``q`` is each context activation as an integer ``round(QLEVELS * a / s)`` with the neuron's
     scale ``s`` = max |a| over its examples (null outside the document); the viewer colours
     tokens by ``q`` and shows ``q / QLEVELS * s`` on hover. The example's own activation is
-    kept to 6 significant digits.
+    kept to 6 significant digits. ``item`` is the example's item id (image and tensor runs) and
+    ``labels`` its label values in the order of the index's ``labels`` (null when absent).
     """
     scale = 0.0
     for ex in examples:
@@ -228,6 +231,8 @@ def _pack_examples(examples: Sequence[Mapping[str, Any]], vocab: _Vocab
             [ids[t] if t in ids else vocab(t) for t in ex["tokens"]],
             [round(float(a) * inv) if _finite(a) else None for a in ex["acts"]],
             int(ex["peak"]),
+            int(ex["item"]) if ex.get("item") is not None else None,
+            [str(v) for v in ex["labels"]] if ex.get("labels") is not None else None,
         ])
     return _sig(scale, 6) or 0.0, packed
 
@@ -289,7 +294,39 @@ def _outside(res: Mapping[str, np.ndarray], side: str, n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.int64)
 
 
-def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
+def sample_words(source: Mapping[str, Any], sample_coords: Sequence[str], images: bool = False
+                 ) -> dict[str, str]:
+    """What one sample of a run is called on its pages: ``{"kind", "one", "many"}`` — tokens
+    for text, stimuli for brain data (a ``stimulus`` coordinate), images for image inputs
+    (thumbnails given, or a recorded input shape of 3 or more dimensions), items otherwise."""
+    kind = source.get("kind")
+    if kind == "text":
+        return {"kind": "text", "one": "token", "many": "tokens"}
+    if "stimulus" in sample_coords:
+        return {"kind": "stimulus", "one": "stimulus", "many": "stimuli"}
+    if images or len(source.get("shape") or []) >= 3:
+        return {"kind": "image", "one": "image", "many": "images"}
+    return {"kind": "item", "one": "item", "many": "items"}
+
+
+def _with_items_and_labels(examples: list[list[dict[str, Any]]], samples: Mapping[str, np.ndarray],
+                           labels: Sequence[str]) -> None:
+    """Add each example's ``item`` id (when the run has one) and its label values, in place."""
+    items = np.asarray(samples["item"]) if "item" in samples else None
+    columns = [np.asarray(samples[k]) for k in labels]
+    for exs in examples:
+        for ex in exs:
+            i = ex.get("sample")
+            if i is None or i < 0:
+                continue
+            if items is not None and i < len(items):
+                ex["item"] = int(items[i])
+            if columns:
+                ex["labels"] = [str(c[i]) if i < len(c) else "" for c in columns]
+
+
+def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto",
+                       advance: Callable[..., None] | None = None) -> dict[str, Any]:
     """Everything the atlas shows, gathered from a run (a ``Run`` or its path).
 
     Per site: the characterization table (``characterize``: firing frequency, moments, dead
@@ -297,10 +334,17 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     figures of ``site_summary``, the activation histogram of every neuron
     (``run.summaries(site).result()``: ``histogram.edges`` / ``histogram.counts``) and its
     ``examples`` highest-activating contexts (``analyses.characterize.site_examples``, the
-    ``top_examples`` of every neuron at once; ``None`` keeps all k). Each site's summaries are
-    read once. Extras
-    (comparison / matching results stored in the run) become heatmap pages.
+    ``top_examples`` of every neuron at once; ``None`` keeps all k), each with its item id and
+    label values. Each site's summaries are read once. Extras (comparison / matching results
+    stored in the run) become heatmap pages.
+
+    ``inputs`` gives image runs thumbnails of their top examples (see
+    :func:`neuronscope.atlas.images.resolve_inputs`: an array or ``TensorSource`` of the
+    recorded inputs, checked against the run's fingerprint; ``"auto"`` finds the scikit-learn
+    digits; ``None``: no thumbnails): only the referenced items are rendered, each once.
+    ``advance(done, detail)`` is called after each step (1 + number of sites).
     """
+    from neuronscope.atlas.images import render_thumbnails, resolve_inputs
     from neuronscope.store import Run, open_run
 
     run = run if isinstance(run, Run) else open_run(run)
@@ -314,17 +358,32 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
         )
     if examples is not None and examples < 0:
         raise NeuronscopeError(f"examples must be >= 0, not {examples}")
+    src = run.config.get("source") or {}
+    images = resolve_inputs(src, inputs)
+    samples = run.samples
+    labels = list(run.label_categories)
+    words = sample_words(src, list(samples), images is not None)
     table = characterize(summaries, vocab=run.vocab)
     heads = site_summary(summaries).set_index("site")
+    if advance is not None:
+        advance(1, "characterized")
     sites = []
-    for site, ss in summaries.items():
+    thumbs: dict[int, str] = {}
+    for si, (site, ss) in enumerate(summaries.items()):
         res = ss.result()
-        examples_all = site_examples(res, run.samples, run.vocab, examples)
+        examples_all = site_examples(res, samples, run.vocab, examples)
         df = table[table["site"] == site].sort_values("unit")
         units = df["unit"].to_numpy()
         cols = {c: df[c].to_numpy() for c in TABLE_COLUMNS if c in df.columns}
         head = heads.loc[site]
         counts = np.asarray(res["histogram.counts"])
+        site_ex = [examples_all[u] for u in units]
+        _with_items_and_labels(site_ex, samples, labels)
+        site_thumbs: dict[int, str] = {}
+        if images is not None:
+            wanted = {ex["item"] for exs in site_ex for ex in exs if ex.get("item") is not None}
+            thumbs.update(render_thumbnails(images, wanted - set(thumbs)))
+            site_thumbs = {i: thumbs[i] for i in wanted if i in thumbs}
         sites.append({
             "name": site,
             "summary": {c: _jsonable(head[c]) for c in SUMMARY_COLUMNS if c in head.index},
@@ -333,9 +392,11 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
             "hist_counts": counts[units],
             "hist_under": _outside(res, "under", counts.shape[0])[units],
             "hist_over": _outside(res, "over", counts.shape[0])[units],
-            "examples": [examples_all[u] for u in units],
+            "examples": site_ex,
+            "thumbs": site_thumbs,
         })
-    src = run.config.get("source") or {}
+        if advance is not None:
+            advance(si + 2, site)
     model = run.config.get("model")
     corpus = src.get("corpus") or src.get("name")
     # a shared atlas should not carry the recording machine's paths (a local model directory
@@ -345,7 +406,7 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
         "model": model,
         "corpus": corpus,
         "documents": src.get("documents") or src.get("items"),
-        "samples (tokens)": run.n_samples,
+        f"samples ({words['many']})": run.n_samples,
         "sites": len(run.sites),
         "neurons": sum(run.sites.values()),
         "status": run.status,
@@ -360,17 +421,29 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     return {
         "title": f"{model} on {corpus}" if corpus else str(model),
         "meta": {k: v for k, v in meta.items() if v is not None},
+        "words": words,
+        "labels": labels,
         "sites": sites,
         "extras": extras,
     }
 
 
-def build_atlas(run: Any, out: Path, examples: int | None = 16) -> Path:
+def build_atlas(run: Any, out: Path, examples: int | None = 16, inputs: Any = "auto",
+                progress: ProgressArg = True) -> Path:
     """Build the static atlas of ``run`` (a ``Run`` or its path) in ``out``; returns index.html.
 
     ``collect_atlas_data`` then ``write_site``; open the result from the file system.
+    ``inputs``: the recorded inputs of an image run, for thumbnails of the top examples (see
+    :func:`collect_atlas_data`). ``progress=True`` shows a bar on stderr counting sites read
+    and written (a callable gets ``(done, total, detail)``; ``False``: nothing).
     """
-    return write_site(collect_atlas_data(run, examples=examples), Path(out))
+    from neuronscope.store import Run, open_run
+
+    run = run if isinstance(run, Run) else open_run(run)
+    n = len(run.sites)
+    with progress_bar(f"atlas: {n} sites", 1 + 2 * n, progress, unit="steps") as advance:
+        data = collect_atlas_data(run, examples=examples, inputs=inputs, advance=advance)
+        return write_site(data, Path(out), advance=lambda i, detail="": advance(1 + n + i, detail))
 
 
 # --------------------------------------------------------------------------- site writer
@@ -393,7 +466,7 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def write_site(data: Mapping[str, Any], out: Path) -> Path:
+def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] | None = None) -> Path:
     """Write the static atlas for ``data`` (the dict of :func:`collect_atlas_data`) into ``out``.
 
     ``data`` holds ``title`` (str), ``meta`` (flat dict shown on the index), ``sites`` (list of
@@ -404,9 +477,13 @@ def write_site(data: Mapping[str, Any], out: Path) -> Path:
     with ``name``, ``title``, ``notes`` and ``heatmaps``: dicts of ``title``, 2-D ``matrix``,
     optional ``rows``/``cols`` labels, ``vmin``/``vmax``, ``note``).
 
+    Optional: ``words`` (what a sample is called, :func:`sample_words`; default tokens),
+    ``labels`` (names of the examples' label values), per site ``thumbs`` (item id -> PNG data
+    URI; each neuron chunk ships the thumbnails of its own examples).
+
     Writes ``index.html``, ``app.js``, ``style.css`` and ``data/*.js`` (index, one table per site,
     neuron chunks of :data:`CHUNK`, the interned token strings, one file per extra). Returns
-    the path of ``index.html``.
+    the path of ``index.html``. ``advance(done, detail)`` is called after each site.
     """
     out = _prepare_out(Path(out))
     ddir = out / "data"
@@ -436,18 +513,28 @@ def write_site(data: Mapping[str, Any], out: Path) -> Path:
         table_obj = {"name": str(site["name"]), "columns": columns, "rows": rows,
                      "edges": edges, "chunk": CHUNK}
         (ddir / f"{key}.js").write_text(_data_script(key, table_obj), encoding="utf-8")
+        thumbs = {int(k): str(v) for k, v in dict(site.get("thumbs") or {}).items()}
         for c0 in range(0, n, CHUNK):
             neurons = []
+            img: dict[str, str] = {}
             for i in range(c0, min(n, c0 + CHUNK)):
                 scale, packed = _pack_examples(examples[i], vocab)
                 neurons.append({"h": counts[i].tolist(), "u": int(under[i]), "o": int(over[i]),
                                 "s": scale, "e": packed})
+                for ex in examples[i]:
+                    item = ex.get("item")
+                    if item is not None and int(item) in thumbs:
+                        img[str(int(item))] = thumbs[int(item)]
+            chunk_obj: dict[str, Any] = {"start": c0, "neurons": neurons}
+            if img:
+                chunk_obj["img"] = img
             ckey = f"{key}-{c0 // CHUNK}"
-            (ddir / f"{ckey}.js").write_text(
-                _data_script(ckey, {"start": c0, "neurons": neurons}), encoding="utf-8")
+            (ddir / f"{ckey}.js").write_text(_data_script(ckey, chunk_obj), encoding="utf-8")
         summary = {k: _jsonable(v) for k, v in dict(site.get("summary", {})).items()}
         index_sites.append({"name": str(site["name"]), "key": key, "units": n, "summary": summary,
                             "rank": rank_curve(table["freq"])})
+        if advance is not None:
+            advance(si + 1, str(site["name"]))
     (ddir / "vocab.js").write_text(_data_script("vocab", vocab.strings), encoding="utf-8")
 
     index_extras = []
@@ -459,8 +546,11 @@ def write_site(data: Mapping[str, Any], out: Path) -> Path:
         index_extras.append({"name": str(extra["name"]), "title": str(extra.get("title", extra["name"])),
                              "key": key})
 
+    words = dict(data.get("words") or {"kind": "text", "one": "token", "many": "tokens"})
     index_obj = {"title": str(data.get("title", "")),
                  "meta": {str(k): _jsonable(v) for k, v in dict(data.get("meta", {})).items()},
+                 "words": {str(k): str(v) for k, v in words.items()},
+                 "labels": [str(x) for x in data.get("labels") or []],
                  "sites": index_sites, "extras": index_extras}
     index_js = _data_script("index", index_obj)
     (ddir / "index.js").write_text(index_js, encoding="utf-8")

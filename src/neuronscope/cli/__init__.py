@@ -24,6 +24,7 @@ import sys
 from typing import NoReturn
 
 import typer
+import typer.rich_utils
 
 from neuronscope.cli import atlas, causal, characterize, compare, match, run
 from neuronscope.errors import NeuronscopeError
@@ -38,6 +39,36 @@ __all__ = ["app", "main"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: Narrowest width help is rendered at: below it rich squeezes the option-help column until
+#: words are cut with "…" (CI logs and pipes default to 80 columns).
+MIN_HELP_WIDTH = 100
+#: Width of help when stdout is not a terminal and neither TERMINAL_WIDTH nor COLUMNS is set.
+PIPE_HELP_WIDTH = 120
+
+
+def help_width() -> int:
+    """Width ``--help`` is rendered at: ``TERMINAL_WIDTH`` when set, else the terminal's (or
+    ``COLUMNS``) but at least :data:`MIN_HELP_WIDTH`, or :data:`PIPE_HELP_WIDTH` for a pipe."""
+    import shutil
+
+    if os.environ.get("TERMINAL_WIDTH", "").isdigit():
+        return int(os.environ["TERMINAL_WIDTH"])
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        return PIPE_HELP_WIDTH
+    return max(shutil.get_terminal_size((PIPE_HELP_WIDTH, 24)).columns, MIN_HELP_WIDTH)
+
+
+def short_help(doc: str | None) -> str:
+    """The first paragraph of a verb's docstring on one line (the list of commands shows it;
+    typer's rich mode would keep the docstring's line breaks there)."""
+    import inspect
+
+    first = inspect.cleandoc(doc or "").split("\n\n")[0]
+    return " ".join(first.split())
+
+
+typer.rich_utils.MAX_WIDTH = help_width()
 
 #: The ``neuronscope`` Typer application, one command per verb.
 app = typer.Typer(
@@ -62,7 +93,7 @@ for _name, _command in (
     ("ablate", causal.ablate),
     ("steer", causal.steer),
 ):
-    app.command(_name)(_command)
+    app.command(_name, short_help=short_help(_command.__doc__))(_command)
 
 
 def _one_line(text: str) -> str:

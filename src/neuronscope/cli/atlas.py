@@ -24,6 +24,10 @@ def atlas(
     run: Path = typer.Argument(..., help="A run directory written by `neuronscope record`."),
     out: Path = typer.Option(..., "--out", help="Directory to write the static atlas into (created if missing; an atlas already there is replaced)."),
     examples: int = typer.Option(16, min=1, help="Top-activating examples shown per neuron (at most the run's top-k)."),
+    inputs: Path = typer.Option(None, "--inputs", show_default=False,
+                                help="The inputs an image run was recorded on (.npy, or .npz with an 'images' "
+                                     "array), checked against the run, for thumbnails of the top examples "
+                                     "(the scikit-learn digits are found without it)."),
     json_out: bool = typer.Option(False, "--json", help='Print {"index": path, "bytes": n, "seconds": s} as JSON.'),
 ) -> None:
     """Build a static HTML atlas of every neuron of a run (opens from the file system, no server)."""
@@ -31,7 +35,8 @@ def atlas(
 
     output_dir(out, "--out")
     t0 = time.perf_counter()
-    index = build_atlas(run, out, examples=examples)
+    index = build_atlas(run, out, examples=examples, inputs="auto" if inputs is None else inputs,
+                        progress=not json_out)
     seconds = round(time.perf_counter() - t0, 3)
     nbytes = site_bytes(index.parent)
     if json_out:

@@ -4,8 +4,12 @@
 one population per site) or a file: response arrays (``.npy``, ``.npz``, ``.h5``, ``.csv``,
 see :func:`neuronscope.sources.brain.load_responses`) or precomputed RDMs (``.mat``, or an
 ``.npz`` holding ``rdms``; RSA only) — resolved by :func:`neuronscope.specs.load_populations`.
-One population per side prints one number; several sites print the matrix (rows A, columns
-B) as a table, or JSON with ``--json``.
+One population per side prints one number, named with its run (``RUN:site``); several sites
+print the matrix (rows A, columns B) as tables with full site names, or JSON with ``--json``.
+Populations of a run are read lazily: linear CKA, CCA and shape metrics stream them from the
+store (a progress bar on stderr, none with ``--json``). ``--save RUN`` stores the matrix in a
+run under ``--name`` (default ``compare-METRIC-A-vs-B``), refusing to replace a result of the
+same name without ``--overwrite``, and says where it went (JSON field ``saved``).
 
 Metric options go to :func:`neuronscope.analyses.compare.compare_all` only when given, so
 the metric's own defaults apply otherwise and the API says which options a metric takes.
@@ -17,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from neuronscope.cli.checks import open_interval, writable_run
-from neuronscope.cli.output import console, emit_json, matrix_table
+from neuronscope.cli.output import console, emit_json, matrix_tables
 from neuronscope.errors import NeuronscopeError
 
 #: Metrics offered on the command line.
@@ -45,34 +50,69 @@ def compare(
     cv: int = typer.Option(None, "--cv", show_default=False, min=2,
                            help="Cross-validation folds for the encoding metric (default 5)."),
     save: Path = typer.Option(None, "--save",
-                              help="Store the matrix in this run (extras/compare-<metric>) so its atlas shows the heatmap."),
+                              help="Store the matrix in this run (extras/NAME) so its atlas shows the heatmap."),
+    name: str = typer.Option(None, "--name", show_default=False,
+                             help="Name of the saved result (default: compare-METRIC-A-vs-B from both specs)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace a saved result of the same name (otherwise an error)."),
 ) -> None:
     """Compare representations (networks with networks, networks with brains)."""
     from neuronscope.analyses.compare import compare_all
+    from neuronscope.analyses.extras import check_extra_name, comparison_name, save_comparison
     from neuronscope.specs import load_populations
 
     if metric not in METRIC_CHOICES:
         raise NeuronscopeError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_CHOICES)}")
+    if name is not None and save is None:
+        raise NeuronscopeError("--name names a saved result; give --save RUN too")
     given = {"rdm_method": rdm_method, "compare": comparator, "alpha": alpha, "keep": keep, "cv": cv}
     options = {k: v for k, v in given.items() if v is not None}
-    if save is not None:
-        writable_run(save, "--save")  # before loading and comparing, not after
-    pa, pb = load_populations(a), load_populations(b)
-    mat = compare_all(pa, metric, others=pb, **options)
-    values = mat.values
-    if save is not None:
-        from neuronscope.analyses.extras import save_comparison
+    target = None
+    if save is not None:  # refuse before any data is read
+        from neuronscope.store import open_run
 
-        save_comparison(save, mat, metric, title=f"{metric}: {a} vs {b}")
+        writable_run(save, "--save")
+        target = open_run(save)
+        name = check_extra_name(name) if name is not None else comparison_name(metric, a, b)
+        if not overwrite and name in target.extra_names():
+            raise NeuronscopeError(
+                f"run {save} already holds a result named {name!r}; pass --overwrite to replace it, "
+                "or --name to save beside it"
+            )
+    pa = load_populations(a)
+    pb = pa if b == a else load_populations(b)
+    mat = compare_all(pa, metric, others=pb, progress=not json_out, **options)
+    values = mat.values
+    saved = None
+    if target is not None:
+        name = save_comparison(target, mat, metric, title=f"{metric}: {a} vs {b}", name=name, overwrite=overwrite)
+        saved = {"run": str(save), "name": name, "path": str(Path(save) / "extras" / name)}
     if json_out:
         if values.shape == (1, 1):
-            payload: dict[str, Any] = {"metric": metric, "a": a, "b": b, "value": float(values[0, 0])}
+            payload: dict[str, Any] = {"metric": metric, "a": a, "b": b,
+                                       "a_population": _label(a, mat.a.values[0]),
+                                       "b_population": _label(b, mat.b.values[0]),
+                                       "value": float(values[0, 0])}
         else:
-            payload = {"metric": metric, "rows": list(map(str, mat.a.values)),
+            payload = {"metric": metric, "a": a, "b": b, "rows": list(map(str, mat.a.values)),
                        "cols": list(map(str, mat.b.values)), "values": values}
+        payload["saved"] = saved
         emit_json(payload)
         return
     if values.shape == (1, 1):
-        console.print(f"{metric}({mat.a.values[0]}, {mat.b.values[0]}) = {values[0, 0]:.6f}")
-        return
-    console.print(matrix_table(mat, f"{metric}: rows {a}, columns {b}"))
+        console.print(Text(f"{metric}({_label(a, mat.a.values[0])}, {_label(b, mat.b.values[0])}) = "
+                           f"{values[0, 0]:.6f}"), soft_wrap=True)
+    else:
+        for table in matrix_tables(mat, f"{metric}: rows {a}, columns {b}"):
+            console.print(table)
+    if saved is not None:
+        console.print(Text(f"saved in run {saved['run']} as {saved['name']!r} ({saved['path']}); "
+                           f"`neuronscope atlas {saved['run']} --out DIR` shows it"), soft_wrap=True)
+
+
+def _label(spec: str, population: Any) -> str:
+    """A population named with its run: ``RUN:site`` for a run spec, the file for a file."""
+    run, sep, _ = spec.rpartition(":")
+    if not sep or not run or Path(spec).exists():
+        return spec
+    return f"{run}:{population}"

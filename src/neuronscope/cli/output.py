@@ -5,7 +5,9 @@
   strict JSON).
 * :func:`print_info` — a run's info (``Run.info()``) as a table.
 * :func:`frame_table` — a DataFrame as a table (floats to three decimals).
-* :func:`matrix_table` — a rows × columns metric matrix (``compare_all``'s result).
+* :func:`matrix_tables` / :func:`matrix_table` — a rows × columns metric matrix
+  (``compare_all``'s result) with full labels: common prefixes moved to the caption, long
+  column names numbered with a legend, wide matrices split into column groups.
 * :func:`site_table` and :func:`short_site_names` — the per-site characterization table.
 """
 
@@ -25,6 +27,7 @@ __all__ = [
     "emit_json",
     "frame_table",
     "matrix_table",
+    "matrix_tables",
     "print_info",
     "short_site_names",
     "site_table",
@@ -90,16 +93,92 @@ def frame_table(title: str, df: Any, floats: str = "{:.3f}") -> Table:
     return t
 
 
-def matrix_table(mat: Any, title: str, floats: str = "{:.4f}") -> Table:
-    """A rich table of a metric matrix (an ``xarray.DataArray`` with dims ``a`` × ``b``,
-    as :func:`neuronscope.analyses.compare.compare_all` returns): rows ``a``, columns ``b``."""
-    t = Table(title=title)
-    t.add_column("")
-    for c in mat.b.values:
-        t.add_column(str(c), justify="right")
-    for i, r in enumerate(mat.a.values):
-        t.add_row(str(r), *[floats.format(v) for v in mat.values[i]])
-    return t
+def _matrix_labels(names: list[str]) -> tuple[list[str], str]:
+    """Labels of one side of a matrix: the names without their common dotted prefix and
+    suffix when that leaves every name distinct (and the glob they share), else the names."""
+    short, glob = short_site_names(names)
+    if glob and len(set(short)) == len(short) and all(short):
+        return short, glob
+    return list(names), ""
+
+
+def matrix_tables(mat: Any, title: str, width: int | None = None, floats: str = "{:.4f}") -> list[Any]:
+    """Rich renderables of a metric matrix (an ``xarray.DataArray`` with dims ``a`` × ``b``, as
+    :func:`neuronscope.analyses.compare.compare_all` returns), never cutting a label.
+
+    Rows and columns are named in full, without the dotted prefix and suffix every name of a
+    side shares (``encoder.layer.3.intermediate`` → ``3`` under ``encoder.layer.*.intermediate``,
+    said in the caption). Column headers longer than the values become numbers ``[1]``,
+    ``[2]``, … with a legend (rows of a square matrix carry the same numbers). When the
+    columns do not fit in ``width`` (default: the console's) the matrix is split into several
+    tables of consecutive columns, so nothing is squeezed into "…".
+    """
+    import numpy as np
+    from rich.text import Text
+
+    width = width or console.width
+    rows_full = [str(x) for x in mat["a"].values]
+    cols_full = [str(x) for x in mat["b"].values]
+    rows, rglob = _matrix_labels(rows_full)
+    cols, cglob = _matrix_labels(cols_full)
+    values = np.asarray(mat.values, dtype=np.float64)
+    cells = [[floats.format(v) if np.isfinite(v) else "–" for v in r] for r in values]
+    value_w = max((len(c) for r in cells for c in r), default=1)
+    numbered = max(map(len, cols), default=0) > max(value_w, 8)
+    same = rows_full == cols_full
+    if numbered:
+        headers = [f"[{j + 1}]" for j in range(len(cols))]
+        if same:
+            rows = [f"[{i + 1}] {r}" for i, r in enumerate(rows)]
+    else:
+        headers = cols
+    row_w = max(map(len, rows), default=1)
+    col_w = [max(len(h), value_w) for h in headers]
+    # greedy column groups that fit: borders take 3 characters a column plus 4 for the table
+    groups: list[list[int]] = []
+    used = row_w + 4
+    for j, w in enumerate(col_w):
+        if groups and used + w + 3 <= width:
+            groups[-1].append(j)
+            used += w + 3
+        else:
+            groups.append([j])
+            used = row_w + 4 + w + 3
+    notes = []
+    if rglob and rglob == cglob:
+        notes.append(f"sites: {rglob}")
+    else:
+        if rglob:
+            notes.append(f"rows: {rglob}")
+        if cglob:
+            notes.append(f"columns: {cglob}")
+    out: list[Any] = []
+    for g, cols_in in enumerate(groups):
+        part = "" if len(groups) == 1 else f" (columns {cols_in[0] + 1}–{cols_in[-1] + 1} of {len(cols)})"
+        # the title on its own line, never wrapped inside a word (specs are long paths)
+        out.append(Text(title + part, style="bold", no_wrap=True, overflow="ignore"))
+        t = Table(caption=Text(" · ".join(notes)) if notes and g == len(groups) - 1 else None)
+        t.add_column("", no_wrap=True, min_width=min(row_w, max(8, width // 2)), overflow="fold")
+        for j in cols_in:
+            t.add_column(Text(headers[j]), justify="right", no_wrap=True, min_width=col_w[j])
+        for i, r in enumerate(rows):
+            t.add_row(Text(r), *[cells[i][j] for j in cols_in])
+        out.append(t)
+    if numbered and not same:
+        legend = Table(title=Text("columns"), show_header=False, box=None)
+        legend.add_column(no_wrap=True)
+        legend.add_column(overflow="fold")
+        for j, c in enumerate(cols):
+            legend.add_row(Text(headers[j]), Text(c))
+        out.append(legend)
+    return out
+
+
+def matrix_table(mat: Any, title: str, floats: str = "{:.4f}") -> Any:
+    """:func:`matrix_tables` as one renderable (a ``rich.console.Group``)."""
+    from rich.console import Group
+
+    return Group(*matrix_tables(mat, title, floats=floats))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

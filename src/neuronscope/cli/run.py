@@ -126,13 +126,14 @@ def demo(
     run = record_run(model, source, BERT_FFN_SITES, out=out / "minilm.zarr", keep="both",
                      dtype="float16", sample_rate=sample_rate, progress=not json_out)
     # layer × layer linear CKA on the stored activations, kept in the run for the atlas
-    cka = compare_all({s.split(".")[2]: run.population(s).values for s in run.sites}, "cka")
-    save_comparison(run, cka, "cka", title="linear CKA between MiniLM's FFN layers (stored tokens)")
+    cka = compare_all({s.split(".")[2]: run.population(s) for s in run.sites}, "cka", progress=not json_out)
+    save_comparison(run, cka, "cka", title="linear CKA between MiniLM's FFN layers (stored tokens)",
+                    overwrite=True)
     table = characterize_run(run)
     table.to_parquet(out / "neurons.parquet")
     sites_df = site_summary(run)
     sites_df.to_csv(out / "sites.csv", index=False)
-    index = build_atlas(run, out / "atlas")
+    index = build_atlas(run, out / "atlas", progress=not json_out)
     if json_out:
         emit_json({"run": run.path, "neurons": out / "neurons.parquet", "sites": sites_df.to_dict("records"),
                    "atlas": index.resolve()})

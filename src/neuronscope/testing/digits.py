@@ -38,6 +38,15 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
     return x, d.target[order].astype(np.int64)
 
 
+def digits_images() -> np.ndarray:
+    """The raw 8 × 8 pixel intensities (0–16, float64) of all 1797 digits, in the order of
+    ``digits_data("all")`` — what the images look like (the networks see them standardized)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images[np.random.default_rng(12345).permutation(len(d.target))]
+
+
 def digits_data(split: str = "all", arch: str = "mlp") -> tuple[np.ndarray, np.ndarray]:
     """Digits inputs and labels: ``split`` in ``train`` / ``test`` / ``all`` (1797 items).
 

@@ -2,7 +2,8 @@
  *
  * Security rule of this file: data never becomes markup. Every string that came from the
  * run (corpus tokens, site names, metadata) enters the DOM through textContent, text nodes
- * or setAttribute on non-URL attributes; links are built here as "#/" + encodeURIComponent.
+ * or setAttribute on non-URL attributes; links are built here as "#/" + encodeURIComponent,
+ * and the only other URL, a thumbnail's src, must be a base64 PNG data: URI (DATA_PNG).
  * There is no innerHTML, insertAdjacentHTML, document.write or eval anywhere.
  *
  * Data files are classic scripts (file:// pages cannot fetch JSON) that assign to
@@ -14,8 +15,13 @@
   const NS = (window.NS_DATA = window.NS_DATA || {});
   const SVGNS = "http://www.w3.org/2000/svg";
   const PAGE_SIZE = 100;
-  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+  /* 24 colours, each at least ΔE76 ≈ 30 from every other (greedy max-min selection from the
+     Tableau 10, Kelly's 22 and a few web colours; none lighter than L* 88 on white). */
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#0000ff",
+    "#654522", "#ff00ff", "#dcd300", "#00ff00", "#ff1493", "#00ced1", "#000080", "#c2b280",
+    "#e68fac", "#808000", "#a1caf1", "#7f7f7f", "#222222", "#8b008b", "#008856", "#f99379",
+    "#1e90ff", "#008080"];
+  const DATA_PNG = /^data:image\/png;base64,[A-Za-z0-9+\/]+={0,2}$/;
   const pending = {};
   const siteState = {};
   let renderToken = 0;
@@ -99,6 +105,8 @@
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential((digits || 3) - 1);
     return v.toPrecision(digits || 3).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
   }
+  /* What one sample of this run is called ("token", "image", "item", "stimulus"). */
+  const words = (idx) => idx.words || { kind: "text", one: "token", many: "tokens" };
   const pct = (v) => (v === null || v === undefined ? "–" : fmt(100 * v, 3) + " %");
   /* site_summary reports pct_active_per_token already in percent. */
   const pctOf = (v) => (v === null || v === undefined ? "–" : fmt(v, 3) + " %");
@@ -147,8 +155,8 @@
 
   /* Firing frequency against rank on log-log axes (the hot/cold power law of PowerInfer). */
   function powerLawPlot(sites) {
-    const W = 560, H = 320, box = [64, 14, W - 150, H - 44];
-    const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, class: "plot", role: "img" });
+    const W = 560, H = 320, box = [64, 14, W - 14, H - 44];
+    const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, class: "plot", role: "img", id: "rank-plot" });
     svg.appendChild(sv("title", {}, "firing frequency by rank (log-log)"));
     let rMax = 1, fLo = Infinity, fHi = 0;
     for (const s of sites) {
@@ -174,19 +182,26 @@
       for (let j = 0; j < s.rank.r.length; j++) {
         if (s.rank.f[j] > 0) pts.push(xPos(s.rank.r[j]).toFixed(1) + "," + yPos(s.rank.f[j]).toFixed(1));
       }
-      const color = PALETTE[i % PALETTE.length];
-      const line = sv("polyline", { points: pts.join(" "), fill: "none", stroke: color, "stroke-width": 1.6 });
+      const line = sv("polyline", { points: pts.join(" "), fill: "none", stroke: siteColor(i),
+        "stroke-width": 1.6, class: "rank-line" });
       line.appendChild(sv("title", {}, s.name));
       svg.appendChild(line);
-      const ly = box[1] + 6 + i * 16;
-      if (ly < H - 10) {
-        svg.appendChild(sv("line", { x1: box[2] + 10, y1: ly, x2: box[2] + 26, y2: ly, stroke: color, "stroke-width": 3 }));
-        const t = sv("text", { x: box[2] + 30, y: ly + 4, class: "tick" }, shorten(s.name, 18));
-        t.appendChild(sv("title", {}, s.name));
-        svg.appendChild(t);
-      }
     });
     return svg;
+  }
+
+  /* A site's colour: one of 24 distinct colours (a dash pattern tells repeats apart past 24). */
+  const siteColor = (i) => PALETTE[i % PALETTE.length];
+
+  /* The legend of the rank plot as HTML: full site names, wrapped, never cut. */
+  function rankLegend(sites) {
+    const ul = el("ul", { cls: "legend", id: "rank-legend" });
+    sites.forEach((s, i) => {
+      const sw = el("span", { cls: "swatch", "aria-hidden": "true" });
+      sw.style.backgroundColor = siteColor(i);
+      ul.appendChild(el("li", null, [sw, el("span", { cls: "legend-name", text: s.name })]));
+    });
+    return ul;
   }
 
   function shorten(s, n) {
@@ -194,29 +209,43 @@
     return s.length <= n ? s : "…" + s.slice(s.length - n + 1);
   }
 
-  /* Activation histogram with fixed per-site bin edges; log or linear count axis. */
-  function histogramPlot(edges, counts, logY) {
+  /* Activation histogram on the summary's own bins (fixed per site), its x-range the neuron's
+     own [min, max]: every bin that overlaps that range is one bar (empty ones have height 0),
+     the first and last clipped to the range. Without min/max: the bins around the non-empty ones. */
+  function histogramPlot(edges, counts, logY, vmin, vmax) {
     const W = 560, H = 240, box = [64, 10, W - 14, H - 44];
     const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, class: "plot", role: "img" });
     svg.appendChild(sv("title", {}, "activation histogram"));
-    let first = counts.findIndex((c) => c > 0), last = counts.length - 1;
-    while (last > 0 && !counts[last]) last--;
-    if (first < 0) { first = 0; last = counts.length - 1; }
-    first = Math.max(0, first - 1);
-    last = Math.min(counts.length - 1, last + 1);
-    const lo = edges[first], hi = edges[last + 1];
-    const cMax = Math.max(1, ...counts);
-    const xPos = (v) => box[0] + (v - lo) / (hi - lo || 1) * (box[2] - box[0]);
+    const nb = counts.length;
+    let first, last, lo, hi;
+    const ranged = typeof vmin === "number" && typeof vmax === "number" && isFinite(vmin) && isFinite(vmax)
+      && vmax >= vmin && vmax >= edges[0] && vmin <= edges[nb];
+    if (ranged) {
+      first = 0; while (first < nb - 1 && edges[first + 1] <= vmin) first++;
+      last = nb - 1; while (last > first && edges[last] > vmax) last--;
+      lo = Math.max(vmin, edges[first]); hi = Math.min(vmax, edges[last + 1]);
+      if (!(hi > lo)) { lo = edges[first]; hi = edges[last + 1]; }
+    } else {
+      first = counts.findIndex((c) => c > 0); last = nb - 1;
+      while (last > 0 && !counts[last]) last--;
+      if (first < 0) { first = 0; last = nb - 1; }
+      first = Math.max(0, first - 1);
+      last = Math.min(nb - 1, last + 1);
+      lo = edges[first]; hi = edges[last + 1];
+    }
+    let cMax = 1;
+    for (let i = first; i <= last; i++) cMax = Math.max(cMax, counts[i]);
+    const xPos = (v) => box[0] + (Math.min(hi, Math.max(lo, v)) - lo) / (hi - lo || 1) * (box[2] - box[0]);
     const yv = (c) => (logY ? Math.log10(1 + c) / Math.log10(1 + cMax) : c / cMax);
     const yPos = (c) => box[3] - yv(c) * (box[3] - box[1]);
     const yTicks = logY ? niceLogTicks(1, cMax) : linTicks(0, cMax, 4);
     axes(svg, box, linTicks(lo, hi, 6), yTicks, xPos, yPos, "activation",
       logY ? "count (log scale)" : "count");
+    const gap = (last - first) < 80 ? 0.3 : 0;
     for (let i = first; i <= last; i++) {
-      if (!counts[i]) continue;
-      const x = xPos(edges[i]), w = Math.max(0.5, xPos(edges[i + 1]) - x - 0.3);
+      const x = xPos(edges[i]), w = Math.max(0.5, xPos(edges[i + 1]) - x - gap);
       const r = sv("rect", { x: x.toFixed(2), y: yPos(counts[i]).toFixed(2), width: w.toFixed(2),
-        height: (box[3] - yPos(counts[i])).toFixed(2), class: "bar" });
+        height: (box[3] - yPos(counts[i])).toFixed(2), class: counts[i] ? "bar" : "bar empty" });
       r.appendChild(sv("title", {}, "[" + fmt(edges[i]) + ", " + fmt(edges[i + 1]) + "): " + counts[i]));
       svg.appendChild(r);
     }
@@ -315,7 +344,7 @@
     append(main, kvTable(idx.meta));
     append(main, el("h2", { text: "Sites" }));
     const t = el("table", { cls: "grid", id: "sites" });
-    const head = ["site", "units", "samples", "mean % active / token", "dead %", "dormant %",
+    const head = ["site", "units", "samples", "mean % active / " + words(idx).one, "dead %", "dormant %",
       "power-law exponent", "top-20 % share"];
     t.appendChild(el("thead", null, el("tr", null, head.map((h) => el("th", { text: h })))));
     const tb = el("tbody");
@@ -335,10 +364,11 @@
     t.appendChild(tb);
     append(main, t);
     append(main, el("h2", { text: "Firing frequency by rank" }));
-    append(main, el("p", { cls: "note", text: "Each neuron's fraction of tokens with activation > 0, " +
-      "sorted; a straight line on these log-log axes is a power law (hot and cold neurons). " +
-      "Dead neurons (never active) cannot be drawn on a log axis." }));
-    append(main, el("div", { cls: "plotbox" }, powerLawPlot(idx.sites)));
+    append(main, el("p", { cls: "note", text: "Each neuron's fraction of " + words(idx).many +
+      " with activation > 0, sorted; a straight line on these log-log axes is a power law (hot and " +
+      "cold neurons). Dead neurons (never active) cannot be drawn on a log axis." }));
+    append(main, el("div", { cls: "rankbox" }, [el("div", { cls: "plotbox" }, powerLawPlot(idx.sites)),
+      rankLegend(idx.sites)]));
     if (idx.extras.length) {
       append(main, el("h2", { text: "Comparisons and matchings" }));
       const ul = el("ul", { id: "extras" });
@@ -352,14 +382,19 @@
   const TABLE_COLS = ["unit", "freq", "mean", "std", "max", "dead", "dormant_score", "dormant",
     "positional_score", "token_score", "top_token", "hot_rank"];
 
-  function columnSpec(site, tableOnly) {
+  /* Token columns mean nothing for images, items or stimuli: shown for text runs only. */
+  const TOKEN_COLS = ["token_score", "top_token"];
+
+  function columnSpec(site, tableOnly, idx) {
+    const text = !idx || words(idx).kind === "text";
     const labels = {
       unit: "unit", freq: "freq", mean: "mean", std: "std", mean_abs: "mean |a|", min: "min",
       max: "max", dead: "dead", dormant_score: "dormant score", dormant: "dormant",
       positional_score: "positional score", positional: "positional", token_score: "token score",
       top_token: "top token", hot_rank: "hot rank",
     };
-    return site.columns.filter((c) => has(labels, c) && (!tableOnly || TABLE_COLS.includes(c)))
+    return site.columns.filter((c) => has(labels, c) && (!tableOnly || TABLE_COLS.includes(c)) &&
+      (text || !TOKEN_COLS.includes(c)))
       .map((c) => ({ key: c, label: labels[c] }));
   }
 
@@ -368,11 +403,12 @@
     append(main, crumbs([{ text: "atlas", href: "#/" }, { text: s.name }]));
     append(main, el("h1", { text: s.name }));
     append(main, el("p", { cls: "lede", text: fmt(s.units) + " neurons · " + pctOf(s.summary.pct_active_per_token) +
-      " active per token · " + pct(s.summary.dead_frac) + " dead · " + pct(s.summary.dormant_frac) + " dormant" }));
+      " active per " + words(idx).one + " · " + pct(s.summary.dead_frac) + " dead · " +
+      pct(s.summary.dormant_frac) + " dormant" }));
     const st = siteState[s.name] || (siteState[s.name] = {
       sort: "freq", desc: true, q: "", hideDead: false, dormantOnly: false, positionalOnly: false, page: 0,
     });
-    const cols = columnSpec(data, true);
+    const cols = columnSpec(data, true, idx);
     /* The table state is also in the URL (shareable links): sort, desc, q, dead, dormant, positional, page. */
     const qp = query();
     if (qp.has("sort") && cols.some((c) => c.key === qp.get("sort"))) st.sort = qp.get("sort");
@@ -384,7 +420,8 @@
     if (qp.has("page")) st.page = Math.max(0, (parseInt(qp.get("page"), 10) || 1) - 1);
     const n = data.rows.unit.length;
     const controls = el("div", { cls: "controls" });
-    const q = el("input", { type: "search", placeholder: "filter: unit number or top token", id: "filter" });
+    const q = el("input", { type: "search", id: "filter",
+      placeholder: words(idx).kind === "text" ? "filter: unit number or top token" : "filter: unit number" });
     q.value = st.q;
     const box = (label, key) => {
       const c = el("input", { type: "checkbox" });
@@ -520,7 +557,7 @@
     const grid = el("div", { cls: "two" });
     const left = el("section", null, [el("h2", { text: "Statistics" })]);
     const kv = el("table", { cls: "kv", id: "stats" });
-    for (const c of columnSpec(data)) {
+    for (const c of columnSpec(data, false, idx)) {
       const v = stats[c.key];
       kv.appendChild(el("tr", null, [el("th", { text: c.label }),
         el("td", { text: c.key === "freq" ? pct(v) : fmt(v, 4) })]));
@@ -532,20 +569,29 @@
     const toggle = el("label", { cls: "toggle" });
     const cb = el("input", { type: "checkbox" });
     cb.checked = logY;
-    cb.addEventListener("change", () => { logY = cb.checked; holder.textContent = ""; holder.appendChild(histogramPlot(data.edges, nb.h, logY)); });
+    const draw = () => histogramPlot(data.edges, nb.h, logY, stats.min, stats.max);
+    cb.addEventListener("change", () => { logY = cb.checked; holder.textContent = ""; holder.appendChild(draw()); });
     append(toggle, [cb, " log count axis"]);
-    holder.appendChild(histogramPlot(data.edges, nb.h, logY));
-    append(right, [holder, toggle, el("p", { cls: "note", text: "below range: " + nb.u + " · above range: " + nb.o })]);
+    holder.appendChild(draw());
+    const inRange = data.edges.slice(0, -1).filter((e, i) => data.edges[i + 1] > stats.min && e <= stats.max).length;
+    append(right, [holder, toggle, el("p", { cls: "note", id: "hist-note", text: (typeof stats.min === "number"
+      ? inRange + " of the site's " + nb.h.length + " summary bins cover this neuron's range [" +
+        fmt(stats.min, 4) + ", " + fmt(stats.max, 4) + "] · " : "") +
+      "below range: " + nb.u + " · above range: " + nb.o })]);
     append(grid, [left, right]);
     append(main, grid);
 
+    const w = words(idx), text = w.kind === "text";
     append(main, el("h2", { text: "Top examples" }));
-    append(main, el("p", { cls: "note", text: "Each row is a context window around one of the neuron's " +
-      "highest activations; tokens are coloured by this neuron's activation (orange positive, blue " +
-      "negative), the peak token is outlined. Hover a token for its activation." }));
-    const list = el("ol", { cls: "examples", id: "examples" });
+    append(main, el("p", { cls: "note", text: text ? "Each row is a context window around one of the " +
+      "neuron's highest activations; tokens are coloured by this neuron's activation (orange positive, blue " +
+      "negative), the peak token is outlined. Hover a token for its activation."
+      : "Each row is one of the " + w.many + " on which this neuron is most active, with its activation" +
+        (idx.labels && idx.labels.length ? " and labels" : "") + "." }));
+    const list = el("ol", { cls: text ? "examples" : "examples media", id: "examples" });
+    const img = chunk.img || {};
     for (const ex of nb.e) {
-      const [activation, sample, doc, pos, toks, qs, peak] = ex;
+      const [activation, sample, doc, pos, toks, qs, peak, item, labels] = ex;
       const line = el("div", { cls: "ctx" });
       for (let i = 0; i < toks.length; i++) {
         const tok = vocab[toks[i]];
@@ -556,10 +602,24 @@
           : "activation ≈ " + fmt(qs[i] / 999 * nb.s, 3));
         line.appendChild(span);
       }
+      const tags = [];
+      if (labels && idx.labels) {
+        idx.labels.forEach((name, k) => { if (labels[k] !== "" && labels[k] !== undefined) tags.push(name + " " + labels[k]); });
+      }
+      const hasItem = item !== null && item !== undefined;
+      const head = "activation " + fmt(activation, 4) +
+        (doc !== null && doc >= 0 && (text || !hasItem) ? " · doc " + doc : "") +
+        (pos !== null && pos >= 0 ? " · pos " + pos : "") +
+        (hasItem && !text ? " · " + w.one + " " + item : "") + " · sample " + sample +
+        (tags.length ? " · " + tags.join(" · ") : "");
+      const uri = hasItem && has(img, String(item)) ? img[String(item)] : null;
+      const thumb = uri !== null && DATA_PNG.test(uri)
+        ? el("img", { cls: "thumb", alt: w.one + " " + item + (tags.length ? " (" + tags.join(", ") + ")" : ""),
+          width: 64, height: 64 }) : null;
+      if (thumb) thumb.src = uri;
       list.appendChild(el("li", null, [
-        el("div", { cls: "exhead", text: "activation " + fmt(activation, 4) +
-          (doc !== null && doc >= 0 ? " · doc " + doc : "") + (pos !== null && pos >= 0 ? " · pos " + pos : "") +
-          " · sample " + sample }),
+        thumb,
+        el("div", { cls: "exhead", text: head }),
         toks.some((t) => vocab[t] !== "") ? line : null,
       ]));
     }
