@@ -23,8 +23,8 @@ Advance = Callable[..., None]
 def progress_bar(what: str, total: int, progress: ProgressArg, unit: str = "") -> Iterator[Advance]:
     """A progress reporter for ``total`` steps of ``what``; yields ``advance(done, detail="")``.
 
-    ``progress=True``: a transient rich bar on stderr (description, bar, done/total ``unit``,
-    detail, elapsed and remaining time). A callable gets ``(done, total, detail)``. Anything
+    ``progress=True``: a transient rich bar on stderr when stderr is a terminal (description,
+    bar, done/total ``unit``, detail, elapsed and remaining time). A callable gets ``(done, total, detail)``. Anything
     falsy reports nothing.
     """
     if callable(progress):
@@ -46,11 +46,15 @@ def progress_bar(what: str, total: int, progress: ProgressArg, unit: str = "") -
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or a pipe gets no bar (and no stray blank line)
+        yield lambda done, detail="": None
+        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
     if unit:
         columns.append(TextColumn(unit))
     columns += [TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(what, total=total, detail="")
 
         def advance(done: int, detail: str = "") -> None:
