@@ -2,8 +2,10 @@
 
 ``A`` and ``B`` are each ``RUN:SITE_GLOB`` (sites of a recorded run with stored activations,
 one population per site) or a file: response arrays (``.npy``, ``.npz``, ``.h5``, ``.csv``,
-see :func:`neuronscope.sources.brain.load_responses`) or precomputed RDMs (``.mat``, or an
-``.npz`` holding ``rdms``; RSA only) — resolved by :func:`neuronscope.specs.load_populations`.
+see :func:`neuronscope.sources.brain.load_responses`), precomputed RDMs (``.mat``, or an
+``.npz`` holding ``rdms``; RSA only; ``--key``/``--field`` pick the variable and struct field)
+or an NWB file (one population per brain area) — resolved by
+:func:`neuronscope.specs.load_populations`.
 One population per side prints one number; several sites print the matrix (rows A, columns
 B) as a table, or JSON with ``--json``.
 
@@ -43,6 +45,9 @@ def compare(
                                help="Variance fraction kept by svcca (default 0.99)."),
     cv: int = typer.Option(None, "--cv", show_default=False,
                            help="Cross-validation folds for the encoding metric (default 5)."),
+    key: str = typer.Option(None, "--key", show_default=False,
+                            help="RDM files: the variable holding the RDMs (e.g. RDMs or Models in RSA-toolbox .mat files)."),
+    field: str = typer.Option("RDM", "--field", help="RDM files: the struct field holding each matrix (RSA-toolbox: RDM)."),
     save: Path = typer.Option(None, "--save",
                               help="Store the matrix in this run (extras/compare-<metric>) so its atlas shows the heatmap."),
 ) -> None:
@@ -54,7 +59,7 @@ def compare(
         raise NeuronscopeError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_CHOICES)}")
     given = {"rdm_method": rdm_method, "compare": comparator, "alpha": alpha, "keep": keep, "cv": cv}
     options = {k: v for k, v in given.items() if v is not None}
-    pa, pb = load_populations(a), load_populations(b)
+    pa, pb = load_populations(a, key=key, field=field), load_populations(b, key=key, field=field)
     mat = compare_all(pa, metric, others=pb, **options)
     values = mat.values
     if save is not None:
