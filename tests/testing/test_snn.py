@@ -73,7 +73,9 @@ def test_cli_verbs_on_snn_runs(tmp_path: Path) -> None:
     assert int(table["trials"].iloc[0]) == 300
     res = runner.invoke(app, ["characterize", str(tmp_path / "snn.zarr"), "--json"])
     assert res.exit_code == 0, res.output
-    assert {s["site"] for s in json.loads(res.output)["sites"]} == {"act1", "act2", "act1.mem"}
+    doc = json.loads(res.output)
+    assert {s["site"] for s in doc["sites"]} == {"act1", "act2", "act1.mem"}
+    assert [s["site"] for s in doc["spikes"]] == ["act1", "act2"] and doc["spikes"][0]["mean_rate"] > 0
     res = runner.invoke(app, ["compare", f"{tmp_path / 'snn.zarr'}:act1", f"{tmp_path / 'mlp.zarr'}:act1",
                               "--metric", "cka", "--json"])
     assert res.exit_code == 0, res.output

@@ -32,7 +32,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.spikes import SpikeStats
 
 __all__ = ["SPIKE_COLUMNS", "SpikeHook", "load_spike_stats", "record_spikes", "save_spike_stats",
-           "spike_stats", "spike_table", "summarize_spikes"]
+           "spike_site_summary", "spike_stats", "spike_table", "summarize_spikes"]
 
 #: Sample coordinates that delimit a sequence, in order of preference.
 SEQUENCE_COORDS = ("item", "trial", "doc")
@@ -185,6 +185,27 @@ def spike_table(stats: Any, dt: float | None = None) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=SPIKE_COLUMNS)
     return pd.concat(rows, ignore_index=True)
+
+
+def spike_site_summary(stats: Any, dt: float | None = None) -> pd.DataFrame:
+    """One row per site of :func:`spike_table`: ``units``, ``dead`` (neurons that never
+    spiked), ``mean_rate``, ``median_isi_cv``, ``median_fano`` and ``mean_synchrony`` (over the
+    neurons where each is defined; NaN when none is)."""
+    t = spike_table(stats, dt)
+    rows = []
+    for site, g in t.groupby("site", sort=False):
+        def med(c: str, g: pd.DataFrame = g) -> float:
+            v = g[c].to_numpy(dtype=np.float64)
+            return float(np.median(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+
+        sync = g["mean_synchrony"].to_numpy(dtype=np.float64)
+        rows.append({"site": site, "units": len(g), "dead": int(g["dead"].sum()),
+                     "mean_rate": float(g["rate"].mean()), "median_isi_cv": med("isi_cv"),
+                     "median_fano": med("fano"),
+                     "mean_synchrony": float(np.mean(sync[np.isfinite(sync)])) if np.isfinite(sync).any()
+                     else float("nan")})
+    return pd.DataFrame(rows, columns=["site", "units", "dead", "mean_rate", "median_isi_cv", "median_fano",
+                                       "mean_synchrony"])
 
 
 _STORED = ("rate", "count", "isi_n", "isi_cv", "fano", "mean_synchrony", "synchrony")
