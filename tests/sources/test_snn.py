@@ -15,7 +15,12 @@ from torch import nn
 snn = pytest.importorskip("snntorch")
 
 from neuronscope.analyses.characterize import characterize, site_summary  # noqa: E402
-from neuronscope.analyses.spikes import record_spikes, spike_stats, spike_table  # noqa: E402
+from neuronscope.analyses.spikes import (  # noqa: E402
+    record_spikes,
+    spike_stats,
+    spike_table,
+    summarize_spikes,
+)
 from neuronscope.errors import NeuronscopeError  # noqa: E402
 from neuronscope.recording import record  # noqa: E402
 from neuronscope.sources.snn import SpikingNetwork, StepSource, rate_code  # noqa: E402
@@ -102,9 +107,8 @@ def test_recorded_steps_equal_a_hand_unrolled_pass(tmp_path: Path) -> None:
 def test_self_unrolling_network_with_explicit_states(tmp_path: Path) -> None:
     x = _inputs(20)
     net = _SelfUnrolled(STEPS)
-    model = SpikingNetwork(net, mode="steps", steps=STEPS)  # steps: the net loops, the wrapper checks
-    model.steps = None  # the network unrolls itself; steps only lays out the samples
-    src = StepSource(TensorSource(x.numpy(), batch_size=6), STEPS)
+    model = SpikingNetwork(net, mode="steps")  # steps=None: the network unrolls itself
+    src = StepSource(TensorSource(x.numpy(), batch_size=6), STEPS)  # samples = (item, step)
     run = record(model, src, "lif1,lif2,lif1.mem", tmp_path / "self.zarr", dtype="float32", progress=False)
     want: dict[str, list[torch.Tensor]] = {"lif1": [], "lif2": [], "lif1.mem": []}
     with torch.no_grad():  # by hand, on the same batches (BLAS rounding depends on the batch size)
@@ -176,3 +180,18 @@ def test_bad_snn_configuration() -> None:
         SpikingNetwork(_per_step_net(), encoding="rate")
     with pytest.raises(NeuronscopeError, match="no spiking layer 'lif9'"):
         SpikingNetwork(_per_step_net(), steps=3, layers=["lif9"])
+
+
+def test_spike_statistics_in_memory_equal_those_of_the_stored_run(tmp_path: Path) -> None:
+    x = _inputs(25)
+    model = SpikingNetwork(_per_step_net(), steps=STEPS, mode="steps", encoding="rate", seed=2)
+    live = summarize_spikes(model, model.source(x.numpy(), batch_size=4), "1,3,1.mem", spike_sites="1,3")
+    assert set(live) == {"1", "3"}
+    run = record(model, model.source(x.numpy(), batch_size=9), "1,3", tmp_path / "r.zarr", dtype="float32",
+                 progress=False)
+    stored = spike_stats(run, chunk_rows=50)  # other batch and chunk boundaries: the same numbers
+    for site in ("1", "3"):
+        a, b = live[site].result(), stored[site].result()
+        assert a["trials"] == b["trials"] == len(x) and a["bins"] == len(x) * STEPS
+        for k in ("rate", "isi_n", "isi_cv", "fano", "synchrony"):
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-12, err_msg=f"{site} {k}")

@@ -192,11 +192,9 @@ class SpikingNetwork(nn.Module):
             raise NeuronscopeError(f"no spiking layer {missing[0]!r} in the network; its spiking layers: "
                                    f"{', '.join(found)}")
         self.layer_paths = list(layers)
-        self._layers = {p: found[p] for p in self.layer_paths}
         for p in self.layer_paths:
             self._add_tap(p)
         self._calls: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
-        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in self._layers.items()]
         self.last_spikes: dict[str, torch.Tensor] = {}
         self.last_mem: dict[str, torch.Tensor] = {}
 
@@ -279,12 +277,20 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> Any:
         self._calls = {}
         self.reset_states()
-        if self.steps is None:
-            out = self.network(x)
-        else:
-            xs = self.encode(x)
-            outs = [_first_tensor(self.network(xs[:, t])) for t in range(xs.shape[1])]
-            out = torch.stack(outs, 0).mean(0) if all(o is not None for o in outs) else None
+        # hooks live for this pass only: copies of the wrapper and several wrappers of one
+        # network never see each other's calls
+        layers = {p: self.network.get_submodule(p) for p in self.layer_paths}
+        handles = [m.register_forward_hook(self._hook(p)) for p, m in layers.items()]
+        try:
+            if self.steps is None:
+                out = self.network(x)
+            else:
+                xs = self.encode(x)
+                outs = [_first_tensor(self.network(xs[:, t])) for t in range(xs.shape[1])]
+                out = torch.stack(outs, 0).mean(0) if all(o is not None for o in outs) else None
+        finally:
+            for h in handles:
+                h.remove()
         self._emit()
         return out
 

@@ -16,7 +16,8 @@ brain recording binned per (trial, time bin) — and keeps, per neuron ``u`` (va
   cv → 1 as the rate per bin → 0; regular trains: cv = 0.
 * **Fano factor** of spike counts across sequences ``fano = var(N) / mean(N)`` with N the
   spike count of a sequence (population variance, Elephant's ``fanofactor`` over trials):
-  Poisson → 1, regular → 0.
+  Poisson → 1, regular → 0. Sequences of different stimuli add stimulus-driven variance;
+  for trial-to-trial variability give the trials of one stimulus.
 * **pairwise synchrony** (optional): the Pearson correlation coefficient of the binned spike
   trains, ``r_ij = cov(a_i, a_j) / (sd(a_i) sd(a_j))`` over bins — Elephant's
   ``spike_train_correlation.correlation_coefficient`` of a ``BinnedSpikeTrain`` at the
@@ -139,8 +140,9 @@ class SpikeStats:
         self.count += a64.sum(0)
         self.spike_bins += col_count(mask)
         self.sq += np.einsum("ij,ij->j", a64, a64)
+        unit, row = np.nonzero(mask.T)  # every spike bin, unit-major, rows ascending within a unit
         if self.synchrony:
-            self._cross(a, mask)
+            self._cross(a, unit, row)
         # segments: maximal runs of one sequence over consecutive sample ids
         gap = np.diff(sid) != 1
         new_seg = np.ones(b.n, dtype=bool)
@@ -151,7 +153,7 @@ class SpikeStats:
         if (np.diff(step)[inside] <= 0).any():
             raise NeuronscopeError(f"steps ({self.step or 'sample'}) must increase within a sequence "
                                    f"({self.sequence or 'the recording'})")
-        self._isis(mask, seg, step)
+        self._isis(unit, row, seg, step)
         seg_counts = np.add.reduceat(a64, starts, axis=0)  # (S, units)
         # contiguous runs of sample ids -> blocks; their first/last segments stay open
         run_start = np.ones(b.n, dtype=bool)
@@ -190,9 +192,8 @@ class SpikeStats:
         idx = mask.argmax(0)
         return np.where(has, step[idx], _NONE).astype(np.int64)
 
-    def _isis(self, mask: np.ndarray, seg: np.ndarray, step: np.ndarray) -> None:
+    def _isis(self, unit: np.ndarray, row: np.ndarray, seg: np.ndarray, step: np.ndarray) -> None:
         """ISIs between consecutive spike bins of a unit within one segment of the batch."""
-        unit, row = np.nonzero(mask.T)  # unit-major, rows ascending within a unit
         if len(unit) < 2:
             return
         same = (unit[1:] == unit[:-1]) & (seg[row[1:]] == seg[row[:-1]])
@@ -204,13 +205,14 @@ class SpikeStats:
         self.isi_sum += np.bincount(u, weights=isi, minlength=self.units).astype(np.int64)
         self.isi_sq += np.bincount(u, weights=isi.astype(np.float64) ** 2, minlength=self.units).astype(np.int64)
 
-    def _cross(self, a: np.ndarray, mask: np.ndarray) -> None:
-        nnz = int(np.count_nonzero(mask))
-        if nnz < _SPARSE_BELOW * mask.size:
+    def _cross(self, a: np.ndarray, unit: np.ndarray, row: np.ndarray) -> None:
+        """XᵀX of the batch: a sparse product over the spike bins when spikes are sparse."""
+        if len(unit) < _SPARSE_BELOW * a.size:
             import scipy.sparse as sp
 
-            s = sp.csr_matrix(a.astype(np.float64))
-            self.xtx += (s.T @ s).toarray()
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(unit, minlength=self.units))])
+            xt = sp.csr_matrix((a[row, unit].astype(np.float64), row, indptr), shape=(self.units, len(a)))
+            self.xtx += (xt @ xt.T).toarray()
         else:
             # a float32 GEMM of spike counts (small integers) is exact while sums stay below 2**24
             self.xtx += (a.T @ a).astype(np.float64) if len(a) < (1 << 24) else a.T.astype(np.float64) @ a
