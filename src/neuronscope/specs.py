@@ -19,6 +19,7 @@ The strings a user types on the command line mean the same thing from Python:
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,15 +155,16 @@ def load_zoo(
         raise NeuronscopeError("digits models and text models see different inputs; list only one kind")
     if digits:
         from neuronscope.sources.tensors import TensorSource
-        from neuronscope.testing.digits import digits_data
+        from neuronscope.testing.digits import digits_data, parse_digits_name
 
-        archs = {n.split(":")[0] for n in digits}
-        spiking = f"{DIGITS_PREFIX}snn" in archs
-        if len({"cnn" if a == f"{DIGITS_PREFIX}cnn" else "flat" for a in archs}) > 1:
+        # a bad name is named, not its neighbour (the SNN names are checked when loaded)
+        archs = {"snn" if n.startswith(SNN_PREFIX) else parse_digits_name(n)[0] for n in digits}
+        spiking = "snn" in archs
+        if len({"cnn" if a == "cnn" else "flat" for a in archs}) > 1:
             raise NeuronscopeError(
                 "digits-cnn takes differently shaped inputs from digits-mlp / digits-snn; list one input shape"
             )
-        arch = "cnn" if f"{DIGITS_PREFIX}cnn" in archs else "mlp"
+        arch = "cnn" if "cnn" in archs else "mlp"
         models = {n: load_model(n)[0] for n in names}
         x, y = digits_data("all", arch)
         source = TensorSource(x, batch_size=batch_size, labels={"digit": y.tolist()}, name="sklearn digits")
@@ -188,8 +190,11 @@ def is_rdm_file(path: str | Path) -> bool:
     if suffix == ".mat":
         return True
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            return any(k in z.files for k in _RDM_KEYS)
+        try:
+            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+                return any(k in z.files for k in _RDM_KEYS)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return False  # not a readable .npz: the response loader reports why, in one line
     return False
 
 

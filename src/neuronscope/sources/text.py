@@ -94,7 +94,21 @@ def load_corpus(corpus: str | Path | Sequence[str] | Corpus, text_field: str = "
         docs = Corpus(texts)
     if len(docs) == 0 or not any(t.strip() for t in docs.texts):
         raise NeuronscopeError(f"corpus {docs.name} is empty; give at least one non-empty document")
+    _check_encodable(docs)
     return docs
+
+
+def _check_encodable(docs: Corpus) -> None:
+    """Refuse text a tokenizer cannot take: a lone UTF-16 surrogate (``"\\ud800"`` in JSON
+    decodes to one) is not a Unicode scalar value and has no UTF-8 encoding."""
+    for i, t in enumerate(docs.texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise NeuronscopeError(
+                f"document {i + 1} of corpus {docs.name} holds a lone surrogate {t[e.start]!r} at character "
+                f"{e.start}, which is not text; fix the encoding that wrote it (e.g. json.dumps of broken UTF-16)"
+            ) from None
 
 
 class TextSource:
