@@ -170,7 +170,7 @@ def test_bad_rdm_files_are_one_line_exit_2(study: dict, tmp_path: Path, which: s
     ("args", "message"),
     [
         (["--bootstrap", "trials"], "unknown --bootstrap 'trials'; use one of subjects, stimuli, both, none"),
-        (["--plot", "fig.pdf"], "--plot writes .png or .svg, not 'fig.pdf'"),
+        (["--plot", "fig.pdf"], "--plot must end in .png or .svg, not 'fig.pdf'"),
         (["--compare", "euclid"], "unknown RDM comparator 'euclid'"),
     ],
 )

@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 
+from neuronscope.cli.checks import open_interval, output_file, writable_run
 from neuronscope.cli.output import console, emit_json, frame_table
 from neuronscope.errors import NeuronscopeError
 
@@ -75,7 +76,8 @@ def rsa(
     bootstrap: str = typer.Option("subjects", "--bootstrap", help="Resample subjects, stimuli, both, or none for the confidence interval."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap samples."),
-    ci: float = typer.Option(0.95, "--ci", help="Confidence level of the interval."),
+    ci: float = typer.Option(0.95, "--ci", callback=open_interval(0.0, 1.0, hi_open=True),
+                             help="Confidence level of the interval, in (0, 1)."),
     key: str = typer.Option(None, "--key", show_default=False, help="The variable holding the subjects' RDMs in --data (default: the first RSA-toolbox struct, else rdms/RDMs/…)."),
     field: str = typer.Option("RDM", "--field", help="The struct field holding each matrix in --data."),
     model_key: str = typer.Option(None, "--model-key", show_default=False, help="The variable holding the RDMs in the model files (default: as --key's default)."),
@@ -97,14 +99,12 @@ def rsa(
         raise NeuronscopeError(f"unknown --bootstrap {bootstrap!r}; use one of {', '.join(BOOTSTRAPS)}")
     if n_boot < 1 and bootstrap != "none":
         raise NeuronscopeError("--n-boot must be at least 1 (or --bootstrap none)")
-    if not 0.0 < ci < 1.0:
-        raise NeuronscopeError("--ci is a level between 0 and 1, e.g. 0.95")
     if rdm_method not in RDM_METHODS or rdm_method == "crossnobis":
         raise NeuronscopeError("--rdm-method must be correlation, euclidean or cosine")
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
-        raise NeuronscopeError(f"--plot writes .png or .svg, not {plot.name!r}; change the file suffix")
-    if save is not None and not Path(save).exists():
-        raise NeuronscopeError(f"--save run {save} does not exist; give a recorded run")
+    if plot is not None:  # before any file is read or anything computed
+        output_file(plot, "--plot", (".png", ".svg"))
+    if save is not None:
+        writable_run(save, "--save")
     specs = _specs(models, more)
     if not specs:
         raise NeuronscopeError("no model given; pass --models FILE_OR_RUN:SITES [...]")
