@@ -3,8 +3,9 @@
 :class:`SpikingNetwork` wraps an snnTorch network (``snn.Leaky`` or any
 ``snntorch.SpikingNeuron`` layers) so that it is recorded like any other model. How:
 
-* Forward hooks on every spiking-neuron module of the network collect, call by call, its
-  spikes and membrane potential. snnTorch neurons return ``(spk, mem)`` (or ``(spk, syn,
+* Forward hooks on the exposed spiking-neuron modules, registered for the duration of each
+  pass (so copies of a wrapper never see each other's calls), collect call by call each
+  layer's spikes and membrane potential. snnTorch neurons return ``(spk, mem)`` (or ``(spk, syn,
   mem)``…: the first element is the spike tensor, the last the membrane potential); in
   ``init_hidden=True`` mode they return ``spk`` alone and keep ``mem`` as the module's
   attribute, which the hook reads after the call. Both are handled.
