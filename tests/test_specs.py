@@ -38,7 +38,8 @@ def test_load_model_digits_equals_train_digits() -> None:
     [
         ("no-such-model", "unknown model 'no-such-model'; pass 'minilm', 'e5-small', a local Hugging Face "
                           "model directory with config.json, tinylm:SEED, or digits-mlp:SEED / "
-                          "digits-cnn:SEED[:untrained]"),
+                          "digits-cnn:SEED / digits-snn:SEED[:untrained]"),
+        ("digits-snn:x", "bad SNN model name 'digits-snn:x'; use digits-snn:SEED[:untrained]"),
         ("digits-mlp:x", "bad digits model name 'digits-mlp:x'; use digits-mlp:SEED or digits-cnn:SEED[:untrained]"),
         ("digits-mlp:0:trained", "bad digits model name 'digits-mlp:0:trained'; the optional suffix is ':untrained'"),
         ("digits-rnn:0", "unknown digits architecture 'rnn'; use one of mlp, cnn"),
@@ -87,7 +88,7 @@ def test_load_zoo_text(small_corpus: Path) -> None:
         (["digits-mlp:0", "digits-mlp:0"], "a model is listed twice; give each model once"),
         (["digits-mlp:0", "minilm"], "digits models and text models see different inputs; list only one kind"),
         (["digits-mlp:0", "digits-cnn:0"],
-         "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"),
+         "digits-cnn takes differently shaped inputs from digits-mlp / digits-snn; list one input shape"),
     ],
 )
 def test_load_zoo_rejects_mixed_or_repeated_names(names: list[str], fix: str) -> None:

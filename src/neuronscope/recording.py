@@ -117,7 +117,7 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
     return h.hexdigest()
 
 

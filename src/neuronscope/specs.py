@@ -6,7 +6,9 @@ The strings a user types on the command line mean the same thing from Python:
   all-MiniLM-L6-v2), ``e5-small``, a local Hugging Face model directory, ``tinylm:SEED``, or
   ``digits-mlp:SEED`` /
   ``digits-cnn:SEED`` (small networks trained on scikit-learn's digits from that seed, see
-  :mod:`neuronscope.testing.digits`), with ``:untrained`` appended for the untrained net.
+  :mod:`neuronscope.testing.digits`), with ``:untrained`` appended for the untrained net, or
+  ``digits-snn:SEED`` (a spiking network trained on rate-coded digits,
+  :mod:`neuronscope.testing.snn`; one sample per image, spike counts over the steps).
 * :func:`load_zoo` — several named models that see one kind of input, with the shared
   source they run on, their default neuron sites and how conv channels become samples
   (a :class:`ModelZoo`; what ``neuronscope match`` and ``neuronscope sysid`` record).
@@ -30,6 +32,7 @@ from neuronscope.errors import NeuronscopeError
 __all__ = [
     "DIGITS_PREFIX",
     "ModelZoo",
+    "SNN_PREFIX",
     "TINYLM_PREFIX",
     "is_digits_name",
     "is_tinylm_name",
@@ -46,8 +49,10 @@ TINYLM_PREFIX = "tinylm:"
 
 _NAME_FIX = (
     "pass 'minilm', 'e5-small', a local Hugging Face model directory with config.json, "
-    "tinylm:SEED, or digits-mlp:SEED / digits-cnn:SEED[:untrained]"
+    "tinylm:SEED, or digits-mlp:SEED / digits-cnn:SEED / digits-snn:SEED[:untrained]"
 )
+#: Names starting with this are the spiking digits network (``digits-snn:SEED``).
+SNN_PREFIX = "digits-snn:"
 
 
 def is_tinylm_name(name: str | Path) -> bool:
@@ -79,11 +84,18 @@ def load_model(name: str | Path) -> tuple[Any, Any | None]:
       :mod:`neuronscope.testing.tinylm`; its tokenizer is a ``ByteTokenizer``);
     * ``digits-mlp:SEED`` / ``digits-cnn:SEED`` — the digits network trained from ``SEED``
       (identical weights to ``train_digits(arch, SEED)``), and ``digits-…:SEED:untrained``
-      for the untrained network of that seed.
+      for the untrained network of that seed;
+    * ``digits-snn:SEED`` (``:untrained``) — the spiking digits network
+      (``train_snn(SEED)``, a :class:`~neuronscope.sources.snn.SpikingNetwork` in ``counts``
+      mode: sites ``act1``, ``act2`` spike counts, ``act1.mem``, ``act2.mem`` mean potentials).
 
     The model is in eval mode on the CPU and carries ``neuronscope_id``. An unknown name
     raises :class:`NeuronscopeError` naming the accepted forms.
     """
+    if isinstance(name, str) and name.startswith(SNN_PREFIX):
+        from neuronscope.testing.snn import snn_model
+
+        return snn_model(name), None
     if is_digits_name(name):
         from neuronscope.testing.digits import digits_model
 
@@ -125,8 +137,10 @@ def load_zoo(
 ) -> ModelZoo:
     """Load the models ``names`` (see :func:`load_model`) and the source they share.
 
-    All names must be of one kind: digits networks of one architecture (they run on the
-    digits images, labels ``digit``; ``corpus`` and ``max_tokens`` are ignored), or text
+    All names must be of one kind: digits networks of one input shape (they run on the
+    digits images, labels ``digit``; ``corpus`` and ``max_tokens`` are ignored; the MLP and
+    the spiking ``digits-snn`` share the flat input, so they may be listed together, with
+    the default sites ``act1,act2``), or text
     models (they run on ``corpus`` — a .txt / .jsonl path, a list of documents, or
     ``"default"`` for the bundled multilingual corpus — tokenized with the first model's
     tokenizer, ``max_tokens`` tokens per document). Each name may appear once.
@@ -143,16 +157,19 @@ def load_zoo(
         from neuronscope.sources.tensors import TensorSource
         from neuronscope.testing.digits import digits_data, parse_digits_name
 
-        archs = {parse_digits_name(n)[0] for n in digits}  # a bad name is named, not its neighbour
-        if len(archs) > 1:
+        # a bad name is named, not its neighbour (the SNN names are checked when loaded)
+        archs = {"snn" if n.startswith(SNN_PREFIX) else parse_digits_name(n)[0] for n in digits}
+        spiking = "snn" in archs
+        if len({"cnn" if a == "cnn" else "flat" for a in archs}) > 1:
             raise NeuronscopeError(
-                "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"
+                "digits-cnn takes differently shaped inputs from digits-mlp / digits-snn; list one input shape"
             )
-        arch = archs.pop()
+        arch = "cnn" if "cnn" in archs else "mlp"
         models = {n: load_model(n)[0] for n in names}
         x, y = digits_data("all", arch)
         source = TensorSource(x, batch_size=batch_size, labels={"digit": y.tolist()}, name="sklearn digits")
-        return ModelZoo(models, source, "act*", "mean" if arch == "cnn" else "positions", "digits")
+        glob = "act1,act2" if spiking else "act*"
+        return ModelZoo(models, source, glob, "mean" if arch == "cnn" else "positions", "digits")
     from neuronscope.sources.models import BERT_FFN_SITES
     from neuronscope.sources.text import TextSource
 
@@ -181,7 +198,8 @@ def is_rdm_file(path: str | Path) -> bool:
     return False
 
 
-def load_populations(spec: str | Path) -> dict[str, Any]:
+def load_populations(spec: str | Path, key: str | None = None, field: str = "RDM",
+                     average_sessions: bool = False) -> dict[str, Any]:
     """The populations a spec names, by name.
 
     * ``RUN:SITE_GLOB`` — sites of a recorded run with stored activations matching the glob
@@ -193,7 +211,11 @@ def load_populations(spec: str | Path) -> dict[str, Any]:
       :func:`neuronscope.sources.brain.load_responses`) give ``{file stem: DataArray}``;
       precomputed RDMs (``.mat``, or an ``.npz`` holding ``rdms``; see
       :func:`neuronscope.sources.brain.load_rdms` and :func:`is_rdm_file`) give
-      ``{file stem: RDMs}``.
+      ``{file stem: RDMs}`` — ``key`` (the variable; given for an ``.npz``/``.h5`` it marks
+      the file as RDMs), ``field`` (the struct field) and ``average_sessions`` go to
+      ``load_rdms``; an NWB file (``.nwb``) gives one population per brain area
+      (:func:`neuronscope.sources.brain.nwb_population` over its trials table, repeats
+      averaged, stimuli in sorted id order).
 
     A spec that is neither an existing file nor ``RUN:SITE_GLOB`` of an existing run, a run
     without stored activations, or a glob matching no site raises :class:`NeuronscopeError`.
@@ -202,7 +224,12 @@ def load_populations(spec: str | Path) -> dict[str, Any]:
 
     path = Path(spec)
     if path.is_file():
-        return {path.stem: load_rdms(path) if is_rdm_file(path) else load_responses(path)}
+        suffix = path.suffix.lower()
+        if suffix == ".nwb":
+            return _nwb_areas(path)
+        if is_rdm_file(path) or (key is not None and suffix in (".npz", ".h5", ".hdf5")):
+            return {path.stem: load_rdms(path, key=key, field=field, average_sessions=average_sessions)}
+        return {path.stem: load_responses(path)}
     run_path, sep, glob = str(spec).rpartition(":")
     if not sep or not run_path:
         raise NeuronscopeError(f"{str(spec)!r} is neither a file nor RUN:SITE_GLOB; check the path")
@@ -216,3 +243,16 @@ def load_populations(spec: str | Path) -> dict[str, Any]:
         raise NeuronscopeError(f"run {run_path} kept no activations; record with activations to compare")
     sites = select_sites(run.sites, glob or None, where=f"of run {run_path}")
     return {site: run.population(site) for site in sites}
+
+
+def _nwb_areas(path: Path) -> dict[str, Any]:
+    """One population per brain area of an NWB file: trial spike counts, repeats averaged,
+    stimuli in sorted id order."""
+    from neuronscope.population import average_repeats
+    from neuronscope.sources.brain import nwb_population
+
+    pop = nwb_population(path)
+    pop = average_repeats(pop)
+    pop = pop.isel(sample=np.argsort(np.asarray(pop.coords["stimulus"].values), kind="stable"))
+    sites = np.asarray(pop.coords["site"].values)
+    return {str(s): pop.isel(neuron=np.flatnonzero(sites == s)) for s in dict.fromkeys(sites.tolist())}

@@ -271,7 +271,7 @@ def test_match_cli_json_agrees_with_api(trained, tmp_path):
         (["match", "--models", "digits-mlp:0,digits-mlp:0"],
          "a model is listed twice; give each model once"),
         (["match", "--models", "digits-mlp:0", "digits-cnn:1"],
-         "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"),
+         "digits-cnn takes differently shaped inputs from digits-mlp / digits-snn; list one input shape"),
         (["match", "--models", "digits-mlp:0:untrained", "digits-mlp:1", "--untrained-baseline"],
          "--untrained-baseline needs trained digits models (digits-mlp:SEED ...)"),
         (["sysid", "--models", "digits-mlp:0", "--metrics", "nope"],

@@ -54,12 +54,14 @@ def nwb_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.nd
 
 def test_nwb_trial_counts_are_exact(nwb_file: tuple) -> None:
     path, spikes, trials = nwb_file
-    pop = nwb_population(path)
+    pop = nwb_population(path, site="group")
     expect = np.array([[np.sum((st >= a) & (st < b)) for st in spikes] for a, b, _ in trials])
     np.testing.assert_array_equal(pop.values, expect)
     assert list(pop.stimulus.values) == [t[2] for t in trials]
     assert list(pop.repeat.values) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert list(pop.site.values) == ["shank0", "shank0", "shank1", "shank1"]
+    # without an electrodes table the area is the electrode group's location
+    assert list(nwb_population(path).site.values) == ["SHANK0", "SHANK0", "SHANK1", "SHANK1"]
     assert list(pop.unit.values) == [0, 1, 2, 3]
     avg = average_repeats(pop)
     assert list(avg.stimulus.values) == ["cat", "dog", "car"]
@@ -83,6 +85,66 @@ def test_nwb_time_bins_intervals_and_rates(nwb_file: tuple) -> None:
     np.testing.assert_allclose(rates.values, expect, rtol=1e-6)
     with pytest.raises(NeuronscopeError, match="time bin"):
         average_repeats(pop)
+
+
+def _write_dandi_like(path: Path, spikes: list[np.ndarray], areas: list[str],
+                      presentations: list[tuple[float, float, int]]) -> None:
+    """A DANDI-style file: an electrodes table with brain areas (location), units pointing at
+    their electrode, stimulus presentations in an intervals table and an epochs table."""
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.epoch import TimeIntervals
+
+    nwb = NWBFile(session_description="dandi-like", identifier="neuronscope-dandi",
+                  session_start_time=datetime(2024, 1, 1, tzinfo=UTC))
+    dev = nwb.create_device(name="neuropixels")
+    group = nwb.create_electrode_group(name="probeA", description="one probe", location="several", device=dev)
+    for area in areas:
+        nwb.add_electrode(group=group, location=area)
+    for i, st in enumerate(spikes):
+        nwb.add_unit(spike_times=st, electrodes=[i], electrode_group=group)
+    pres = TimeIntervals(name="flashes_presentations", description="image flashes")
+    pres.add_column(name="image", description="image id")
+    for a, b, img in presentations:
+        pres.add_row(start_time=a, stop_time=b, image=img)
+    nwb.add_time_intervals(pres)
+    nwb.add_epoch(start_time=0.0, stop_time=10.0, tags=["block1"])
+    nwb.add_epoch(start_time=10.0, stop_time=20.0, tags=["block2"])
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+
+
+def test_nwb_areas_as_sites_time_bins_and_interval_tables(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    spikes = [np.sort(rng.uniform(0, 20, size=k)) for k in (200, 90, 0, 310, 55)]
+    spikes[1] = np.append(spikes[1], [3.0, 3.25, 3.5])  # spikes exactly on bin edges
+    areas = ["VISp", "VISp", "CA1", "CA1", "LGd"]
+    pres = [(1.0 * i + 0.5 * (i % 2), 1.0 * i + 0.5 * (i % 2) + 0.75, i % 4) for i in range(16)]
+    path = tmp_path / "dandi.nwb"
+    _write_dandi_like(path, spikes, areas, pres)
+    edges = np.array([0.0, 0.25, 0.5, 0.75])
+    pop = nwb_population(path, table="flashes_presentations", stimulus_column="image", bins=edges)
+    assert pop.dims == ("sample", "neuron") and pop.shape == (16 * 3, 5)
+    assert list(pop.site.values) == areas  # brain areas from the electrodes table
+    for i, (a, _, img) in enumerate(pres):
+        for k in range(3):
+            row = pop.values[i * 3 + k]
+            lo, hi = a + edges[k], a + edges[k + 1]
+            np.testing.assert_array_equal(row, [np.sum((st >= lo) & (st < hi)) for st in spikes])
+            assert pop.stimulus.values[i * 3 + k] == img and pop.trial.values[i * 3 + k] == i
+    np.testing.assert_array_equal(pop.time.values, np.tile(edges[:-1], 16))
+    np.testing.assert_array_equal(pop.repeat.values[::3], [i // 4 for i in range(16)])
+    whole = nwb_population(path, table="flashes_presentations", stimulus_column="image", bins=edges,
+                           keep_time=False)
+    assert "time" not in whole.coords and whole.shape == (16, 5)
+    np.testing.assert_array_equal(whole.values, pop.values.reshape(16, 3, 5).sum(1))
+    epochs = nwb_population(path, table="epochs")
+    np.testing.assert_array_equal(epochs.values, [[np.sum((st >= a) & (st < b)) for st in spikes]
+                                                  for a, b in ((0, 10), (10, 20))])
+    assert list(nwb_population(path, table="epochs", site="group").site.values) == ["probeA"] * 5
+    with pytest.raises(NeuronscopeError, match="no 'trials' intervals table .*flashes_presentations"):
+        nwb_population(path)
+    with pytest.raises(NeuronscopeError, match="neither 'area', 'group' nor a Units column"):
+        nwb_population(path, table="epochs", site="region")
 
 
 def test_response_files_round_trip(tmp_path: Path) -> None:

@@ -13,6 +13,10 @@
   :class:`~neuronscope.analyses._metric.Metric`.
 * :mod:`~neuronscope.analyses.rsa_workflow` — the RSA model-comparison workflow: models ×
   subjects, bootstrap intervals, pairwise tests, noise ceiling, the bar figure.
+* :mod:`~neuronscope.analyses.timecourse` — recordings with a ``time`` coordinate, window by
+  window: RDMs, RSA / topological RSA over time, functional connectomes per window.
+* :mod:`~neuronscope.analyses.spikes` — spike statistics of spiking networks and brain
+  recordings (rate, ISI CV, Fano factor, synchrony) from a model pass, a run or a population.
 * :mod:`~neuronscope.analyses.match` — neuron matching across models: universal neurons,
   one-to-one / one-to-many / many-to-many alignment, Rosetta neurons.
 * :mod:`~neuronscope.analyses.sysid` — would a metric identify the true model of a

@@ -170,6 +170,28 @@ class RSAResult:
         """:meth:`to_dict` as a JSON string."""
         return json.dumps(self.to_dict())
 
+    def save(self, run: Any, name: str = "rsa", title: str | None = None) -> str:
+        """Store the result in a run as ``extras/<name>`` so its atlas shows it: the
+        models × subjects ``scores`` as a heatmap, each model's ``mean``, ``ci_low``,
+        ``ci_high`` (1-D) and the noise ceiling and comparator as notes. Returns ``name``."""
+        from neuronscope.store import Run, open_run
+
+        run = run if isinstance(run, Run) else open_run(Path(run))
+        attrs: dict[str, Any] = {
+            "title": title or f"RSA: {len(self.models)} models vs {len(self.subjects)} subjects ({self.method})",
+            "method": self.method, "bootstrap": self.bootstrap, "n_boot": self.n_boot,
+            "models": list(self.models), "subjects": list(self.subjects),
+            "heatmaps": {"scores": {"title": f"RDM similarity ({self.method}) per model and subject",
+                                    "rows": list(self.models), "cols": list(self.subjects),
+                                    "vmin": float(min(0.0, np.nanmin(self.scores))) if np.isfinite(self.scores).any()
+                                    else 0.0, "vmax": 1.0}},
+        }
+        if self.noise_ceiling is not None:
+            attrs["noise_ceiling_lower"], attrs["noise_ceiling_upper"] = map(float, self.noise_ceiling)
+        run.write_extras(name, {"scores": self.scores, "mean": self.mean, "ci_low": self.ci_low,
+                                "ci_high": self.ci_high}, attrs)
+        return name
+
     def plot(self, path: str | Path) -> Path:
         """The standard RSA bar figure: one bar per model (its mean), the bootstrap confidence
         interval as error bars and the noise ceiling (lower to upper) as a grey band. PNG or

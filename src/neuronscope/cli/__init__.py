@@ -12,6 +12,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.compare` — ``compare``.
 * :mod:`neuronscope.cli.match` — ``match``, ``sysid``.
 * :mod:`neuronscope.cli.causal` — ``attribute``, ``ablate``, ``steer``.
+* :mod:`neuronscope.cli.rsa` — ``rsa`` (the RSA model comparison against subjects' RDMs).
 
 The group modules define plain command functions and import nothing from this package
 module; :data:`app` is built here from them, and :func:`main` is the console entry point.
@@ -26,7 +27,7 @@ from typing import NoReturn
 import typer
 import typer.rich_utils
 
-from neuronscope.cli import atlas, causal, characterize, compare, match, run
+from neuronscope.cli import atlas, causal, characterize, compare, match, rsa, run
 from neuronscope.errors import NeuronscopeError
 
 try:  # typer (pinned) vendors click as typer._click; plain click for a typer that does not
@@ -92,6 +93,7 @@ for _name, _command in (
     ("attribute", causal.attribute),
     ("ablate", causal.ablate),
     ("steer", causal.steer),
+    ("rsa", rsa.rsa),
 ):
     app.command(_name, short_help=short_help(_command.__doc__))(_command)
 

@@ -63,14 +63,24 @@ def characterize(
     neurons = characterize_run(r, site=site, threshold=threshold)
     sites = site_summary(r, site=site, threshold=threshold)
     written = write_table(neurons, out) if out is not None else None
+    spikes = None
+    if "spikes" in r.extra_names():  # a spiking network's run: its spike statistics too
+        from neuronscope.analyses.spikes import spike_site_summary
+
+        spikes = spike_site_summary(r)
     if json_out:
         emit_json({
             "threshold": threshold,
             "sites": json.loads(sites.to_json(orient="records")),
             "neurons": len(neurons),
             "out": written,
+            **({"spikes": json.loads(spikes.to_json(orient="records"))} if spikes is not None else {}),
         })
         return
     console.print(site_table(sites, neurons))
+    if spikes is not None:
+        from neuronscope.cli.output import frame_table
+
+        console.print(frame_table("spike statistics (rate: spikes per bin)", spikes))
     if written is not None:
         console.print(f"wrote {len(neurons)} neurons to {written}")

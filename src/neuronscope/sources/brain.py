@@ -494,6 +494,52 @@ def load_rdms(path: str | Path, key: str | None = None, field: str = "RDM",
 # --------------------------------------------------------------------------- NWB
 
 
+def _unit_sites(nwb: Any, units: Any, site: str) -> np.ndarray:
+    """The ``site`` of every unit: its brain area (``"area"``), electrode group (``"group"``)
+    or the values of a Units column of that name."""
+    names = set(units.colnames)
+    n = len(units.id.data[:])
+    if site == "area":
+        if "electrodes" in names:
+            col = units["electrodes"]
+            ends = np.asarray(col.data[:], dtype=np.int64)
+            rows = np.asarray(col.target.data[:], dtype=np.int64)
+            table = col.target.table
+            if "location" in table.colnames and len(rows):
+                loc = np.array([str(x) for x in table["location"].data[:]], dtype=object)
+                starts = np.concatenate([[0], ends[:-1]])
+                first = np.where(ends > starts, rows[np.minimum(starts, len(rows) - 1)], -1)
+                out = np.where(first >= 0, loc[np.maximum(first, 0)], "units").astype(object)
+                return out
+        if "electrode_group" in names:
+            return np.array([str(g.location) for g in units["electrode_group"][:]], dtype=object)
+        if "location" in names:
+            return np.array([str(x) for x in units["location"][:]], dtype=object)
+        return np.full(n, "units", dtype=object)
+    if site == "group":
+        if "electrode_group" in names:
+            return np.array([g.name for g in units["electrode_group"][:]], dtype=object)
+        return _unit_sites(nwb, units, "area")
+    if site in names:
+        return np.array([str(x) for x in units[site][:]], dtype=object)
+    raise NeuronscopeError(f"site={site!r} is neither 'area', 'group' nor a Units column "
+                           f"({', '.join(sorted(names))}); pick one of those")
+
+
+def _interval_table(nwb: Any, table: str, p: Path) -> Any:
+    if table == "trials":
+        t = nwb.trials
+    elif table == "epochs":
+        t = nwb.epochs
+    else:
+        t = nwb.intervals.get(table) if nwb.intervals is not None else None
+    if t is None:
+        have = sorted(nwb.intervals.keys()) if nwb.intervals is not None else []
+        raise NeuronscopeError(f"{p} has no {table!r} intervals table (has {', '.join(have) or 'none'}); "
+                               "pass table=<one of those> or intervals=(trials, 2) start/stop times")
+    return t
+
+
 def nwb_population(
     path: str | Path,
     intervals: np.ndarray | None = None,
@@ -501,17 +547,33 @@ def nwb_population(
     stimulus_column: str = "stimulus",
     bins: Sequence[float] | None = None,
     rate: bool = False,
+    site: str = "area",
+    table: str = "trials",
+    keep_time: bool = True,
 ) -> xr.DataArray:
-    """Spike counts of an NWB file's Units table in trial intervals (and time bins).
+    """Spike counts of an NWB file's Units table in trial intervals (and time bins), as DANDI
+    datasets ship them.
 
-    Intervals are ``intervals`` ((trials, 2) start/stop seconds) with ``stimulus`` ids, or the
-    file's trials table (``start_time``, ``stop_time`` and the column ``stimulus_column``, or
-    the trial index when that column is absent). ``bins`` are edges in seconds relative to
-    each interval's start: each (trial, bin) is one sample with coord ``time`` (bin start);
-    without ``bins`` a sample counts spikes in [start, stop). ``repeat`` numbers the
-    occurrences of each stimulus. Neuron coords: ``site`` (the unit's electrode group name,
-    else its ``location``, else ``"units"``) and ``unit`` (the Units table id). ``rate=True``
-    divides counts by the bin length. Counts are exact: spike t counts in [a, b) iff a <= t < b.
+    Intervals are ``intervals`` ((trials, 2) start/stop seconds) with ``stimulus`` ids, or an
+    intervals table of the file — ``table``: ``"trials"`` (default), ``"epochs"`` or the name
+    of any table in ``nwb.intervals`` (e.g. stimulus presentations) — with ``start_time``,
+    ``stop_time`` and the column ``stimulus_column`` (the row index when absent). ``repeat``
+    numbers the occurrences of each stimulus and ``trial`` each interval.
+
+    Time (``bins``: edges in seconds relative to each interval's start): with ``keep_time``
+    (default) each (trial, bin) is one sample, trial-major, with sample coord ``time`` (the
+    bin's start) — the 2-D layout every analysis reads; :func:`~neuronscope.analyses.timecourse.time_windows`
+    gives one population per bin (tRSA or a functional connectome over time) and
+    ``average_repeats`` refuses it until a bin is chosen. ``keep_time=False`` counts the
+    whole window [first edge, last edge) once per trial. Without ``bins`` a sample counts
+    spikes in [start, stop).
+
+    Neuron coords: ``site`` and ``unit`` (the Units table id). ``site="area"`` (default) is the
+    brain area of the unit: the ``location`` of its (first) electrode in the electrodes table,
+    else of its electrode group, else a Units ``location`` column, else ``"units"``;
+    ``site="group"`` the electrode group's name; any other value names a Units column.
+    ``rate=True`` divides counts by the bin length. Counts are exact: spike t counts in
+    [a, b) iff a <= t < b.
 
     Vectorized: the flat ``spike_times`` array and its index are read once; spikes of unit u
     are shifted by ``u * span`` so that one ``searchsorted`` counts every unit × interval.
@@ -530,17 +592,9 @@ def nwb_population(
         flat = np.asarray(col.target.data[:], dtype=np.float64)
         ends = np.asarray(units["spike_times_index"].data[:], dtype=np.int64)
         unit_ids = np.asarray(units.id.data[:], dtype=np.int64)
-        names = set(units.colnames)
-        if "electrode_group" in names:
-            site = np.array([g.name for g in units["electrode_group"][:]], dtype=object)
-        elif "location" in names:
-            site = np.array([str(s) for s in units["location"][:]], dtype=object)
-        else:
-            site = np.full(len(unit_ids), "units", dtype=object)
+        site_of = _unit_sites(nwb, units, site)
         if intervals is None:
-            if nwb.trials is None:
-                raise NeuronscopeError(f"{p} has no trials table; pass intervals=(trials, 2) start/stop times")
-            trials = nwb.trials
+            trials = _interval_table(nwb, table, p)
             iv = np.column_stack([trials["start_time"].data[:], trials["stop_time"].data[:]])
             if stimulus is None:
                 stimulus = (np.asarray(trials[stimulus_column].data[:]) if stimulus_column in trials.colnames
@@ -564,9 +618,11 @@ def nwb_population(
         edges = np.asarray(bins, dtype=np.float64)
         if edges.ndim != 1 or len(edges) < 2 or (np.diff(edges) <= 0).any():
             raise NeuronscopeError("bins must be increasing edges (seconds from interval start)")
+        if not keep_time:
+            edges = edges[[0, -1]]
         lo = iv[:, :1] + edges[None, :-1]
         hi = iv[:, :1] + edges[None, 1:]
-        t_rel = edges[:-1]
+        t_rel = edges[:-1] if keep_time else None
     lo, hi = lo.ravel(), hi.ravel()  # (samples,) in trial-major, bin-minor order
 
     n_units = len(unit_ids)
@@ -595,7 +651,7 @@ def nwb_population(
         "stimulus": ("sample", np.repeat(stim, n_bins)),
         "repeat": ("sample", np.repeat(rep_trial, n_bins)),
         "trial": ("sample", np.repeat(np.arange(len(stim), dtype=np.int64), n_bins)),
-        "site": ("neuron", site),
+        "site": ("neuron", site_of),
         "unit": ("neuron", unit_ids),
     }
     if t_rel is not None:

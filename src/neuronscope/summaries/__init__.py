@@ -21,6 +21,10 @@ with activation ``a_u``:
   activation per token id.
 * :class:`CrossProducts` — ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` (and ``ΣxᵀX, ΣyᵀY``) of two
   populations on the same samples: Pearson correlation, CKA, CCA without stored activations.
+* :class:`SpikeStats` — spike trains (counts per bin): firing ``rate = Σa / bins``, the ISI
+  coefficient of variation ``sd/mean`` within sequences (``item``/``trial``), the Fano factor
+  ``var(N)/mean(N)`` of counts per sequence and the Pearson correlation of binned trains
+  (synchrony); sequences cut by batches are carried at block edges, so merge is exact.
 * :class:`SiteSummaries` — the parts of one recorded site (``moments``, ``firing``,
   ``labels.<field>``, ``histogram``, ``topk``, ``position``, ``tokens``) under one
   :class:`SummaryConfig`.
@@ -46,18 +50,20 @@ from neuronscope.summaries.groups import GroupFiring, Grouping
 from neuronscope.summaries.histogram import Histogram
 from neuronscope.summaries.moments import Moments
 from neuronscope.summaries.site import SiteSummaries, SummaryConfig
+from neuronscope.summaries.spikes import SpikeStats
 from neuronscope.summaries.tokens import TokenMeans
 from neuronscope.summaries.topk import TopK
 
 #: The built-in summary kinds, registered for :func:`summary_from_state`.
 KINDS: tuple[type[Summary], ...] = (
     Moments, Firing, GroupFiring, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries,
+    SpikeStats,
 )
 for _kind in KINDS:
     register(_kind)
 
 __all__ = [
     "KINDS", "CrossProducts", "Firing", "GroupFiring", "Grouping", "Histogram", "Moments",
-    "Samples", "SiteSummaries", "State", "Summary", "SummaryConfig", "TokenMeans", "TopK",
+    "Samples", "SiteSummaries", "SpikeStats", "State", "Summary", "SummaryConfig", "TokenMeans", "TopK",
     "merge_pair", "register", "summary_from_state", "tree_merge", "tree_reduce",
 ]

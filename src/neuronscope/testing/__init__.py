@@ -5,4 +5,8 @@
 * :mod:`~neuronscope.testing.tinylm` — a GPT-2 style byte-level causal LM trained on the
   bundled multilingual corpus in about a minute, cached on disk (``tinylm:SEED``), with its
   ``ByteTokenizer``.
+* :mod:`~neuronscope.testing.snn` — a leaky integrate-and-fire network (snnTorch) trained on
+  rate-coded digits in a few seconds (``digits-snn:SEED``), recordable beside the digits MLP.
+* :mod:`~neuronscope.testing.brain` — a synthetic brain study (an NWB session with areas V1
+  and IT, RSA-toolbox MATLAB subject and model RDMs) for the brain walkthrough.
 """
