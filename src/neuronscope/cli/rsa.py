@@ -78,7 +78,7 @@ def rsa(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap samples."),
     ci: float = typer.Option(0.95, "--ci", callback=open_interval(0.0, 1.0, hi_open=True),
                              help="Confidence level of the interval, in (0, 1)."),
-    key: str = typer.Option(None, "--key", show_default=False, help="The variable holding the subjects' RDMs in --data (default: the first RSA-toolbox struct, else rdms/RDMs/…)."),
+    key: str = typer.Option(None, "--key", show_default=False, help="The variable holding the subjects' RDMs in --data (default: the first RSA-toolbox struct, else rdms or RDMs)."),
     field: str = typer.Option("RDM", "--field", help="The struct field holding each matrix in --data."),
     model_key: str = typer.Option(None, "--model-key", show_default=False, help="The variable holding the RDMs in the model files (default: as --key's default)."),
     model_field: str = typer.Option(None, "--model-field", show_default=False, help="The struct field of the model files (default: --field)."),
