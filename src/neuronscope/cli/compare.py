@@ -4,6 +4,8 @@
 one population per site) or a file: response arrays (``.npy``, ``.npz``, ``.h5``, ``.csv``,
 see :func:`neuronscope.sources.brain.load_responses`) or precomputed RDMs (``.mat``, or an
 ``.npz`` holding ``rdms``; RSA only) — resolved by :func:`neuronscope.specs.load_populations`.
+Two text runs are compared row by row at the ``--align`` level (token, word, char-span or
+doc; :func:`neuronscope.specs.load_population_pair`), checked before anything is loaded.
 One population per side prints one number; several sites print the matrix (rows A, columns
 B) as a table, or JSON with ``--json``.
 
@@ -45,16 +47,20 @@ def compare(
                            help="Cross-validation folds for the encoding metric (default 5)."),
     save: Path = typer.Option(None, "--save",
                               help="Store the matrix in this run (extras/compare-<metric>) so its atlas shows the heatmap."),
+    align: str = typer.Option(None, "--align", show_default=False,
+                              help="Rows of two text runs: token (default; same tokenization), word, char-span "
+                                   "(tokens pooled per aligned span) or doc (pooled per document)."),
+    pool: str = typer.Option("mean", "--pool", help="Pooling for --align word/char-span/doc: mean, max or last."),
 ) -> None:
     """Compare representations (networks with networks, networks with brains)."""
     from neuronscope.analyses.compare import compare_all
-    from neuronscope.specs import load_populations
+    from neuronscope.specs import load_population_pair
 
     if metric not in METRIC_CHOICES:
         raise NeuronscopeError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_CHOICES)}")
     given = {"rdm_method": rdm_method, "compare": comparator, "alpha": alpha, "keep": keep, "cv": cv}
     options = {k: v for k, v in given.items() if v is not None}
-    pa, pb = load_populations(a), load_populations(b)
+    pa, pb = load_population_pair(a, b, align, pool)  # alignment checked before any activation is read
     mat = compare_all(pa, metric, others=pb, **options)
     values = mat.values
     if save is not None:
