@@ -1,58 +1,31 @@
 """neuronscope: a workbench for the neurons of any network, artificial or biological.
 
 The public API is plain functions over populations (``xarray.DataArray`` with dims
-``sample`` × ``neuron``) and runs (Zarr v3 stores). Names are imported lazily so that
-``import neuronscope`` stays fast and does not pull in torch until it is needed.
+``sample`` × ``neuron``) and runs (Zarr v3 stores). Every public name is listed, with the
+module it comes from, in ``__init__.pyi`` (what IDEs and type checkers read); the names are
+attached lazily (``lazy_loader``), so ``import neuronscope`` stays fast and pulls in torch
+only when a name that needs it is used.
+
+The package, by layer (each imports only from the layers below it; import-linter
+contracts in ``pyproject.toml`` enforce it):
+
+* ``population``, ``rdms``, ``errors`` — the data model: populations, RDM stacks, errors.
+* ``sources`` — where neurons come from (torch sites, text / tensor sources, packaged and
+  local models, brain files); ``summaries`` — mergeable streaming summaries;
+  ``testing`` — small real models trained deterministically (digits nets, a tiny causal LM).
+* ``store`` — the run format; ``specs`` — names users type (models, ``RUN:GLOB``).
+* ``recording`` — one pass: source → summaries (+ store); ``distributed`` and ``lockstep``
+  — the same pass sharded over Dask / over several models.
+* ``intervene`` — ablate / clamp / scale / add / patch neurons while a model runs.
+* ``analyses`` — one module per question: characterize, compare (CKA, RSA, CCA, shape,
+  encoding), match, sysid, attribute, steer.
+* ``atlas`` — the static HTML atlas; ``cli`` — the ``neuronscope`` verbs.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
 __version__ = "0.1.0"
 
-_API = {
-    # foundation
-    "sites": "neuronscope.sources.torch_sites",
-    "Site": "neuronscope.sources.torch_sites",
-    "load_model": "neuronscope.specs",
-    "TextSource": "neuronscope.sources.text",
-    "TensorSource": "neuronscope.sources.tensors",
-    "load_corpus": "neuronscope.sources.text",
-    "default_corpus_path": "neuronscope.sources.text",
-    "record": "neuronscope.recording",
-    "open_run": "neuronscope.store",
-    "Run": "neuronscope.store",
-    # characterize
-    "characterize": "neuronscope.analyses.characterize",
-    "site_summary": "neuronscope.analyses.characterize",
-    "top_examples": "neuronscope.analyses.characterize",
-    "summarize_run": "neuronscope.distributed",
-    "record_distributed": "neuronscope.distributed",
-    # compare
-    "compare": "neuronscope.analyses.compare",
-    "compare_all": "neuronscope.analyses.compare",
-    "linear_cka": "neuronscope.analyses.compare",
-    "rsa": "neuronscope.analyses.compare",
-    # match / sysid
-    "record_lockstep": "neuronscope.lockstep",
-    "Lockstep": "neuronscope.lockstep",
-    "universal_neurons": "neuronscope.analyses.match",
-    "match_one_to_one": "neuronscope.analyses.match",
-    "rosetta_neurons": "neuronscope.analyses.match",
-    "sysid": "neuronscope.analyses.sysid",
-    # atlas
-    "build_atlas": "neuronscope.atlas.build",
-    "NeuronscopeError": "neuronscope.errors",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'neuronscope' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_API))
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -20,6 +20,7 @@ The strings a user types on the command line mean the same thing from Python:
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,14 +162,14 @@ def load_zoo(
         raise NeuronscopeError("digits models and text models see different inputs; list only one kind")
     if digits:
         from neuronscope.sources.tensors import TensorSource
-        from neuronscope.testing.digits import digits_data
+        from neuronscope.testing.digits import digits_data, parse_digits_name
 
-        archs = {n.split(":")[0] for n in digits}
+        archs = {parse_digits_name(n)[0] for n in digits}  # a bad name is named, not its neighbour
         if len(archs) > 1:
             raise NeuronscopeError(
                 "digits-mlp and digits-cnn take differently shaped inputs; list one architecture"
             )
-        arch = archs.pop().removeprefix(DIGITS_PREFIX)
+        arch = archs.pop()
         models = {n: load_model(n)[0] for n in names}
         x, y = digits_data("all", arch)
         source = TensorSource(x, batch_size=batch_size, labels={"digit": y.tolist()}, name="sklearn digits")
@@ -195,8 +196,11 @@ def is_rdm_file(path: str | Path) -> bool:
     if suffix == ".mat":
         return True
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            return any(k in z.files for k in _RDM_KEYS)
+        try:
+            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+                return any(k in z.files for k in _RDM_KEYS)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return False  # not a readable .npz: the response loader reports why, in one line
     return False
 
 

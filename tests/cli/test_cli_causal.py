@@ -102,7 +102,7 @@ def test_steer_sweep_and_plot(small_corpus, tmp_path: Path) -> None:
         (["ablate", "minilm", "--site", SITE, "--units", "3,1536", "--docs", "2"],
          "unit 1536 is out of range for site 'encoder.layer.2.intermediate' with 1536 units; use indices 0..1535"),
         (["ablate", "minilm", "--site", "encoder.nothing", "--units", "3", "--docs", "2"],
-         "site pattern 'encoder.nothing' matched no module"),
+         "site pattern 'encoder.nothing' matched no site among the model's modules"),
         (["attribute", "minilm", "--site", SITE, "--target", "logit:hello", "--docs", "2"],
          "target logit('hello') needs a model with an output vocabulary; BertModel has none"),
         (["ablate", "minilm", "--site", SITE, "--units", "3", "--how", "mean"],

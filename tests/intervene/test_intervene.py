@@ -234,7 +234,7 @@ def test_bad_input_is_one_line_error() -> None:
 
     cases = [
         (lambda: ablate(m, "hidden", [6]), "unit 6 is out of range for site 'hidden' with 6 units; use indices 0..5"),
-        (lambda: ablate(m, "nothing*", [0]), "site pattern 'nothing*' matched no module"),
+        (lambda: ablate(m, "nothing*", [0]), "site pattern 'nothing*' matched no site among the model's modules"),
         (lambda: ablate(m, "hidden", [0], how="mean"), "how='mean' needs means="),
         (lambda: run(add(m, "hidden", torch.ones(4))), "vector for site 'hidden' has 4 values; give 6"),
         (lambda: run(clamp(m, "hidden", [0], value=1.0, positions=[0])), "has no positions"),

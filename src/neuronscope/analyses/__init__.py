@@ -1,0 +1,24 @@
+"""Plain functions on populations and runs, one module per question neuron research asks.
+
+* :mod:`~neuronscope.analyses.characterize` — what each neuron does and how often it fires:
+  dead, dormant, positional, token-detector and hot/cold neurons; top examples.
+* :mod:`~neuronscope.analyses.compare` — do two networks (or a network and a brain)
+  represent alike: one dispatcher (:func:`compare`, :func:`compare_all`) over the metrics of
+  :mod:`~neuronscope.analyses.cka` (linear, debiased, RBF, deconfounded CKA),
+  :mod:`~neuronscope.analyses.rsa` (RDMs, comparators, noise ceilings, topological RSA),
+  :mod:`~neuronscope.analyses.cca` (CCA, SVCCA, PWCCA), :mod:`~neuronscope.analyses.shape`
+  (Procrustes, angular and stochastic shape metrics) and
+  :mod:`~neuronscope.analyses.encoding` (ridge encoding models, noise ceilings); the
+  metrics share :mod:`~neuronscope.analyses._linalg` and declare themselves with
+  :class:`~neuronscope.analyses._metric.Metric`.
+* :mod:`~neuronscope.analyses.rsa_workflow` — the RSA model-comparison workflow: models ×
+  subjects, bootstrap intervals, pairwise tests, noise ceiling, the bar figure.
+* :mod:`~neuronscope.analyses.match` — neuron matching across models: universal neurons,
+  one-to-one / one-to-many / many-to-many alignment, Rosetta neurons.
+* :mod:`~neuronscope.analyses.sysid` — would a metric identify the true model of a
+  simulated brain.
+* :mod:`~neuronscope.analyses.targets`, :mod:`~neuronscope.analyses.attribute`,
+  :mod:`~neuronscope.analyses.steer` — how important is a neuron and what happens when we
+  change it: targets, conductance, ablation effects, influential neuron paths, steering.
+* :mod:`~neuronscope.analyses.extras` — results stored in a run for the atlas.
+"""

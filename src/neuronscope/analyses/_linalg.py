@@ -1,12 +1,18 @@
 """Linear algebra shared by the comparison metrics (CKA, CCA, shape metrics, RSA, ridge).
 
+* :func:`rescale` — a population divided by a power of two near its largest magnitude
+  (exact in floating point) when its scale is extreme, so the products below neither
+  overflow nor underflow: metrics invariant to scale give at 1e±150 what they give at 1;
+  the others undo the factor (:func:`unscale`).
+* :func:`require_variance` — a one-line error for a side that is constant across stimuli.
 * :func:`center` — column-centred copy (mean in float64).
 * :func:`crossprod` — ``aᵀb`` in float64: float32 input multiplies in float32 row blocks of
   :data:`BLOCK` rows accumulated in float64; very wide outputs go in column blocks.
 * :func:`gram` — ``abᵀ`` (n × n) in row blocks above :data:`BIG` rows.
-* :func:`eigh`, :func:`svd` — one BLAS thread for large matrices (OpenBLAS's threaded
-  tridiagonal reduction is several times slower on a busy machine) and a one-line error
-  instead of numpy's ``LinAlgError``.
+* :func:`eigh`, :func:`eigvalsh`, :func:`svd`, :func:`polar`, :func:`cholesky`,
+  :func:`solve` — every decomposition of the metrics: one BLAS thread for large matrices
+  (OpenBLAS's threaded tridiagonal reduction is several times slower on a busy machine), and
+  a one-line error instead of numpy's ``LinAlgError`` or a silent NaN for non-finite input.
 * :func:`frob2`, :func:`nuclear`, :func:`feature_space`.
 
 No function here hands a threaded float64 ``X @ X.T`` with n >= 16000 to BLAS in one piece
@@ -15,6 +21,7 @@ No function here hands a threaded float64 ``X @ X.T`` with n >= 16000 to BLAS in
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,6 +31,63 @@ from neuronscope.errors import NeuronscopeError
 BLOCK = 4096  # rows per float32 block accumulated in float64
 BIG = 8192  # output side above which Gram products are computed in row blocks
 _ONE_THREAD = 256  # matrices at least this large decompose on one BLAS thread
+#: Populations whose largest magnitude lies within 2^±SAFE need no rescaling: their
+#: squares and fourth powers (CKA's ‖XᵀY‖²) stay far inside the dtype's range. float32 is
+#: multiplied in float32 blocks (see :func:`crossprod`), hence its narrower range.
+SAFE_EXPONENT = {np.dtype(np.float64): 128, np.dtype(np.float32): 24}
+
+
+def rescale(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(a · 2^-e, e)``: ``a`` divided by the power of two just above its largest magnitude
+    (scaled values in (-1, 1)) when that magnitude lies outside 2^±:data:`SAFE_EXPONENT`,
+    else ``(a, 0)`` unchanged.
+
+    Only the exponents of the values change, so the scaling is exact; products of the scaled
+    matrix neither overflow (data at 1e160 squared is 1e320) nor lose digits to underflow
+    (1e-160 squared is 1e-320, subnormal), and every later operation (sums, products,
+    square roots, decompositions) gives the unscaled result times a power of two. A
+    scale-invariant metric (CKA, CCA, RSA, angular shape) simply uses the scaled matrix;
+    one that scales with the data multiplies by ``2^e`` at the end (:func:`unscale`).
+    """
+    e = scale_exponent(a)
+    return (np.ldexp(a, -e).astype(a.dtype, copy=False), e) if e else (a, 0)
+
+
+def scale_exponent(a: np.ndarray) -> int:
+    """The ``e`` of :func:`rescale`: the exponent of the power of two just above
+    max |a| when that lies outside 2^±:data:`SAFE_EXPONENT`, else 0 (also for an empty,
+    all-zero or non-finite ``a``)."""
+    if a.size == 0:
+        return 0
+    m = max(float(a.max()), -float(a.min()))  # max |a| without an |a| copy of the data
+    if m == 0.0 or not math.isfinite(m):
+        return 0
+    e = math.frexp(m)[1]
+    return 0 if abs(e) <= SAFE_EXPONENT.get(a.dtype, 128) else e
+
+
+def unscale(value: float, e: int) -> float:
+    """``value · 2^e`` (a distance computed on data scaled by :func:`rescale`); a one-line
+    error when it does not fit in a float64."""
+    try:
+        return math.ldexp(value, e)
+    except OverflowError:
+        raise NeuronscopeError(
+            f"the result ({value:g} x 2^{e}) overflows float64; scale the data down first"
+        ) from None
+
+
+def require_variance(a: np.ndarray, what: str = "population") -> None:
+    """Raise a one-line error when every column of ``a`` (samples × neurons) is constant:
+    no metric compares a representation that does not vary across stimuli. (Exact
+    comparison of the rows, stopping at the first block that varies: centring a constant
+    column leaves rounding residue that would otherwise pass as signal.)"""
+    first = a[:1]
+    if not any((a[r0 : r0 + BLOCK] != first).any() for r0 in range(0, a.shape[0], BLOCK)):
+        raise NeuronscopeError(
+            f"{what} has zero variance across stimuli (every neuron constant); "
+            "no similarity is defined — drop it or check the recording"
+        )
 
 
 def center(a: np.ndarray) -> np.ndarray:
@@ -73,6 +137,11 @@ def gram(a: np.ndarray, b: np.ndarray | None = None, dtype: type = np.float64) -
 
 
 def _decompose(fn: Any, a: np.ndarray, size: int, what: str, **kw: Any) -> Any:
+    if not np.isfinite(a).all():
+        raise NeuronscopeError(
+            f"{what} got NaN or Inf (the data's products overflowed, or the input holds them); "
+            "check the data for non-finite values and extreme magnitudes"
+        )
     try:
         if size < _ONE_THREAD:
             return fn(a, **kw)
@@ -98,6 +167,32 @@ def svd(a: np.ndarray, compute_uv: bool = True) -> Any:
                       full_matrices=False, compute_uv=compute_uv)
 
 
+def eigvalsh(a: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of symmetric matrices, stacked in the last two axes."""
+    return _decompose(np.linalg.eigvalsh, a, a.shape[-1], "the eigendecomposition")
+
+
+def polar(m: np.ndarray) -> np.ndarray:
+    """The orthogonal factor U Vᵀ of a square m = U S Vᵀ (maximises tr(Qᵀ m) over orthogonal Q)."""
+    u, _, vt = svd(m)
+    return u @ vt
+
+
+def cholesky(a: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a symmetric positive-definite matrix."""
+    try:
+        return _decompose(np.linalg.cholesky, a, a.shape[0], "the Cholesky factorisation")
+    except NeuronscopeError as e:
+        raise NeuronscopeError(f"{e}; a noise covariance must be symmetric positive definite") from None
+
+
+def solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a⁻¹ b`` for a square, non-singular ``a``."""
+    if not np.isfinite(b).all():
+        raise NeuronscopeError("a linear solve got NaN or Inf; check the data for non-finite values")
+    return _decompose(lambda m: np.linalg.solve(m, b), a, a.shape[0], "the linear solve")
+
+
 def frob2(a: np.ndarray) -> float:
     """Squared Frobenius norm ``Σ a_ij²``."""
     return float(np.einsum("ij,ij->", a, a))
@@ -119,9 +214,15 @@ def centered_stats(n: int, sum_x: np.ndarray, sum_y: np.ndarray, xtx: np.ndarray
     if n < 3:
         raise NeuronscopeError(f"statistics over {n} samples; comparisons need at least 3 stimuli")
     sx, sy = np.asarray(sum_x, np.float64), np.asarray(sum_y, np.float64)
-    cxx = np.asarray(xtx, np.float64) - np.outer(sx, sx) / n
-    cyy = np.asarray(yty, np.float64) - np.outer(sy, sy) / n
-    cxy = np.asarray(xty, np.float64) - np.outer(sx, sy) / n
+    with np.errstate(over="ignore", invalid="ignore"):
+        cxx = np.asarray(xtx, np.float64) - np.outer(sx, sx) / n
+        cyy = np.asarray(yty, np.float64) - np.outer(sy, sy) / n
+        cxy = np.asarray(xty, np.float64) - np.outer(sx, sy) / n
+    if not (np.isfinite(cxx).all() and np.isfinite(cyy).all() and np.isfinite(cxy).all()):
+        raise NeuronscopeError(
+            "the sufficient statistics hold NaN or Inf (the data's squares overflow float64); "
+            "scale the data into a moderate range before accumulating"
+        )
     return cxx, cyy, cxy
 
 

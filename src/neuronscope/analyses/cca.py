@@ -12,8 +12,10 @@
 
 Everything runs in each side's principal basis (Xc = S Vᵀ, SᵀS = diag(λ)): null directions
 (λ <= 1e-10 λ_max) are dropped and ε = ``eps`` · λ_max is added, so rank-deficient or
-constant-column input never gives NaN. The same core runs on streamed sufficient statistics
-(:func:`cca_from_stats`).
+constant-column input never gives NaN. Each side is divided by a power of two near its largest
+magnitude when that is extreme (exact; every score here is invariant to the scale of either
+side), so the scores at 1e±150 equal those at 1. The same core runs on streamed sufficient
+statistics (:func:`cca_from_stats`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuronscope.analyses._linalg import center, centered_stats, crossprod, principal_axes, svd
+from neuronscope.analyses._linalg import (
+    center,
+    centered_stats,
+    crossprod,
+    principal_axes,
+    require_variance,
+    rescale,
+    svd,
+)
 from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import ArrayLike, paired, to_matrix
@@ -43,7 +53,10 @@ def _basis_from_cov(c: np.ndarray, what: str) -> _Basis:
 
 
 def _basis(x: np.ndarray, what: str) -> _Basis:
-    xc = center(x)
+    """The principal basis of a population (of ``x`` divided by a power of two when its scale
+    is extreme: the scores are invariant to it)."""
+    require_variance(x, what)
+    xc = center(rescale(x)[0])
     n, p = xc.shape
     if p <= n:
         b = _basis_from_cov(crossprod(xc), what)
@@ -71,7 +84,8 @@ def _n_keep(lam: np.ndarray, keep: float | int | None) -> int:
 @dataclass
 class CCAResult:
     """Canonical correlations ``rho`` (descending) and, per side, the canonical directions in
-    the principal basis (``ax``, ``ay``) with that basis."""
+    the principal basis (``ax``, ``ay``) with that basis (of the side divided by a power of
+    two when its scale is extreme, see :func:`~neuronscope.analyses._linalg.rescale`)."""
 
     rho: np.ndarray
     ax: np.ndarray

@@ -7,7 +7,9 @@ Revisited": for kernels K = k(X), L = k(Y) on the same n stimuli and H = I - 11�
 
 With linear kernels and column-centered X, Y this is ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)``, which
 is computed in feature space (d × d products, never n × n when n > d). The products come
-from :mod:`neuronscope.analyses._linalg` (float32 blocks accumulated in float64).
+from :mod:`neuronscope.analyses._linalg` (float32 blocks accumulated in float64); each side
+is first divided by a power of two near its largest magnitude when that is extreme
+(:func:`~neuronscope.analyses._linalg.rescale`, exact), so CKA at 1e±150 equals CKA at 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from neuronscope.analyses._linalg import (
     feature_space,
     frob2,
     gram,
+    require_variance,
+    rescale,
 )
 from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
@@ -62,7 +66,9 @@ def linear_cka(X: ArrayLike, Y: ArrayLike, debiased: bool = False) -> float:
     transforms and isotropic scaling of either side, not to general invertible linear maps.
     """
     x, y = paired(X, Y, min_samples=4 if debiased else 3)
-    xc, yc = center(x), center(y)
+    require_variance(x, "X")
+    require_variance(y, "Y")
+    xc, yc = center(rescale(x)[0]), center(rescale(y)[0])  # CKA is invariant to each side's scale
     xy, xx, yy = _linear_dots(xc, yc)
     if not debiased:
         return _cka_ratio(xy, xx, yy)
@@ -88,6 +94,8 @@ def debiased_cka(X: ArrayLike, Y: ArrayLike) -> float:
 
 def _sq_dists_rows(a: np.ndarray, rows: slice, sq: np.ndarray) -> np.ndarray:
     d = sq[rows, None] + sq[None, :] - 2.0 * gram(a[rows], a)
+    i = np.arange(rows.start or 0, rows.stop if rows.stop is not None else len(a))
+    d[i - i[0], i] = 0.0  # a row's distance to itself is 0, not the rounding error of the expansion
     return np.maximum(d, 0.0)
 
 
@@ -102,6 +110,16 @@ def _rbf_sigma2(a: np.ndarray, sq: np.ndarray, threshold: float, rng: np.random.
     if med <= 0:
         raise NeuronscopeError("median squared distance is 0 (identical rows); give sigma explicitly")
     return threshold**2 * med
+
+
+def _rbf_gamma(sigma: float, e: int) -> float:
+    """1 / (2σ²) for distances of data divided by 2^e: 4^e / (2σ²), capped at the largest
+    float (then every kernel entry off the diagonal is 0, as it is for the unscaled data)."""
+    if not sigma > 0:
+        raise NeuronscopeError(f"sigma must be positive, not {sigma:g}")
+    with np.errstate(over="ignore", under="ignore"):
+        g = float(np.ldexp(np.float64(0.5) / sigma / sigma, 2 * e))
+    return min(g, float(np.finfo(np.float64).max))
 
 
 def rbf_cka(
@@ -121,6 +139,9 @@ def rbf_cka(
     cost is still O(n²) and a warning is issued above ``warn_above`` stimuli.
     """
     x, y = paired(X, Y)
+    require_variance(x, "X")
+    require_variance(y, "Y")
+    (x, ex), (y, ey) = rescale(x), rescale(y)
     x = center(x).astype(np.float64)
     y = center(y).astype(np.float64)
     n = x.shape[0]
@@ -130,16 +151,17 @@ def rbf_cka(
     rng = np.random.default_rng(seed)
     sqx, sqy = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
     if sigma is None:
-        s2x, s2y = _rbf_sigma2(x, sqx, threshold, rng), _rbf_sigma2(y, sqy, threshold, rng)
+        gx, gy = 0.5 / _rbf_sigma2(x, sqx, threshold, rng), 0.5 / _rbf_sigma2(y, sqy, threshold, rng)
     else:
         sx_, sy_ = (sigma, sigma) if np.isscalar(sigma) else sigma
-        s2x, s2y = float(sx_) ** 2, float(sy_) ** 2
+        gx, gy = _rbf_gamma(float(sx_), ex), _rbf_gamma(float(sy_), ey)
     kl = kk = ll = 0.0
     rk, rl = np.zeros(n), np.zeros(n)
     for r0 in range(0, n, chunk):
         rows = slice(r0, min(n, r0 + chunk))
-        k = np.exp(-_sq_dists_rows(x, rows, sqx) / (2.0 * s2x))
-        l_ = np.exp(-_sq_dists_rows(y, rows, sqy) / (2.0 * s2y))
+        with np.errstate(over="ignore"):  # a huge γ makes the off-diagonal kernel exactly 0
+            k = np.exp(-_sq_dists_rows(x, rows, sqx) * gx)
+            l_ = np.exp(-_sq_dists_rows(y, rows, sqy) * gy)
         kl += float(np.einsum("ij,ij->", k, l_))
         kk += float(np.einsum("ij,ij->", k, k))
         ll += float(np.einsum("ij,ij->", l_, l_))
@@ -162,7 +184,9 @@ def deconfounded_cka(X: ArrayLike, Y: ArrayLike, inputs: ArrayLike) -> float:
     """
     x, y = paired(X, Y)
     _, z = paired(X, inputs)
-    xc, yc, zc = center(x), center(y), center(z)
+    for a, what in ((x, "X"), (y, "Y"), (z, "inputs")):
+        require_variance(a, what)
+    xc, yc, zc = (center(rescale(a)[0]) for a in (x, y, z))  # invariant to each one's scale
 
     def ip(a: np.ndarray, b: np.ndarray) -> float:
         if feature_space(a.shape[0], a.shape[1], b.shape[1]):
@@ -207,7 +231,9 @@ def cka_factor(p: ArrayLike) -> tuple[str, np.ndarray, float]:
     """A population's linear-CKA factor, computed once for many comparisons: the centred
     matrix and ‖XcᵀXc‖_F (``"x"``), or the centred Gram matrix and its norm (``"k"``) when
     neurons outnumber stimuli."""
-    xc = center(to_matrix(p))
+    x = to_matrix(p)
+    require_variance(x)
+    xc = center(rescale(x)[0])
     n, d = xc.shape
     if feature_space(n, d, d):
         return "x", xc, float(np.sqrt(frob2(crossprod(xc))))

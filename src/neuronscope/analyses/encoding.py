@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError as _SkNotFitted
 from sklearn.utils.validation import validate_data
 
-from neuronscope.analyses._linalg import crossprod, eigh, gram
+from neuronscope.analyses._linalg import crossprod, eigh, gram, require_variance, rescale
 from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import (
@@ -484,6 +484,9 @@ def encoding_score(
     x, y = to_matrix(X, "X").astype(np.float64), to_matrix(Y, "Y")
     if len(x) != len(y):
         raise NeuronscopeError(f"X has {len(x)} samples and Y has {len(y)}; give paired rows")
+    require_variance(x, "X")
+    require_variance(y, "Y")
+    x, y, enc_kw["alphas"] = _scale_free(x, y, alphas)
     if inner_cv is None:
         r = RidgeEncoder(cv=cv, **enc_kw).fit(x, y).cv_r_
     else:
@@ -506,6 +509,27 @@ def encoding_score(
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(c > 0, r / c, np.nan)
     return r
+
+
+def _scale_free(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``x``, ``y`` and the α grid of the same ridge problem with each side divided by a power
+    of two when its scale is extreme (``rescale``, exact): predictions of ``X 2^-a`` with
+    α 4^-a equal those of ``X`` with α (times ``2^-a``), and r does not depend on the scale
+    of ``Y``. So the scores are those of the data as given, without overflow at 1e160 or
+    underflow at 1e-160. α is then kept within [ε, 1/ε] · tr(XᵀX): below, it could change the
+    fit only through rounding noise in null directions; above, the predictions are
+    proportional to X Xᵀ y whatever α is, and r does not depend on the factor."""
+    x, ex = rescale(x)
+    y, _ = rescale(y)
+    if not ex:
+        return x, y, alphas
+    a = np.asarray(alphas, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).all() or (a <= 0).any():
+        return x, y, alphas  # RidgeEncoder refuses it with its own message
+    eps, trace = np.finfo(np.float64).eps, float(np.sum((x - x.mean(0)) ** 2))
+    with np.errstate(over="ignore", under="ignore"):
+        scaled = np.ldexp(a, -2 * ex)
+    return x, y, np.clip(scaled, eps * trace, trace / eps)
 
 
 def _encoding_mean(X: ArrayLike, Y: Any, **kw: Any) -> float:

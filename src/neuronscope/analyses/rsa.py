@@ -23,7 +23,15 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from neuronscope.analyses._linalg import gram
+from neuronscope.analyses._linalg import (
+    cholesky,
+    eigh,
+    eigvalsh,
+    gram,
+    require_variance,
+    rescale,
+    solve,
+)
 from neuronscope.analyses._metric import Metric
 from neuronscope.errors import NeuronscopeError
 from neuronscope.population import (
@@ -70,7 +78,7 @@ def _crossnobis(x: np.ndarray, stimulus: Any, folds: Any, noise: np.ndarray | No
         raise NeuronscopeError("crossnobis needs at least 2 folds (repeats or runs)")
     x = np.asarray(x, dtype=np.float64)
     if noise is not None:
-        x = x @ np.linalg.cholesky(np.asarray(noise, dtype=np.float64))
+        x = x @ cholesky(np.asarray(noise, dtype=np.float64))
     n_f, n, p = len(uf), len(us), x.shape[1]
     sums = np.zeros((n_f, n, p))
     np.add.at(sums, (fi, si), x)
@@ -144,8 +152,29 @@ def rdm(
 
     All products are one BLAS Gram matrix (blocked above 8192 stimuli). ``precision``:
     ``float64``, ``float32`` (the Gram product of the float64-normalised patterns in float32:
-    ~2× faster, dissimilarities within ~1e-6) or ``auto`` (float32 for float32 input).
+    ~2× faster, dissimilarities within ~1e-6) or ``auto`` (float32 for float32 input). The
+    patterns are divided by a power of two when their scale is extreme (exact), so nothing
+    overflows; squared (``euclidean``, ``crossnobis``) dissimilarities too large for float64
+    are an error.
     """
+    d, e = _rdm_scaled(X, method, stimulus, repeat, noise, precision, folds)
+    if not e:
+        return d
+    with np.errstate(over="ignore"):
+        out = np.ldexp(d, e)
+    if not np.isfinite(out[np.isfinite(d)]).all():
+        raise NeuronscopeError(
+            f"{method} dissimilarities of data this large overflow float64; scale the data down "
+            "(RSA scores do not depend on the scale)"
+        )
+    return out
+
+
+def _rdm_scaled(X: ArrayLike, method: str = "correlation", stimulus: Any = None, repeat: Any = None,
+                noise: np.ndarray | None = None, precision: str = "auto", folds: Any = None,
+                ) -> tuple[np.ndarray, int]:
+    """``(rdm / 2^e, e)``: :func:`rdm` of the patterns divided by a power of two when their
+    scale is extreme (``e`` is 0 for the scale-free correlation and cosine RDMs)."""
     if precision not in ("auto", "float32", "float64"):
         raise NeuronscopeError("precision must be 'auto', 'float32' or 'float64'")
     if precision == "auto":
@@ -153,8 +182,9 @@ def rdm(
         precision = "float32" if is32 else "float64"
     gdt = np.float32 if precision == "float32" else np.float64
     x, stimulus, repeat = _stimulus_repeat(X, stimulus, repeat)
+    x, ex = rescale(x)
     if method == "crossnobis":
-        return _crossnobis(x, stimulus, repeat if folds is None else folds, noise)
+        return _crossnobis(x, stimulus, repeat if folds is None else folds, noise), 2 * ex
     if method not in RDM_METHODS:
         raise NeuronscopeError(f"unknown RDM method {method!r}; use one of {', '.join(RDM_METHODS)}")
     if repeat is not None and stimulus is not None:
@@ -169,7 +199,7 @@ def rdm(
         g *= -2.0
         g += sq[:, None]
         g += sq[None, :]
-        return np.maximum(condense_square(g, overwrite=True), 0.0) / x.shape[1]
+        return np.maximum(condense_square(g, overwrite=True), 0.0) / x.shape[1], 2 * ex
     z = x - x.mean(axis=1, keepdims=True) if method == "correlation" else x
     norms = np.sqrt(np.einsum("ij,ij->i", z, z))
     if (norms == 0).any():
@@ -183,7 +213,7 @@ def rdm(
         np.subtract(1.0, g, out=g)
     else:
         g = np.subtract(1.0, g, dtype=np.float64)
-    return condense_square(g, overwrite=True)
+    return condense_square(g, overwrite=True), 0
 
 
 def rdms_from_repeats(X: ArrayLike, method: str = "correlation", stimulus: Any = None,
@@ -271,7 +301,7 @@ def whiten(v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     wdiag = np.concatenate([np.full(q, 0.5), np.ones(n)])
     dx = wdiag[:, None] * x
     vw = np.concatenate([-0.5 * v, np.zeros((k, n))], axis=1)
-    vw = vw - vw @ x @ np.linalg.solve(x.T @ dx, dx.T)
+    vw = vw - vw @ x @ solve(x.T @ dx, dx.T)
     vw[:, :q] *= np.sqrt(2.0)
     return vw
 
@@ -292,7 +322,7 @@ def _bures(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
     ``compare_bures_similarity``; negative eigenvalues clipped at 0 as there)."""
     ka, kb = _centered_kernels(va), _centered_kernels(vb)
     n = ka.shape[1]
-    lam, u = np.linalg.eigh(ka)
+    lam, u = eigh(ka)
     # the same operations as rsatoolbox: the square roots of rounding-level eigenvalues make
     # this comparator sensitive to 1e-8 to the order of floating-point operations
     asq = u @ (np.sqrt(np.maximum(lam[:, :, None], 0.0)) * np.swapaxes(u, 1, 2))
@@ -304,7 +334,7 @@ def _bures(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
         ch = pairs[s0 : s0 + step]
         ia, ib = np.array([p[0] for p in ch]), np.array([p[1] for p in ch])
         mats = asq[ia] @ kb[ib] @ asq[ia]
-        ev = np.linalg.eigvalsh(mats)
+        ev = eigvalsh(mats)
         out[ia, ib] = np.sqrt(np.maximum(ev, 0.0)).sum(axis=1) / np.sqrt(tra[ia] * trb[ib])
     return out
 
@@ -395,7 +425,9 @@ def _to_rdms(X: Any, rdm_method: str) -> RDMs:
     if isinstance(X, xr.DataArray) and id_coord(X):
         X = average_repeats(X) if "repeat" in X.coords else X
         stim = np.asarray(X.coords[id_coord(X)].values)
-    return RDMs(rdm(X, rdm_method)[None], stimulus=stim, measure=rdm_method)
+    require_variance(to_matrix(X), "a population")
+    # RSA scores do not depend on the RDM's scale: the scaled RDM never overflows
+    return RDMs(_rdm_scaled(X, rdm_method)[0][None], stimulus=stim, measure=rdm_method)
 
 
 def _pair_rdms(X: Any, Y: Any, rdm_method: str) -> tuple[RDMs, RDMs]:

@@ -338,8 +338,9 @@ def collect_atlas_data(run: Any, examples: int | None = 16) -> dict[str, Any]:
     src = run.config.get("source") or {}
     model = run.config.get("model")
     corpus = src.get("corpus") or src.get("name")
-    if corpus and ("/" in corpus or "\\" in corpus):
-        corpus = Path(corpus).name  # a shared atlas should not carry the recording machine's paths
+    # a shared atlas should not carry the recording machine's paths (a local model directory
+    # or corpus file): their last component names them
+    model, corpus = (Path(v).name if isinstance(v, str) and ("/" in v or "\\" in v) else v for v in (model, corpus))
     meta = {
         "model": model,
         "corpus": corpus,

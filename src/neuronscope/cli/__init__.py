@@ -4,6 +4,8 @@ Every verb takes ``--json`` for machine-readable output. Errors are one line on 
 that names the fix, with exit code 2.
 
 * :mod:`neuronscope.cli.output` — the one output module: JSON emitter and rich tables.
+* :mod:`neuronscope.cli.checks` — early checks of output paths, runs written into and
+  half-open option ranges, made before any model loads or any computing starts.
 * :mod:`neuronscope.cli.run` — ``record``, ``info``, ``summarize``, ``demo``.
 * :mod:`neuronscope.cli.characterize` — ``characterize``.
 * :mod:`neuronscope.cli.atlas` — ``atlas``, ``serve``.
@@ -19,11 +21,17 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import typer
 
 from neuronscope.cli import atlas, causal, characterize, compare, match, run
 from neuronscope.errors import NeuronscopeError
+
+try:  # typer (pinned) vendors click as typer._click; plain click for a typer that does not
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click
 
 __all__ = ["app", "main"]
 
@@ -57,14 +65,57 @@ for _name, _command in (
     app.command(_name)(_command)
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def _allowed(param: object) -> str:
+    """``"; allowed: 0..65535"`` for an option declared with typer's ``min``/``max``, else ``""``."""
+    lo, hi = getattr(param, "min", None), getattr(param, "max", None)
+    if lo is None and hi is None:
+        return ""
+    if lo is not None and hi is not None:
+        return f"; allowed: {lo}..{hi}"
+    return f"; allowed: >= {lo}" if lo is not None else f"; allowed: <= {hi}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app on ``argv`` (default: the process arguments),
-    turning user errors into one line ``error: …`` on stderr and exit code 2."""
+    """Console entry point: run the app on ``argv`` (default: the process arguments).
+
+    Every failure a user can cause is one line ``error: …`` on stderr with exit code 2:
+    a :class:`NeuronscopeError` from a verb, and click's usage errors (a bad option value
+    or range, a missing or unknown option), which click would otherwise print as a
+    multi-line usage box. ``--help`` and a bare ``neuronscope`` print help and exit 0.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
     try:
-        app(args=argv)
-    except NeuronscopeError as e:
-        typer.echo(f"error: {e}", err=True)
+        with command.make_context("neuronscope", args) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as e:  # --help, --version and ctx.exit()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except _click.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help())
+        sys.exit(0)
+    except _click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "neuronscope"
+        _fail(f"{e.format_message()}{_allowed(getattr(e, 'param', None))} (see `{where} --help`)", 2)
+    except _click.ClickException as e:
+        _fail(e.format_message(), 2)
+    except NeuronscopeError as e:
+        _fail(str(e), e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(130)
+    except OSError as e:
+        # The last resort for the environment failing under a verb (a file vanished, a disk
+        # filled, a permission changed): still one line, naming the path and the reason.
+        if e.filename is None or not e.strerror:
+            raise
+        _fail(f"{e.strerror}: {e.filename}; check the path, its permissions and the free disk space", 2)

@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 
+from neuronscope.cli.checks import PLOT_SUFFIXES, output_file, writable_run
 from neuronscope.cli.output import console, emit_json
 from neuronscope.errors import NeuronscopeError
 
@@ -37,7 +38,7 @@ _CORPUS_HELP = "Text corpus: a .txt (one document per line) or .jsonl file, or '
 
 def _setup(model_name: str, corpus: str, docs: int, batch_size: int, max_tokens: int) -> tuple[Any, Any, Any, str]:
     """``(model, tokenizer or None, source of the first docs items, default site glob)``."""
-    from neuronscope.specs import is_digits_name, load_named_model
+    from neuronscope.specs import is_digits_name, load_model
 
     if docs < 1 or batch_size < 1 or max_tokens < 1:
         raise NeuronscopeError("--docs, --batch-size and --max-tokens must be positive")
@@ -45,7 +46,7 @@ def _setup(model_name: str, corpus: str, docs: int, batch_size: int, max_tokens:
         from neuronscope.sources.tensors import TensorSource
         from neuronscope.testing.digits import digits_data
 
-        model, _ = load_named_model(model_name)
+        model, _ = load_model(model_name)
         arch = model_name.split(":")[0].removeprefix("digits-")
         x, y = digits_data("all", arch)
         return model, None, TensorSource(x[:docs], batch_size=batch_size, labels={"digit": y[:docs].tolist()},
@@ -53,8 +54,8 @@ def _setup(model_name: str, corpus: str, docs: int, batch_size: int, max_tokens:
     from neuronscope.sources.models import BERT_FFN_SITES
     from neuronscope.sources.text import TextSource, load_corpus
 
-    model, tok = load_named_model(model_name)
-    full = load_corpus(corpus)
+    full = load_corpus(corpus)  # corpus errors before the seconds of loading a model
+    model, tok = load_model(model_name)
     cut = full.head(docs)
     return model, tok, TextSource(cut, tok, batch_size=batch_size, max_tokens=max_tokens,
                                   label_categories=full.categories()), BERT_FFN_SITES
@@ -118,15 +119,15 @@ def attribute(
     site: str = typer.Option("", "--site", help="Module glob(s) whose units to attribute (default: the FFN sites of text models, 'act*' for digits nets); several sites share one integrated-gradients path."),
     target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
     corpus: str = typer.Option("default", help=_CORPUS_HELP),
-    docs: int = typer.Option(64, help="Use the first N documents (or images)."),
-    steps: int = typer.Option(20, help="Integration steps along the path from the baseline to the input (steps+1 forward points)."),
+    docs: int = typer.Option(64, min=1, help="Use the first N documents (or images)."),
+    steps: int = typer.Option(20, min=1, help="Integration steps along the path from the baseline to the input (steps+1 forward points)."),
     method: str = typer.Option("riemann_trapezoid", help="Integration rule: riemann_trapezoid (ends included; completeness converges), riemann_left, riemann_right, riemann_middle, gausslegendre (Captum's rules)."),
     baseline: str = typer.Option("zeros", help="Path start for text models: zeros (zero token embeddings), pad ([PAD] embedding at every position) or mask ([MASK] embedding); tensor models start at zeros."),
     label: str = typer.Option(None, "--label", help="Also average per value of this document label (e.g. lang).", show_default=False),
-    top: int = typer.Option(15, help="Show this many neurons per site, by mean |conductance|."),
-    batch_size: int = typer.Option(8, help="Documents per batch (each runs steps+1 path points)."),
-    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
-    internal_batch_size: int = typer.Option(0, help="Cap on examples × path points per forward pass (0 = the whole path at once)."),
+    top: int = typer.Option(15, min=1, help="Show this many neurons per site, by mean |conductance|."),
+    batch_size: int = typer.Option(8, min=1, help="Documents per batch (each runs steps+1 path points)."),
+    max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
+    internal_batch_size: int = typer.Option(0, min=0, help="Cap on examples × path points per forward pass (0 = the whole path at once)."),
     save: Path = typer.Option(None, "--save", help="Store per-neuron importance (mean and mean |conductance| per unit, per label) in this run as extras/conductance.", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -135,6 +136,8 @@ def attribute(
     and the completeness error Σ cond − (F(x) − F(baseline))."""
     from neuronscope.analyses.attribute import conductance_over, save_conductance
 
+    if save is not None:
+        writable_run(save, "--save")  # before the conductance pass, not after it
     m, tok, source, default_sites = _setup(model, corpus, docs, batch_size, max_tokens)
     tgt = _target(target, m, tok)
     base = _baseline(baseline, tok) if tok is not None else "zeros"
@@ -190,18 +193,18 @@ def ablate(
     model: str = typer.Argument(..., help=_MODEL_HELP),
     site: str = typer.Option(..., "--site", help="The one module whose units to ablate (e.g. encoder.layer.3.intermediate)."),
     units: str = typer.Option(None, "--units", help="Comma-separated unit indices to ablate one at a time.", show_default=False),
-    top: int = typer.Option(0, help="Instead of --units: the top-K units by importance (from --importance RUN, else by conductance computed here)."),
+    top: int = typer.Option(0, min=0, help="Instead of --units: the top-K units by importance (from --importance RUN, else by conductance computed here)."),
     importance: Path = typer.Option(None, "--importance", help="A run holding `attribute --save` results; --top reads its mean |conductance|.", show_default=False),
     how: str = typer.Option("zero", help="zero, or mean (the unit's corpus mean from --means-run)."),
     means_run: Path = typer.Option(None, "--means-run", help="A recorded run whose summaries give the means for --how mean.", show_default=False),
     cumulative: bool = typer.Option(False, "--cumulative", help="Ablate the sets top-1, top-2, ... (in the order given) instead of single units."),
     target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
     corpus: str = typer.Option("default", help=_CORPUS_HELP),
-    docs: int = typer.Option(32, help="Use the first N documents (or images)."),
-    steps: int = typer.Option(10, help="Integration steps when --top ranks by conductance computed here."),
-    batch_size: int = typer.Option(8, help="Documents per batch."),
-    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
-    max_batch: int = typer.Option(256, help="Items per forward pass: each batch is copied once per ablated unit, this many at a time."),
+    docs: int = typer.Option(32, min=1, help="Use the first N documents (or images)."),
+    steps: int = typer.Option(10, min=1, help="Integration steps when --top ranks by conductance computed here."),
+    batch_size: int = typer.Option(8, min=1, help="Documents per batch."),
+    max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
+    max_batch: int = typer.Option(256, min=1, help="Items per forward pass: each batch is copied once per ablated unit, this many at a time."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Effect on a target of ablating each listed (or top) neuron of a site, batched over
@@ -222,6 +225,13 @@ def ablate(
         raise NeuronscopeError("--units is empty; list at least one unit")
     if how == "mean" and means_run is None:
         raise NeuronscopeError("--how mean needs --means-run RUN (a recorded run whose summaries hold the means)")
+    for option, given in (("--importance", importance), ("--means-run", means_run)):
+        if given is not None:  # a mistyped run fails before the model loads
+            from neuronscope.store import open_run
+
+            if not Path(given).exists():
+                raise NeuronscopeError(f"{option} {given} does not exist; give a run directory")
+            open_run(given)
     m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
     tgt = _target(target, m, tok)
     name = _one_site(m, site).name
@@ -266,10 +276,10 @@ def steer(
     positions: str = typer.Option("all", help="Token positions averaged for the vector and steered: all, or last (each document's last real token)."),
     target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
     corpus: str = typer.Option("default", help=_CORPUS_HELP + " The vector comes from the whole corpus (with --label); the sweep runs on the first --docs documents."),
-    docs: int = typer.Option(32, help="Measure the target on the first N documents."),
-    batch_size: int = typer.Option(8, help="Documents per batch."),
-    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
-    plot: Path = typer.Option(None, "--plot", help="Write the steering curve (PNG) here.", show_default=False),
+    docs: int = typer.Option(32, min=1, help="Measure the target on the first N documents."),
+    batch_size: int = typer.Option(8, min=1, help="Documents per batch."),
+    max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
+    plot: Path = typer.Option(None, "--plot", help="Write the steering curve here (.png, .pdf or .svg).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Contrastive activation addition (Rimsky et al. 2023): the steering vector is the mean
@@ -287,6 +297,15 @@ def steer(
     coefs = _floats(coefficients, "--coefficients")
     if not coefs:
         raise NeuronscopeError("--coefficients is empty; give at least one number")
+    if plot is not None:
+        output_file(plot, "--plot", PLOT_SUFFIXES)
+    if not label:  # the example files are read before the model loads
+        from neuronscope.sources.text import load_corpus
+
+        for f in (positive, negative):
+            if not Path(f).exists():
+                raise NeuronscopeError(f"{f} is not a file; give .txt/.jsonl files or --label with label values")
+            load_corpus(f)
     m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
     if tok is None:
         raise NeuronscopeError("steer works on text models (minilm or a Hugging Face model directory)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
+from neuronscope.cli.checks import output_file
 from neuronscope.cli.output import console, emit_json, site_table
 from neuronscope.errors import NeuronscopeError
 
@@ -19,16 +20,9 @@ from neuronscope.errors import NeuronscopeError
 OUT_SUFFIXES = (".parquet", ".csv")
 
 
-def _check_suffix(out: Path) -> str:
-    suffix = out.suffix.lower()
-    if suffix not in OUT_SUFFIXES:
-        raise NeuronscopeError(f"--out must end in .parquet or .csv, not {out.name!r}")
-    return suffix
-
-
 def write_table(df: pd.DataFrame, out: Path) -> Path:
     """Write the per-neuron table as Parquet or CSV, chosen by ``out``'s suffix."""
-    suffix = _check_suffix(out)
+    suffix = output_file(out, "--out", OUT_SUFFIXES).suffix.lower()
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
         df.to_parquet(out, index=False)
@@ -64,7 +58,7 @@ def characterize(
     if not Path(run).exists():
         raise NeuronscopeError(f"run {run} does not exist; pass the directory given to record --out")
     if out is not None:
-        _check_suffix(out)  # before the work, not after it
+        output_file(out, "--out", OUT_SUFFIXES)  # kind and writability before the work, not after it
     r = open_run(run)
     neurons = characterize_run(r, site=site, threshold=threshold)
     sites = site_summary(r, site=site, threshold=threshold)

@@ -20,6 +20,7 @@ from typing import Any
 
 import typer
 
+from neuronscope.cli.checks import open_interval, writable_run
 from neuronscope.cli.output import console, emit_json, matrix_table
 from neuronscope.errors import NeuronscopeError
 
@@ -41,9 +42,9 @@ def compare(
                                         "(default: spearman for rsa, pearson for trsa)."),
     alpha: float = typer.Option(None, "--alpha", show_default=False,
                                 help="Partial whitening for procrustes/shape (1 = none, the default; 0 = full)."),
-    keep: float = typer.Option(None, "--keep", show_default=False,
-                               help="Variance fraction kept by svcca (default 0.99)."),
-    cv: int = typer.Option(None, "--cv", show_default=False,
+    keep: float = typer.Option(None, "--keep", show_default=False, callback=open_interval(0.0, 1.0),
+                               help="Variance fraction kept by svcca, in (0, 1] (default 0.99)."),
+    cv: int = typer.Option(None, "--cv", show_default=False, min=2,
                            help="Cross-validation folds for the encoding metric (default 5)."),
     save: Path = typer.Option(None, "--save",
                               help="Store the matrix in this run (extras/compare-<metric>) so its atlas shows the heatmap."),
@@ -60,6 +61,8 @@ def compare(
         raise NeuronscopeError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_CHOICES)}")
     given = {"rdm_method": rdm_method, "compare": comparator, "alpha": alpha, "keep": keep, "cv": cv}
     options = {k: v for k, v in given.items() if v is not None}
+    if save is not None:
+        writable_run(save, "--save")  # before loading and comparing, not after
     pa, pb = load_population_pair(a, b, align, pool)  # alignment checked before any activation is read
     mat = compare_all(pa, metric, others=pb, **options)
     values = mat.values

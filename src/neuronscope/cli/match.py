@@ -20,6 +20,7 @@ from pathlib import Path
 
 import typer
 
+from neuronscope.cli.checks import PLOT_SUFFIXES, open_interval, output_dir, output_file
 from neuronscope.cli.output import console, emit_json, frame_table
 from neuronscope.errors import NeuronscopeError
 
@@ -36,19 +37,29 @@ def _model_names(models: list[str] | None, more: list[str] | None) -> list[str]:
     return [n.strip() for m in [*(models or []), *(more or [])] for n in m.split(",") if n.strip()]
 
 
+def _check_corpus(names: list[str], corpus: str) -> None:
+    """Read a text corpus before any model loads (digits models ignore it)."""
+    from neuronscope.specs import is_digits_name
+
+    if corpus != "default" and not all(is_digits_name(n) for n in names):
+        from neuronscope.sources.text import load_corpus
+
+        load_corpus(corpus)
+
+
 def match(
     models: list[str] = typer.Option(..., "--models", help=_MODELS_HELP),
     more: list[str] = typer.Argument(None, help=_MORE_HELP, show_default=False, metavar="MODEL"),
     corpus: str = typer.Option("default", help="Text corpus (.txt / .jsonl, or 'default' for the bundled one); digits models ignore it."),
     sites: str = typer.Option("", help="Module glob(s), comma-separated (default: the FFN sites of text models, 'act*' for digits nets)."),
-    threshold: float = typer.Option(0.5, help="A neuron is universal when its maximum correlation with every other model exceeds this."),
+    threshold: float = typer.Option(0.5, min=-1.0, max=1.0, help="A neuron is universal when its maximum correlation with every other model exceeds this (in [-1, 1])."),
     same_site: bool = typer.Option(False, "--same-site", help="Search a neuron's partners only in the same-named site of the other models (default: all recorded sites)."),
     within: bool = typer.Option(True, help="Also accumulate within-model Gram matrices (needed for the rotation baseline)."),
     untrained_baseline: bool = typer.Option(False, "--untrained-baseline", help="Digits models only: also record the untrained nets of the same seeds and report their universal fraction as a baseline."),
-    max_samples: int = typer.Option(0, help="Stop after this many samples (tokens or images; 0 = the whole corpus)."),
-    batch_size: int = typer.Option(32, help="Documents (or images) per forward pass."),
-    max_tokens: int = typer.Option(128, help="Truncate each document to this many tokens."),
-    seed: int = typer.Option(0, help="Seed of the random rotations of the baseline."),
+    max_samples: int = typer.Option(0, min=0, help="Stop after this many samples (tokens or images; 0 = the whole corpus)."),
+    batch_size: int = typer.Option(32, min=1, help="Documents (or images) per forward pass."),
+    max_tokens: int = typer.Option(128, min=1, help="Truncate each document to this many tokens."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random rotations of the baseline."),
     out: Path = typer.Option(None, help="Directory to write lockstep.npz (the cross-products), neurons.csv (per-neuron universality) and universal.csv."),
     align: str = typer.Option("token", "--align", help="What a sample is when text models tokenize differently: token (identical tokenizations only), word, char-span (tokens pooled per aligned span) or doc (pooled per document)."),
     pool: str = typer.Option("mean", "--pool", help="Pooling for --align word/char-span/doc: mean, max or last (token)."),
@@ -71,6 +82,9 @@ def match(
     if untrained_baseline and not all(is_digits_name(n) and not n.endswith(":untrained") for n in names):
         raise NeuronscopeError("--untrained-baseline needs trained digits models (digits-mlp:SEED ...)")
     check_align(align, pool)
+    if out is not None:
+        output_dir(out, "--out")  # before recording, not after
+    _check_corpus(names, corpus)
     zoo = load_zoo(names, corpus, batch_size, max_tokens)
     glob = sites or zoo.sites
     kw = dict(within=within, max_samples=max_samples or None, conv=zoo.conv, progress=not json_out)
@@ -82,10 +96,7 @@ def match(
     report = match_report(lock, threshold, same_site, untrained, seed)
     doc = report.to_dict()
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise NeuronscopeError(f"cannot create {out} ({e.strerror}); choose a writable --out") from None
+        out.mkdir(parents=True, exist_ok=True)
         lock.save(out / "lockstep.npz")
         report.neurons.to_csv(out / "neurons.csv", index=False)
         report.fractions.to_csv(out / "universal.csv", index=False)
@@ -120,16 +131,16 @@ def sysid(
     corpus: str = typer.Option("default", help="Text corpus for text models ('default' = the bundled one); its tokens are the stimuli."),
     sites: str = typer.Option("", help="Module glob(s) of the candidate sites (default: FFN sites of text models, 'act*,out' for digits nets)."),
     metrics: str = typer.Option("linear_cka,rsa,trsa,encoding,procrustes", help="Comma-separated metrics from: linear_cka, rsa, trsa, encoding, procrustes."),
-    snr: list[float] = typer.Option([1.0], help="Signal-to-noise ratio (signal variance / noise variance per neuron); repeat for a sweep."),
-    n_stimuli: list[int] = typer.Option([100], help="Stimuli per simulated recording; repeat for a sweep."),
-    n_neurons: int = typer.Option(50, help="Recorded neurons subsampled from the true site (0 = all)."),
+    snr: list[float] = typer.Option([1.0], callback=open_interval(0.0, float("inf"), hi_open=True), help="Signal-to-noise ratio (signal variance / noise variance per neuron, > 0); repeat for a sweep."),
+    n_stimuli: list[int] = typer.Option([100], min=3, help="Stimuli per simulated recording (at least 3); repeat for a sweep."),
+    n_neurons: int = typer.Option(50, min=0, help="Recorded neurons subsampled from the true site (0 = all)."),
     mixing: bool = typer.Option(False, "--mixing", help="Randomly mix the recorded neurons linearly (as voxels or electrodes mix cells)."),
-    draws: int = typer.Option(20, help="Simulated recordings per condition."),
-    pool: int = typer.Option(2000, help="Stimulus pool: the first N samples (tokens or images) whose activations are held in memory."),
-    seed: int = typer.Option(0, help="Seed of the draws."),
-    batch_size: int = typer.Option(32, help="Documents (or images) per forward pass."),
-    max_tokens: int = typer.Option(64, help="Truncate each document to this many tokens."),
-    plot: Path = typer.Option(None, help="Write the recovery plot (PNG) here."),
+    draws: int = typer.Option(20, min=1, help="Simulated recordings per condition."),
+    pool: int = typer.Option(2000, min=3, help="Stimulus pool: the first N samples (tokens or images) whose activations are held in memory."),
+    seed: int = typer.Option(0, min=0, help="Seed of the draws."),
+    batch_size: int = typer.Option(32, min=1, help="Documents (or images) per forward pass."),
+    max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
+    plot: Path = typer.Option(None, help="Write the recovery plot here (.png, .pdf or .svg)."),
     json_out: bool = typer.Option(False, "--json", help="Print the recovery table as JSON."),
 ) -> None:
     """System identification: would each comparison metric pick the true model of a
@@ -151,6 +162,9 @@ def sysid(
     unknown = [m for m in chosen if m not in all_metrics]
     if unknown or not chosen:  # before loading any model
         raise NeuronscopeError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(all_metrics)}")
+    if plot is not None:
+        output_file(plot, "--plot", PLOT_SUFFIXES)
+    _check_corpus(names, corpus)
     zoo = load_zoo(names, corpus, batch_size, max_tokens)
     if zoo.kind == "text":  # the stimuli are tokens: every model must tokenize alike (before any forward pass)
         from neuronscope.lockstep import check_lockstep_sources

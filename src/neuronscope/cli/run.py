@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from neuronscope.cli.checks import open_interval, output_dir, writable_run
 from neuronscope.cli.output import console, emit_json, print_info, site_table
 
 
@@ -21,21 +22,24 @@ def record(
     out: Path = typer.Option(..., help="Run directory to write (a Zarr v3 store); re-running into an unfinished run resumes it."),
     keep: str = typer.Option("both", help="What to keep: 'both' (activations + summaries), 'activations', or 'summaries' (no activations stored)."),
     dtype: str = typer.Option("float16", help="Storage dtype of activations: float16 or float32."),
-    batch_size: int = typer.Option(32, help="Documents per forward pass."),
-    max_tokens: int = typer.Option(128, help="Truncate each document to this many tokens."),
-    sample_rate: float = typer.Option(1.0, help="Store activations of this deterministic fraction of samples (summaries see all)."),
-    workers: int = typer.Option(0, help="Shard the corpus over a local Dask cluster with this many workers (summaries only; 0 = in process)."),
+    batch_size: int = typer.Option(32, min=1, help="Documents per forward pass."),
+    max_tokens: int = typer.Option(128, min=1, help="Truncate each document to this many tokens."),
+    sample_rate: float = typer.Option(1.0, callback=open_interval(0.0, 1.0), help="Store activations of this deterministic fraction of samples, in (0, 1] (summaries see all)."),
+    workers: int = typer.Option(0, min=0, help="Shard the corpus over a local Dask cluster with this many workers (summaries only; 0 = in process)."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler to shard the corpus over (summaries only)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run with a different configuration."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
 ) -> None:
     """Record the neurons of a model over a corpus into a resumable run."""
+    from neuronscope.recording import check_record_options
     from neuronscope.recording import record as record_run
     from neuronscope.sources.text import TextSource, load_corpus
     from neuronscope.specs import load_model
 
-    docs = load_corpus(corpus)  # corpus errors come before the seconds of loading a model
+    check_record_options(keep, dtype, sample_rate)  # option, path and corpus errors come
+    output_dir(out, "--out")  # before the seconds of loading a model
+    docs = load_corpus(corpus)
     m, tok = load_model(model)
     source = TextSource(docs, tok, batch_size=batch_size, max_tokens=max_tokens)
     if workers or scheduler:
@@ -74,9 +78,9 @@ def info(
 def summarize(
     run: Path = typer.Argument(..., help="A run with stored activations."),
     sites: str = typer.Option("", help="Site glob(s) to summarize (default: all)."),
-    workers: int = typer.Option(2, help="Workers of the local Dask cluster."),
+    workers: int = typer.Option(2, min=1, help="Workers of the local Dask cluster."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler (instead of a local cluster)."),
-    chunk_rows: int = typer.Option(0, help="Rows per task (0 = an even share per worker, at most 32768; chunks never split a document)."),
+    chunk_rows: int = typer.Option(0, min=0, help="Rows per task (0 = an even share per worker, at most 32768; chunks never split a document)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
 ) -> None:
     """Compute the streaming summaries of a stored run chunk by chunk with Dask and store them
@@ -84,7 +88,7 @@ def summarize(
     from neuronscope.distributed import summarize_run
     from neuronscope.store import open_run
 
-    r = open_run(run)
+    r = writable_run(run, "RUN")  # the summaries are written into the run: check before computing
     result = summarize_run(r, sites or None, workers=workers, scheduler=scheduler or None, chunk_rows=chunk_rows or None)
     r.write_summaries(result)
     if json_out:
@@ -95,8 +99,8 @@ def summarize(
 
 def demo(
     out: Path = typer.Option(Path("demo_output"), help="Directory for the demo's run, tables and atlas."),
-    docs: int = typer.Option(0, help="Use only the first N documents of the bundled corpus (0 = all 2,852)."),
-    sample_rate: float = typer.Option(0.05, help="Fraction of samples whose activations are stored (summaries see all)."),
+    docs: int = typer.Option(0, min=0, help="Use only the first N documents of the bundled corpus (0 = all 2,852)."),
+    sample_rate: float = typer.Option(0.05, callback=open_interval(0.0, 1.0), help="Fraction of samples whose activations are stored, in (0, 1] (summaries see all)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """The main job on the embedded default: record MiniLM's 6 FFN sites over the bundled
@@ -111,6 +115,7 @@ def demo(
     from neuronscope.sources.text import TextSource, load_corpus
     from neuronscope.specs import load_model
 
+    output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model("minilm")
     corpus = load_corpus("default")

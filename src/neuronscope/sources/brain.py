@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,67 @@ import xarray as xr
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.rdms import RDMs
+
+# --------------------------------------------------------------------------- reading files
+
+
+@contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Turn every way a file can fail to parse (truncated, empty, not the format its suffix
+    says, holding pickled objects) into one :class:`NeuronscopeError` naming the file.
+
+    Nothing is ever unpickled: ``np.load`` runs with ``allow_pickle=False``, so an object
+    array is refused, and is reported as such.
+    """
+    try:
+        yield
+    except NeuronscopeError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, UnicodeDecodeError):
+            raise NeuronscopeError(f"{path} is not UTF-8 text ({msg[:120]}); save it as UTF-8") from None
+        if "pickle" in msg.lower():
+            raise NeuronscopeError(
+                f"{path} holds pickled (object) data, which neuronscope never loads; "
+                f"save plain numeric {what} arrays"
+            ) from None
+        raise NeuronscopeError(
+            f"cannot read {what} file {path} ({type(e).__name__}: {msg[:200]}); "
+            "check that it is a complete file of the type its suffix names"
+        ) from None
+
+
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """A ``.npy`` file's array, never unpickling: a file without the NPY header (which
+    ``np.load`` would try as a pickle), a truncated file or an object array is refused."""
+    with reading(path, what):
+        with open(path, "rb") as f:
+            head = f.read(6)
+            if head != b"\x93NUMPY":
+                kind = "is empty" if not head else "has no NPY header"
+                raise NeuronscopeError(f"{path} {kind}, so it is not a .npy file; save {what} arrays with np.save")
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+
+
+def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, never unpickling (object arrays are refused); the file
+    is closed whatever happens (``np.load`` on a path leaks it when the archive is bad)."""
+    with reading(path, what), open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _numeric(a: Any, what: str) -> np.ndarray:
+    """``a`` as a real numeric ndarray: complex values and non-numbers are refused."""
+    if not isinstance(a, np.ndarray):
+        raise NeuronscopeError(f"{what} is not an array; save a numeric array (np.save / np.savez)")
+    if a.dtype.kind == "c":
+        raise NeuronscopeError(f"{what} is complex-valued; give real responses (e.g. np.abs or .real first)")
+    if a.dtype.kind not in "biuf":
+        raise NeuronscopeError(f"{what} has dtype {a.dtype}, not numbers; give numeric (stimuli, units) values")
+    return a
+
 
 # --------------------------------------------------------------------------- response arrays
 
@@ -43,7 +106,7 @@ def responses_population(
     row — or (stimuli, repeats, units), which is flattened stimulus-major with ``repeat``
     filled in. Neuron coords: ``site`` (one name) and ``unit`` (0..units-1).
     """
-    a = np.asarray(data)
+    a = _numeric(np.asarray(data), "the response array")
     if a.ndim == 3:
         ns, nr, nu = a.shape
         stim = np.arange(ns) if stimulus is None else np.asarray(stimulus)
@@ -65,7 +128,10 @@ def responses_population(
         "unit": ("neuron", np.arange(a.shape[1], dtype=np.int64)),
     }
     if repeat is not None:
-        rep = np.asarray(repeat, dtype=np.int64)
+        try:
+            rep = np.asarray(repeat, dtype=np.int64)
+        except (TypeError, ValueError):
+            raise NeuronscopeError("repeat indices must be integers (0, 1, ...), one per row") from None
         if len(rep) != n:
             raise NeuronscopeError(f"{len(rep)} repeat indices for {n} rows; give one per row")
         coords["repeat"] = ("sample", rep)
@@ -110,17 +176,18 @@ def load_responses(path: str | Path, key: str | None = None, site: str | None = 
     site = site or p.stem
     suf = p.suffix.lower()
     if suf == ".npy":
-        return responses_population(np.load(p, allow_pickle=False), site=site)
+        return responses_population(_numeric(load_npy(p, "response"), f"{p}"), site=site)
     if suf in (".npz", ".h5", ".hdf5"):
-        if suf == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        else:
-            import h5py
+        with reading(p, "response"):
+            if suf == ".npz":
+                arrays = load_npz(p, "response")
+            else:
+                import h5py
 
-            with h5py.File(p, "r") as f:
-                arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+                with h5py.File(p, "r") as f:
+                    arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
         k = _pick(arrays, key, ("responses", "data"), "response")
+        _numeric(np.asarray(arrays[k]), f"array {k!r} of {p}")
         stim = arrays.get("stimulus")
         if stim is not None and stim.dtype.kind == "S":
             stim = stim.astype(str)
@@ -128,11 +195,18 @@ def load_responses(path: str | Path, key: str | None = None, site: str | None = 
     if suf == ".csv":
         import pandas as pd
 
-        df = pd.read_csv(p)
+        with reading(p, "response"):
+            df = pd.read_csv(p)
         if "stimulus" not in df.columns:
             raise NeuronscopeError(f"{p} has no `stimulus` column; add one naming each row's stimulus")
-        rep = df["repeat"].to_numpy() if "repeat" in df.columns else None
         units = df.drop(columns=[c for c in ("stimulus", "repeat") if c in df.columns])
+        bad = [str(c) for c in units.columns if units[c].dtype.kind not in "biuf"]
+        if bad:
+            raise NeuronscopeError(f"{p}: column(s) {', '.join(bad[:3])} hold non-numbers; every column but "
+                                   "stimulus and repeat must be numeric (a unit's responses)")
+        if "repeat" in df.columns and df["repeat"].dtype.kind not in "iu":
+            raise NeuronscopeError(f"{p}: the repeat column must hold integers (0, 1, ...)")
+        rep = df["repeat"].to_numpy() if "repeat" in df.columns else None
         return responses_population(units.to_numpy(dtype=np.float64), df["stimulus"].to_numpy(), rep, site)
     raise NeuronscopeError(f"unknown response file type {suf!r}; use .npy, .npz, .h5/.hdf5 or .csv")
 
@@ -356,29 +430,32 @@ def load_rdms(path: str | Path, key: str | None = None, field: str = "RDM",
     suf = p.suffix.lower()
     stim: Any = None
     names: list[str] | None = None
-    if suf in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            if "dissimilarities" in f and isinstance(f["dissimilarities"], h5py.Dataset) and key is None:
-                return _rsatoolbox_h5(f, p)
-            arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-    elif suf == ".npy":
-        arrays = {"rdms": np.load(p, allow_pickle=False)}
-    elif suf == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    elif suf == ".mat":
-        import scipy.io
-
-        try:
-            v73 = scipy.io.matlab.matfile_version(p)[0] == 2
-        except (ValueError, TypeError) as e:
-            raise NeuronscopeError(f"{p} is not a MATLAB file ({e}); check the file") from None
-        arrays = _mat_v73(p) if v73 else {
-            k: v for k, v in scipy.io.loadmat(p).items() if not k.startswith("__")}
-    else:
+    if suf not in (".h5", ".hdf5", ".npy", ".npz", ".mat"):
         raise NeuronscopeError(f"unknown RDM file type {suf!r}; use .mat, .npy, .npz, .h5 or .hdf5")
+    with reading(p, "RDM"):
+        if suf in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                if "dissimilarities" in f and isinstance(f["dissimilarities"], h5py.Dataset) and key is None:
+                    return _rsatoolbox_h5(f, p)
+                arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+        elif suf == ".npy":
+            arrays = {"rdms": load_npy(p, "RDM")}
+        elif suf == ".npz":
+            arrays = load_npz(p, "RDM")
+        else:
+            import scipy.io
+
+            try:
+                v73 = scipy.io.matlab.matfile_version(p)[0] == 2
+            except (ValueError, TypeError) as e:
+                raise NeuronscopeError(f"{p} is not a MATLAB file ({e}); check the file") from None
+            arrays = _mat_v73(p) if v73 else {
+                k: v for k, v in scipy.io.loadmat(p).items() if not k.startswith("__")}
+    cplx = [k for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.kind == "c"]
+    if cplx:
+        raise NeuronscopeError(f"{p.name}: {cplx[0]!r} is complex-valued; RDMs hold real dissimilarities")
     if "stimulus" in arrays:
         stim = _ids(arrays["stimulus"])
     if "names" in arrays:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,15 @@ def load_hf_model(name: str | Path = "minilm") -> tuple[Any, Any]:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle it then refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except pickle.UnpicklingError:
+        raise NeuronscopeError(
+            f"{path} holds a pickled checkpoint that torch.load(weights_only=True) refuses to load "
+            "(neuronscope never unpickles); convert it to model.safetensors"
+        ) from None
     except (OSError, ValueError) as e:
         raise NeuronscopeError(f"cannot load model from {path}: {str(e).splitlines()[0]}; check the directory holds a complete HF model") from None
     model.eval()

@@ -149,6 +149,7 @@ def load_corpus(corpus: str | Path | Sequence[str] | Corpus, text_field: str = "
         docs = Corpus(texts)
     if len(docs) == 0 or not any(t.strip() for t in docs.texts):
         raise NeuronscopeError(f"corpus {docs.name} is empty; give at least one non-empty document")
+    _check_encodable(docs)
     return docs
 
 
@@ -218,6 +219,19 @@ def _tokenizer_name(tokenizer: Any) -> str:
         return f"{type(tokenizer).__name__}(vocab={len(tokenizer)})"
     except TypeError:
         return type(tokenizer).__name__
+
+
+def _check_encodable(docs: Corpus) -> None:
+    """Refuse text a tokenizer cannot take: a lone UTF-16 surrogate (``"\\ud800"`` in JSON
+    decodes to one) is not a Unicode scalar value and has no UTF-8 encoding."""
+    for doc, t in zip(docs.ids(), docs.texts, strict=True):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise NeuronscopeError(
+                f"document {doc} of corpus {docs.name} holds a lone surrogate {t[e.start]!r} at character "
+                f"{e.start}, which is not text; fix the encoding that wrote it (e.g. json.dumps of broken UTF-16)"
+            ) from None
 
 
 class TextSource:

@@ -149,14 +149,23 @@ def permuted_copy(model: nn.Sequential, perms: dict[str, np.ndarray]) -> nn.Sequ
     return out
 
 
-def digits_model(name: str) -> nn.Sequential:
-    """A model from a name ``digits-mlp:SEED``, ``digits-cnn:SEED`` or ``…:SEED:untrained``."""
+def parse_digits_name(name: str) -> tuple[str, int, bool]:
+    """``(arch, seed, trained)`` of a name ``digits-mlp:SEED``, ``digits-cnn:SEED`` or
+    ``…:SEED:untrained``; a bad name raises a one-line error naming that name."""
     parts = name.split(":")
     if len(parts) not in (2, 3) or not parts[0].startswith("digits-") or not parts[1].isdigit():
         raise NeuronscopeError(
             f"bad digits model name {name!r}; use digits-mlp:SEED or digits-cnn:SEED[:untrained]"
         )
     arch = parts[0].removeprefix("digits-")
+    if arch not in ARCHS:
+        raise NeuronscopeError(f"unknown digits architecture {arch!r}; use one of {', '.join(ARCHS)}")
     if len(parts) == 3 and parts[2] != "untrained":
         raise NeuronscopeError(f"bad digits model name {name!r}; the optional suffix is ':untrained'")
-    return train_digits(arch, int(parts[1]), trained=len(parts) == 2)
+    return arch, int(parts[1]), len(parts) == 2
+
+
+def digits_model(name: str) -> nn.Sequential:
+    """A model from a name ``digits-mlp:SEED``, ``digits-cnn:SEED`` or ``…:SEED:untrained``."""
+    arch, seed, trained = parse_digits_name(name)
+    return train_digits(arch, seed, trained=trained)

@@ -1,0 +1,134 @@
+# The public API of neuronscope. ``neuronscope/__init__.py`` attaches these names lazily
+# (lazy_loader.attach_stub reads this file), so ``import neuronscope`` stays fast, while IDEs
+# and type checkers see every name and its module here.
+
+from .analyses.attribute import (
+    ablation_effects,
+    conductance,
+    conductance_over,
+    influential_path,
+)
+from .analyses.characterize import characterize, site_summary, top_examples
+from .analyses.compare import (
+    METRICS,
+    CrossStats,
+    compare,
+    compare_all,
+    debiased_cka,
+    encoding_score,
+    linear_cka,
+    procrustes_distance,
+    svcca,
+)
+from .analyses.encoding import RidgeEncoder
+from .analyses.extras import save_comparison
+from .analyses.match import (
+    match_one_to_one,
+    match_report,
+    rosetta_neurons,
+    universal_neurons,
+)
+from .analyses.rsa import compare_rdms, noise_ceiling, rdm, rsa, trsa
+from .analyses.rsa_workflow import RSAResult, rsa_models
+from .analyses.steer import steering_sweep, steering_vector
+from .analyses.sysid import sysid
+from .atlas.build import build_atlas
+from .distributed import record_distributed, summarize_run
+from .errors import NeuronscopeError
+from .intervene import ablate, add, clamp, patch, scale
+from .lockstep import Lockstep, record_lockstep
+from .population import (
+    align,
+    align_all,
+    average_repeats,
+    paired,
+    select_sites,
+    to_matrix,
+)
+from .rdms import RDMs
+from .recording import forward_batches, record, summarize_model
+from .sources.brain import load_rdms, load_responses, nwb_population, responses_population
+from .sources.e5 import e5_embed
+from .sources.tensors import TensorSource
+from .sources.text import TextSource, default_corpus_path, load_corpus
+from .sources.torch_sites import Site, sites
+from .specs import load_model, load_populations, load_zoo
+from .store import Run, open_run
+from .summaries import CrossProducts, SiteSummaries, SummaryConfig
+
+__version__: str
+
+__all__ = [
+    "METRICS",
+    "CrossProducts",
+    "CrossStats",
+    "Lockstep",
+    "NeuronscopeError",
+    "RDMs",
+    "RSAResult",
+    "RidgeEncoder",
+    "Run",
+    "Site",
+    "SiteSummaries",
+    "SummaryConfig",
+    "TensorSource",
+    "TextSource",
+    "ablate",
+    "ablation_effects",
+    "add",
+    "align",
+    "align_all",
+    "average_repeats",
+    "build_atlas",
+    "characterize",
+    "clamp",
+    "compare",
+    "compare_all",
+    "compare_rdms",
+    "conductance",
+    "conductance_over",
+    "debiased_cka",
+    "default_corpus_path",
+    "e5_embed",
+    "encoding_score",
+    "forward_batches",
+    "influential_path",
+    "linear_cka",
+    "load_corpus",
+    "load_model",
+    "load_populations",
+    "load_rdms",
+    "load_responses",
+    "load_zoo",
+    "match_one_to_one",
+    "match_report",
+    "noise_ceiling",
+    "nwb_population",
+    "open_run",
+    "paired",
+    "patch",
+    "procrustes_distance",
+    "rdm",
+    "record",
+    "record_distributed",
+    "record_lockstep",
+    "responses_population",
+    "rosetta_neurons",
+    "rsa",
+    "rsa_models",
+    "save_comparison",
+    "scale",
+    "select_sites",
+    "site_summary",
+    "sites",
+    "steering_sweep",
+    "steering_vector",
+    "summarize_model",
+    "summarize_run",
+    "svcca",
+    "sysid",
+    "to_matrix",
+    "top_examples",
+    "trsa",
+    "universal_neurons",
+]
