@@ -31,3 +31,11 @@ def small_corpus(tmp_path_factory) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert all("text" in json.loads(ln) for ln in lines)
     return path
+
+
+@pytest.fixture(scope="session")
+def e5():
+    """(model, tokenizer) of multilingual-e5-small (XLM-R SentencePiece tokenizer)."""
+    from neuronscope.specs import load_model
+
+    return load_model("e5-small")

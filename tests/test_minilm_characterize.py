@@ -46,6 +46,10 @@ def test_dead_neurons_never_active_in_stored_activations(minilm_run):
         assert np.abs(stored_freq - rows["freq"].to_numpy()).max() < 1e-3
         # every neuron the summaries saw firing fired in the float32 pass (freq > 0 ⇒ not dead)
         assert ((rows["freq"] > 0).to_numpy() == ~dead).all()
+        # a dead neuron has no token score (its top-k are its least negative values, on [CLS])
+        assert rows["token_score"][dead].isna().all() and (rows["top_token"][dead] == "").all()
+        assert not rows["token_detector"][dead].any()
+    assert table["dead"].sum() > 0  # the check above is not vacuous
 
 
 def test_top_example_is_the_stored_maximum(minilm_run):

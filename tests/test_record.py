@@ -390,3 +390,53 @@ def test_commits_wait_twenty_times_their_cost():
     rec.consume(batch, {"a": np.array([[np.nan], [1.0]], np.float32)})
     assert w.commits == [2, 4] and rec.nonfinite == {"a": 1}
     assert rec.n_done == 6 and rec.seen == 6
+
+
+def _partial_run(out, model, source, sites, stop_at=3, **kw):
+    """Record until the ``stop_at``-th batch raises: the first ``stop_at - 1`` are committed."""
+    calls = []
+
+    def stop(site, acts, samples):
+        calls.append(site)
+        if len(calls) == stop_at:
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        ns.record(model, source, sites, out=out, commit_every=1, progress=False, on_batch=stop, overlap=False, **kw)
+    run = ns.open_run(out)
+    assert run.status == "recording"
+    return run
+
+
+def test_resume_says_from_which_sample_and_document(tmp_path, minilm, capsys):
+    path = tmp_path / "c.txt"
+    lines = [f"line {i} " + "word " * (i % 5) if i % 3 else "" for i in range(40)]  # every third is blank
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    src = ns.TextSource(path, minilm[1], batch_size=3, max_tokens=16)
+    assert src.corpus.ids()[:4] == [1, 2, 4, 5]
+    run = _partial_run(tmp_path / "r.zarr", TinyText(), src, "act", keep="activations")
+    n, items = run.n_samples, int(run.attrs["items_committed"])
+    assert items == 6 and n == sum(len(b.samples["doc"]) for b in list(src.batches())[:2])
+    capsys.readouterr()
+    done = ns.record(TinyText(), src, "act", out=tmp_path / "r.zarr", keep="activations", progress=False)
+    cap = capsys.readouterr()
+    assert cap.err.splitlines() == [f"resuming from sample {n} (document {src.corpus.ids()[6]})"] == \
+        [f"resuming from sample {n} (document 10)"]
+    assert cap.out == "" and done.status == "complete"
+    # top examples and samples still map to the documents' line numbers
+    docs = done.samples["doc"]
+    assert list(dict.fromkeys(docs.tolist())) == src.corpus.ids()
+    ns.record(TinyText(), src, "act", out=tmp_path / "r.zarr", keep="activations", progress=False)
+    assert capsys.readouterr().err == ""  # a complete run is not "resumed"
+
+
+def test_cli_record_json_resume_message_on_stderr(tmp_path, small_corpus, minilm):
+    out = tmp_path / "r.zarr"
+    site = "encoder.layer.0.intermediate"
+    src = ns.TextSource(small_corpus, minilm[1], batch_size=4, max_tokens=16)
+    run = _partial_run(out, minilm[0], src, site, keep="summaries")
+    p = _cli("record", "--corpus", str(small_corpus), "--sites", site, "--out", str(out), "--keep", "summaries",
+             "--batch-size", "4", "--max-tokens", "16", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["status"] == "complete"
+    assert f"resuming from sample {run.n_samples} (document 8)" in p.stderr

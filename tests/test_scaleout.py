@@ -21,13 +21,15 @@ HERE = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(Path(ns.__file__).resolve().parents[1])])}
 
 
-def _corpus(path: Path, n: int, seed: int = 0) -> Path:
+def _corpus(path: Path, n: int, seed: int = 0, blank_every: int = 0) -> Path:
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
     rng = np.random.default_rng(seed)
     with path.open("w") as fh:
         for i in range(n):
             text = " ".join(rng.choice(words, size=int(rng.integers(2, 30))))
             fh.write(json.dumps({"text": text, "lang": ["en", "de", "fr"][i % 3]}) + "\n")
+            if blank_every and i % blank_every == 0:
+                fh.write("\n")  # blank lines: document ids are line numbers, not indices
     return path
 
 
@@ -70,7 +72,7 @@ def test_summaries_in_record_equal_dask_over_stored_run(tmp_path, tok, client):
 
 
 def test_sharded_recording_on_localcluster_equals_single_process(tmp_path, tok, client):
-    corpus = _corpus(tmp_path / "c.jsonl", 70, seed=1)
+    corpus = _corpus(tmp_path / "c.jsonl", 70, seed=1, blank_every=4)
     model = TinyText(seed=3)
     src = ns.TextSource(corpus, tok, batch_size=6, max_tokens=32)
     single = ns.record(model, src, "ff,act", out=tmp_path / "one.zarr", keep="summaries", progress=False)
@@ -82,6 +84,7 @@ def test_sharded_recording_on_localcluster_equals_single_process(tmp_path, tok, 
     assert sharded.info()["nonfinite"] == {"ff": 0, "act": 0}
     for k, v in single.samples.items():
         np.testing.assert_array_equal(sharded.samples[k], v)
+    assert list(dict.fromkeys(single.samples["doc"].tolist())) == src.corpus.ids() != list(range(70))
     for s in ("ff", "act"):
         assert_same_summaries(single.summaries(s), sharded.summaries(s))
 

@@ -184,3 +184,16 @@ def test_load_model_tinylm_equals_load_tinylm() -> None:
         assert k == k2 and torch.equal(a, b)
     with pytest.raises(NeuronscopeError, match="tinylm:SEED"):
         load_model("tinylm:first")
+
+
+def test_load_zoo_gives_each_text_model_its_own_tokenizer(small_corpus: Path) -> None:
+    from neuronscope.specs import ffn_sites
+    from neuronscope.testing.tinylm import TINYLM_FFN_SITES
+
+    zoo = load_zoo(["minilm", "e5-small"], corpus=small_corpus, batch_size=8, max_tokens=16)
+    mini, e5 = zoo.sources["minilm"], zoo.sources["e5-small"]
+    assert zoo.source is mini and len(mini.tokenizer) == 30522 and len(e5.tokenizer) == 250002
+    assert mini.corpus is e5.corpus and (mini.batch_size, e5.max_tokens) == (8, 16)
+    first = {m: next(s.batches()).samples for m, s in zoo.sources.items()}
+    assert len(first["minilm"]["doc"]) != len(first["e5-small"]["doc"])  # each tokenized its own way
+    assert ffn_sites("tinylm:3") == TINYLM_FFN_SITES and ffn_sites("e5-small") == zoo.sites

@@ -26,6 +26,7 @@ from .analyses.match import (
     match_one_to_one,
     match_report,
     rosetta_neurons,
+    universal_fractions,
     universal_neurons,
 )
 from .analyses.rsa import compare_rdms, noise_ceiling, rdm, rsa, trsa
@@ -52,7 +53,7 @@ from .sources.e5 import e5_embed
 from .sources.tensors import TensorSource
 from .sources.text import TextSource, default_corpus_path, load_corpus
 from .sources.torch_sites import Site, sites
-from .specs import load_model, load_populations, load_zoo
+from .specs import load_model, load_population_pair, load_populations, load_zoo
 from .store import Run, open_run
 from .summaries import CrossProducts, SiteSummaries, SummaryConfig
 
@@ -96,6 +97,7 @@ __all__ = [
     "linear_cka",
     "load_corpus",
     "load_model",
+    "load_population_pair",
     "load_populations",
     "load_rdms",
     "load_responses",
@@ -130,5 +132,6 @@ __all__ = [
     "to_matrix",
     "top_examples",
     "trsa",
+    "universal_fractions",
     "universal_neurons",
 ]

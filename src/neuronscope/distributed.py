@@ -161,7 +161,7 @@ class _ModelBlob:
         return cloudpickle.loads(self.blob)
 
 
-def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], doc0: int, sample0: int,
+def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], doc_ids: list[int], sample0: int,
                   sites: str, batch_size: int, max_tokens: int, cfg: dict[str, Any],
                   calibration: dict[str, np.ndarray]) -> tuple[dict[str, State], dict[str, int]]:
     """One shard of documents through a :class:`~neuronscope.recording.Recorder` without a
@@ -179,12 +179,11 @@ def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], do
     else:
         model, tok = model.load()
     conf = SummaryConfig.from_dict(cfg)
-    src = TextSource(Corpus(texts, labels), tok, batch_size=batch_size, max_tokens=max_tokens,
+    src = TextSource(Corpus(texts, labels, doc_ids=doc_ids), tok, batch_size=batch_size, max_tokens=max_tokens,
                      label_categories=conf.label_fields)
     units = {s: int(a.shape[1]) for s, a in calibration.items()}
     rec = Recorder(units, conf, calibration=calibration, first_sample=sample0)
     for batch, acts in forward_batches(model, src, sites):
-        batch.samples["doc"] = batch.samples["doc"] + doc0
         rec.consume(batch, acts)
     return rec.states() or {}, rec.nonfinite
 
@@ -263,9 +262,13 @@ def record_distributed(
         return open_run(out)
     # sample coordinates of the whole corpus (tokenizing is cheap; no forward pass)
     lengths = []
+    doc_ids, done = np.asarray(source.corpus.ids(), dtype=np.int64), 0
     for b in source.batches():
         writer.append(b.samples, np.zeros(0, dtype=np.int64), None)
-        lengths.append(np.bincount(b.samples["doc"] - b.samples["doc"].min(), minlength=b.items))
+        ids = doc_ids[done : done + b.items]
+        order = np.argsort(ids)  # each token's document -> its index in the batch
+        lengths.append(np.bincount(order[np.searchsorted(ids, b.samples["doc"], sorter=order)], minlength=b.items))
+        done += b.items
     doc_tokens = np.concatenate(lengths)
     offsets = np.r_[0, np.cumsum(doc_tokens)]
     n_docs = len(source)
@@ -289,7 +292,8 @@ def record_distributed(
             if b <= a:
                 continue
             labels = {f: v[a:b] for f, v in source.corpus.labels.items()}
-            futs.append(c.submit(_record_shard, payload, source.corpus.texts[a:b], labels, a, int(offsets[a]), sites,
+            futs.append(c.submit(_record_shard, payload, source.corpus.texts[a:b], labels, source.corpus.ids()[a:b],
+                                 int(offsets[a]), sites,
                                  bs, source.max_tokens, cfg.to_dict(), calib, pure=False))
         if progress:
             from distributed import progress as dask_progress

@@ -1,8 +1,9 @@
 """Lockstep recording: several models on the same samples, cross-products between them.
 
-Two or more models run batch by batch over one source (same tokenizer, or the same
-images/features); for every pair of models the streamed cross-products of their neurons
-(``CrossProducts``: ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` and, with ``within=True``, ``ΣxᵀX, ΣyᵀY``)
+Two or more models run batch by batch over the same inputs (the same images/features, or
+the same corpus read by each model's own tokenizer, with samples aligned across tokenizers
+by :mod:`neuronscope.sources.align`: token, word, char-span or document); for every pair of
+models the streamed cross-products of their neurons (``CrossProducts``: ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` and, with ``within=True``, ``ΣxᵀX, ΣyᵀY``)
 are accumulated with float32 GEMMs into float64, so the full neuron × neuron Pearson
 correlation between models (and within each model) is available without storing
 activations. Memory is bounded by the correlation matrices, never by the corpus.
@@ -199,6 +200,95 @@ def _same_samples(first: Mapping[str, np.ndarray], other: Mapping[str, np.ndarra
     return bool(keys) and all(np.array_equal(first[k], other[k]) for k in keys)
 
 
+def _is_text(source: Any) -> bool:
+    return hasattr(source, "corpus") and hasattr(source, "tokenizer")
+
+
+def _same_tokenization(a: Any, b: Any) -> bool:
+    """Sources that certainly tokenize alike: one object, or one tokenizer over one corpus."""
+    same = ("tokenizer", "corpus")
+    return a is b or (all(getattr(a, k) is getattr(b, k) for k in same)
+                      and all(getattr(a, k, None) == getattr(b, k, None) for k in ("max_tokens", "batch_size")))
+
+
+def _check_vocab(name: str, model: Any, source: Any) -> None:
+    """A tokenizer with more ids than the model has token embeddings feeds the model ids it
+    was not trained on (or crashes it minutes later): refuse before any forward pass."""
+    get = getattr(model, "get_input_embeddings", None)  # the Hugging Face convention
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        return
+    rows = getattr(emb, "num_embeddings", None)
+    try:
+        size = len(source.tokenizer)
+    except TypeError:
+        return
+    if isinstance(rows, int) and size > rows:
+        raise NeuronscopeError(
+            f"model {name!r} has {rows} token embeddings but its source's tokenizer has {size} tokens; give "
+            "each model a TextSource with its own tokenizer ({name: TextSource(corpus, tokenizer)})"
+        )
+
+
+def check_lockstep_sources(models: Mapping[str, Any], sources: Mapping[str, Any], align: str) -> None:
+    """Everything that can be checked before a forward pass, with one-line errors:
+
+    * text sources: each model's tokenizer fits its vocabulary (:func:`_check_vocab`); sources
+      that differ read the same corpus (fingerprint) in batches of the same number of
+      documents; ``word`` / ``char-span`` need character offsets from every tokenizer;
+      ``token`` needs the tokenizations to agree — checked by tokenizing the whole corpus with
+      every tokenizer (no forward pass) and comparing document by document
+      (:func:`~neuronscope.sources.align.first_disagreement`);
+    * other sources (images, features) support only ``align='token'`` (rows are items).
+    """
+    from neuronscope.sources.align import first_disagreement
+
+    names = list(sources)
+    text = [m for m in names if _is_text(sources[m])]
+    if len(text) != len(names):
+        if align != "token":
+            raise NeuronscopeError(f"align={align!r} aligns text by document and character span; "
+                                   "image and feature sources align item by item (align='token')")
+        return
+    for m in names:
+        _check_vocab(m, models[m], sources[m])
+    first = sources[names[0]]
+    for m in names[1:]:
+        src = sources[m]
+        if src is first:
+            continue
+        if src.corpus.fingerprint() != first.corpus.fingerprint():
+            raise NeuronscopeError(f"the sources of {names[0]!r} and {m!r} hold different corpora; "
+                                   "give every model a source over the same corpus")
+        if src.batch_size != first.batch_size:
+            raise NeuronscopeError(f"the sources of {names[0]!r} and {m!r} batch {first.batch_size} and "
+                                   f"{src.batch_size} documents; give every source the same batch_size")
+    if align in ("word", "char-span"):
+        for m in names:
+            if not getattr(sources[m], "offsets", False):
+                raise NeuronscopeError(
+                    f"align={align!r} needs character offsets, and the tokenizer of {m!r} gives none "
+                    "(use a Hugging Face fast tokenizer); or align by doc"
+                )
+    if align != "token":
+        return
+    others = [m for m in names[1:] if not _same_tokenization(first, sources[m])]
+    if not others:
+        return
+    gens = {m: sources[m].batches() for m in [names[0], *others]}
+    for ref in gens[names[0]]:
+        for m in others:
+            batch = next(gens[m], None)
+            why = "it has fewer documents" if batch is None else first_disagreement(ref.samples, batch.samples)
+            if why is not None:
+                raise NeuronscopeError(
+                    f"models {names[0]!r} and {m!r} tokenize the corpus differently ({why}); token-level "
+                    "alignment needs identical tokenizations: align by word, char-span or doc instead "
+                    "(align='word' / 'char-span' / 'doc'; CLI --align)"
+                )
+
+
 def record_lockstep(
     models: Mapping[str, Any],
     source: Any,
@@ -209,21 +299,35 @@ def record_lockstep(
     conv: str = "positions",
     block_rows: int | None = None,
     progress: bool = False,
+    align: str = "token",
+    pool: str = "mean",
 ) -> Lockstep:
     """Run ``models`` ({name: torch module}) over ``source`` in lockstep and accumulate the
     cross-products of every pair of models' neurons.
 
-    ``source`` is one source shared by all models (a ``TextSource`` — all models must share
-    its tokenizer — or a ``TensorSource``) or a {name: source} dict whose batches must hold
-    identical sample coordinates. ``sites`` is a module glob for every model or a {name:
-    glob} dict (same syntax as recording). ``within=True`` also accumulates each model's
-    own Gram matrix (needed for rotation baselines, lasso and spectral matching, linear CKA).
-    ``max_samples`` stops after that many samples (the last batch is cut). Batches must give
-    the same samples to every model, or a ``NeuronscopeError`` is raised.
+    ``source`` is one source shared by all models (a ``TensorSource``, or a ``TextSource``
+    when all models share its tokenizer) or a {name: source} dict — for text models, each
+    model's own ``TextSource`` (its own tokenizer) over the same corpus with the same
+    ``batch_size``. ``sites`` is a module glob for every model or a {name: glob} dict (same
+    syntax as recording). ``within=True`` also accumulates each model's own Gram matrix
+    (needed for rotation baselines, lasso and spectral matching, linear CKA). ``max_samples``
+    stops after that many (aligned) samples (the last batch is cut).
+
+    ``align`` says what a sample (a row of the cross-products) is when models tokenize
+    differently (:mod:`neuronscope.sources.align`): ``token`` (default; every model must
+    tokenize the corpus identically — checked by tokenizing it with every tokenizer before
+    any forward pass), ``word`` / ``char-span`` (activations pooled over the tokens of each
+    segment of the coarsest common segmentation of the tokenizations' character spans;
+    ``word`` merges touching segments into whitespace-separated words) or ``doc`` (pooled per
+    document). ``pool`` is ``mean``, ``max`` or ``last`` (the last token). Special tokens
+    (``[CLS]``, ``<s>``, BOS) are left out of pooled rows. Images and features align item by
+    item (``token``). Every check that needs no forward pass runs before the first one
+    (:func:`check_lockstep_sources`); problems are one-line ``NeuronscopeError`` messages.
     """
     import torch
 
     from neuronscope.recording import forward_batches
+    from neuronscope.sources.align import check_align
     from neuronscope.sources.torch_sites import sites as resolve_sites
 
     names = list(models)
@@ -231,14 +335,54 @@ def record_lockstep(
         raise NeuronscopeError("lockstep recording needs at least two models; pass two or more")
     if max_samples is not None and max_samples < 2:
         raise NeuronscopeError("max_samples must be at least 2 to define correlations")
+    check_align(align, pool)
+    if isinstance(source, Mapping):
+        missing = [m for m in names if m not in source]
+        if missing:
+            raise NeuronscopeError(f"no source given for model {missing[0]!r}; give one source per model")
     site_globs = {m: (sites[m] if isinstance(sites, Mapping) else sites) for m in names}
     sources = {m: (source[m] if isinstance(source, Mapping) else source) for m in names}
     site_lists = {m: resolve_sites(models[m], site_globs[m]) for m in names}
+    check_lockstep_sources(models, sources, align)
     # each forward_batches generator holds torch.inference_mode() open while suspended and
     # the generators end in interleaved order; one outer context restores the caller's mode
     with torch.inference_mode():
         return _record(names, models, sources, site_lists, forward_batches, within, max_samples,
-                       conv, block_rows, progress)
+                       conv, block_rows, progress, align, pool)
+
+
+def _aligned(
+    names: list[str], sources: Mapping[str, Any], step: Mapping[str, Any], align: str, pool: str, text: bool
+) -> dict[str, dict[str, np.ndarray]]:
+    """The batch's activations of every model as rows aligned across models."""
+    from neuronscope.sources.align import first_disagreement, plan_alignment
+
+    acts = {m: step[m][1] for m in names}
+    first = step[names[0]][0].samples
+    if not text:
+        for m in names[1:]:
+            if not _same_samples(first, step[m][0].samples):
+                raise NeuronscopeError(
+                    f"models {names[0]!r} and {m!r} saw different samples in a batch (different "
+                    "sources?); lockstep needs the same samples for every model"
+                )
+        return acts
+    docs = np.unique(first["doc"])
+    for m in names[1:]:
+        other = step[m][0].samples
+        if not np.array_equal(docs, np.unique(other["doc"])):
+            raise NeuronscopeError(f"models {names[0]!r} and {m!r} saw different documents in a batch; "
+                                   "give every model a source over the same corpus and batch_size")
+        if align == "token":
+            why = first_disagreement(first, other)
+            if why is not None:
+                raise NeuronscopeError(f"models {names[0]!r} and {m!r} tokenize differently ({why}); "
+                                       "align by word, char-span or doc instead")
+    if align == "token":
+        return acts
+    plans, _ = plan_alignment([step[m][0].samples for m in names], align,
+                              [getattr(sources[m], "max_tokens", None) for m in names])
+    return {m: {s: plan.apply(a, pool) for s, a in acts[m].items()} for m, plan in zip(names, plans, strict=True)}
 
 
 def _record(
@@ -252,8 +396,11 @@ def _record(
     conv: str,
     block_rows: int | None,
     progress: bool,
+    align: str,
+    pool: str,
 ) -> Lockstep:
     gens = {m: forward_batches(models[m], sources[m], site_lists[m], conv=conv) for m in names}
+    text = all(_is_text(sources[m]) for m in names)
     lock: Lockstep | None = None
     seen = 0
     bar = _bar(progress, sources[names[0]])
@@ -270,23 +417,17 @@ def _record(
                         "give every model the same source"
                     )
                 break
-            first = step[names[0]][0].samples
-            for m in names[1:]:
-                if not _same_samples(first, step[m][0].samples):
-                    raise NeuronscopeError(
-                        f"models {names[0]!r} and {m!r} saw different samples in a batch (different "
-                        "tokenizers or sources?); lockstep needs the same samples for every model"
-                    )
-            acts = {m: step[m][1] for m in names}
+            acts = _aligned(names, sources, step, align, pool, text)
             if lock is None:
                 units = {m: {s: a.shape[1] for s, a in acts[m].items()} for m in names}
                 lock = _empty(names, units, within, block_rows)
-                lock.source = sources[names[0]].describe() if hasattr(sources[names[0]], "describe") else {}
+                lock.source = _describe(names, sources, align, pool)
             n = len(next(iter(acts[names[0]].values())))
             if max_samples is not None and seen + n > max_samples:
                 n = max_samples - seen
                 acts = {m: {s: a[:n] for s, a in per.items()} for m, per in acts.items()}
-            _fold(lock, acts)
+            if n:
+                _fold(lock, acts)
             seen += n
             if bar is not None:
                 bar.update(step[names[0]][0].items)
@@ -303,6 +444,18 @@ def _record(
     for cp in lock.pairs.values():
         cp.flush()
     return lock
+
+
+def _describe(names: list[str], sources: Mapping[str, Any], align: str, pool: str) -> dict[str, Any]:
+    """The first model's source description, the alignment, and each model's tokenizer."""
+    first = sources[names[0]]
+    out = dict(first.describe()) if hasattr(first, "describe") else {}
+    out["align"] = align
+    if align != "token":
+        out["pool"] = pool
+    if all(_is_text(sources[m]) for m in names):
+        out["tokenizers"] = {m: sources[m].describe().get("tokenizer") for m in names}
+    return out
 
 
 class _Bar:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +30,7 @@ from torch import nn
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.base import Batch
-from neuronscope.sources.torch_sites import Site, SiteCapture, to_samples
+from neuronscope.sources.torch_sites import Site, SiteCapture
 from neuronscope.sources.torch_sites import sites as resolve_sites
 from neuronscope.store import Run, RunWriter, open_run
 from neuronscope.summaries.base import State
@@ -66,9 +67,13 @@ def forward_batches(
     if isinstance(site_list, str):
         site_list = resolve_sites(model, site_list)
     model.eval()
-    with SiteCapture(model, site_list) as cap:
+    # the capture flattens (and so copies) each site's output when its module returns, so
+    # in-place operations later in the forward pass (ReLU(inplace=True), ``x += …``) cannot
+    # change what is recorded
+    with SiteCapture(model, site_list, flatten=True, conv=conv) as cap:
         for batch in source.batches(start=start):
             cap.clear()
+            cap.mask = batch.mask
             # inference mode only around the forward pass: a generator that held it across
             # ``yield`` would leave the caller's code in inference mode too
             with torch.inference_mode():
@@ -77,7 +82,7 @@ def forward_batches(
                 for s in site_list:
                     if s.name not in cap.outputs:
                         raise NeuronscopeError(f"site {s.name!r} did not run in the forward pass; choose modules the model calls")
-                    acts[s.name] = to_samples(cap.outputs[s.name], batch.mask, conv).numpy()
+                    acts[s.name] = cap.outputs[s.name].numpy()
             cap.clear()
             counts = {a.shape[0] for a in acts.values()}
             if len(counts) > 1:
@@ -117,7 +122,8 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
+        # reshape(-1): 0-d buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -457,6 +463,8 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
     )
     if writer.complete:
         return open_run(out)
+    if writer.resumed and writer.items_committed:
+        print(resume_message(source, writer.samples_committed, writer.items_committed), file=sys.stderr, flush=True)
     recorder = Recorder(units, cfg, writer=writer, store_activations=store_acts, sample_rate=sample_rate,
                         on_batch=on_batch, commit_every=commit_every, commit_seconds=commit_seconds)
     t0 = time.perf_counter()
@@ -464,6 +472,16 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
              progress=progress)
     recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])})
     return open_run(out)
+
+
+def resume_message(source: Any, samples: int, items: int) -> str:
+    """What ``record`` prints (on stderr) when it continues an unfinished run: ``resuming from
+    sample N (document D)`` — D is the document id (its line in the corpus file) of the first
+    document not yet recorded — or ``(item I)`` for sources without document ids."""
+    corpus = getattr(source, "corpus", None)
+    ids = corpus.ids() if callable(getattr(corpus, "ids", None)) else None
+    where = f"document {ids[items]}" if ids is not None and 0 <= items < len(ids) else f"item {items}"
+    return f"resuming from sample {samples} ({where})"
 
 
 def summarize_model(

@@ -252,3 +252,76 @@ def test_short_site_names_strip_the_shared_glob():
     assert short_site_names(["net.act1", "net.act2"]) == (["act1", "act2"], "net.*")
     assert short_site_names(["a.x", "b.y"]) == (["a.x", "b.y"], "")
     assert short_site_names(["hidden"]) == (["hidden"], "")
+
+
+def test_planted_text_network_bos_positional_token_and_dead(small_corpus, tmp_path):
+    """A hand-built text model over bytes: unit 0 fires only on the first token (BOS),
+    unit 1 on positions 3..7, unit 2 on the byte 'e', unit 3 never (its least negative
+    values are on BOS). Each gets exactly its own label."""
+    import torch
+    from torch import nn
+
+    from neuronscope.recording import record
+    from neuronscope.sources.text import TextSource
+    from neuronscope.testing.tinylm import ByteTokenizer
+
+    class Planted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.site = nn.Identity()
+
+        def forward(self, input_ids, attention_mask=None):
+            pos = torch.arange(input_ids.shape[1])[None, :].expand_as(input_ids)
+            units = [
+                torch.where(pos == 0, 1.0, -1.0),
+                torch.where((pos >= 3) & (pos < 8), 1.0, -1.0),
+                torch.where(input_ids == ord("e"), 2.0, -1.0),
+                torch.where(pos == 0, -1.0, -2.0),
+            ]
+            return self.site(torch.stack(units, dim=-1))
+
+    src = TextSource(small_corpus, ByteTokenizer(), batch_size=8, max_tokens=32)
+    run = record(Planted(), src, "site", out=tmp_path / "p.zarr", keep="summaries", progress=False)
+    df = characterize(run).set_index("unit")
+    assert df["bos_detector"].tolist() == [True, False, False, False]
+    assert df["positional"].tolist() == [False, True, False, False]
+    assert df["token_detector"].tolist() == [False, False, True, False]
+    assert df["dead"].tolist() == [False, False, False, True]
+    assert df.loc[0, "bos_score"] == 1.0 and df.loc[0, "positional_score"] == pytest.approx(1.0)
+    assert df.loc[1, "bos_score"] == 0.0 and df.loc[2, "top_token"] == ByteTokenizer().convert_ids_to_tokens(ord("e"))
+    assert df.loc[0, "token_score"] == 1.0 and df.loc[2, "token_score"] == 1.0
+    assert np.isnan(df.loc[3, "token_score"]) and df.loc[3, "top_token"] == "" and df.loc[3, "top_token_id"] == -1
+    assert np.isnan(df.loc[3, "bos_score"])
+
+
+def test_bos_scores_closed_form():
+    from neuronscope.analyses.characterize import bos_scores
+
+    n = np.array([10, 10, 10, 5])
+    count = np.array([[10, 2, 0, 5], [0, 2, 0, 5], [0, 2, 0, 5], [0, 2, 0, 5]])
+    share, rate = bos_scores(count, n)
+    np.testing.assert_allclose(share[[0, 1, 3]], [1.0, 0.25, 0.25])
+    assert np.isnan(share[2])
+    np.testing.assert_allclose(rate, [1.0, 0.2, 0.0, 0.5])
+
+
+def test_top_examples_name_the_line_of_their_document(minilm, tmp_path):
+    """With blank lines in the corpus file, an example's ``doc`` is its line number and its
+    context tokens are that line's tokens."""
+    from tinymodels import TinyText
+
+    from neuronscope.recording import record
+    from neuronscope.sources.text import TextSource
+
+    lines = ["", "the cat sat on the mat", "", "", "dogs bark at night", "a quiet evening sky", ""]
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    tok = minilm[1]
+    run = record(TinyText(), TextSource(path, tok, batch_size=2), "act", out=tmp_path / "r.zarr", keep="both",
+                 progress=False)
+    for unit in range(5):
+        for ex in top_examples(run, "act", unit, k=8):
+            assert ex["doc"] in (1, 4, 5)
+            want = tok.convert_ids_to_tokens(tok(lines[ex["doc"]])["input_ids"])
+            assert want[ex["pos"]] == ex["token"]
+            assert ex["tokens"] == want[max(0, ex["pos"] - 8): ex["pos"] + 9]

@@ -330,3 +330,24 @@ def test_baselines_and_alignments_need_within_gram():
                  lambda: match_many_to_many(lock.cross("a", "b"), 2)):
         with pytest.raises(NeuronscopeError, match="within=True"):
             call()
+
+
+def test_calibrated_threshold_on_digits_mlps(trained):
+    """The fixed 0.5 calls nearly every neuron of these small nets universal — and nearly
+    every unit of the rotated baseline too; the threshold calibrated on the baseline (its
+    99th percentile per site) does not."""
+    neurons = universal_neurons(trained, threshold=0.5)
+    frac = universal_fractions(neurons)
+    assert (frac["baseline_frac"] > 0.9).all()  # the fixed threshold means nothing here
+    assert (frac["calibrated_frac"] < frac["universal_frac"]).all()
+    for r in frac.itertuples():
+        live = neurons[(neurons.model == r.model) & (neurons.site == r.site) & ~neurons.dead]
+        assert r.calibrated_threshold == pytest.approx(np.quantile(live["baseline_corr"], 0.99))
+        assert r.calibrated_frac == pytest.approx((live["max_corr"] > r.calibrated_threshold).mean())
+        # the baseline's own fraction above its 99th percentile: ~1% (one unit in a site of 64)
+        assert abs(r.baseline_calibrated_frac - 0.01) <= 1 / len(live)
+    report = match_report(trained, threshold=0.5)
+    assert report.to_dict()["calibration_quantile"] == 0.99
+    assert {"calibrated_threshold", "calibrated_frac", "baseline_calibrated_frac"} <= set(report.to_dict()["universal"][0])
+    with pytest.raises(ValueError, match="quantile must be in"):
+        universal_neurons(trained, quantile=1.0)

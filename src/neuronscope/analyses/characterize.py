@@ -5,7 +5,7 @@ Plain functions over a run (:class:`RunLike`: a :class:`~neuronscope.store.Run`)
 token strings and context tokens are wanted).
 
 * :func:`characterize` — one row per neuron (firing frequency, moments, dead / dormant,
-  positional and token-detector scores, hot rank).
+  positional, BOS-detector and token-detector scores and labels, hot rank).
 * :func:`site_summary` — one row per site (lazy-neuron share, dead / dormant fractions,
   power-law exponent, top-20% share).
 * :func:`site_examples` / :func:`top_examples` — the top-k activating examples with their
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 NEURON_COLUMNS = [
     "site", "unit", "freq", "mean", "std", "mean_abs", "min", "max", "dead",
-    "dormant_score", "dormant", "positional_score", "positional", "token_score",
-    "top_token_id", "top_token", "hot_rank",
+    "dormant_score", "dormant", "positional_score", "positional", "bos_score", "bos_detector",
+    "token_score", "token_detector", "top_token_id", "top_token", "hot_rank",
 ]
 SITE_COLUMNS = [
     "site", "units", "samples", "pct_active_per_token", "dead_frac", "dormant_frac",
@@ -149,6 +149,32 @@ def positional_scores(count: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.clip(score, 0.0, 1.0)
 
 
+def bos_scores(count: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each neuron's firing sits on the first token (position 0: ``[CLS]``,
+    ``<s>``, BOS, or the first word of a model without one), from the per-position firing
+    counts ``c_p`` (``a > 0``) and sample counts ``n_p``.
+
+    Returns ``(share, rate)``: ``share = c_0 / Σ_p c_p``, the fraction of the neuron's firings
+    that are at position 0 (NaN for a neuron that never fires), and ``rate = c_0 / n_0``, how
+    often it fires on a first token. A BOS detector (attention-sink / ``[CLS]`` neuron) has
+    both high: most of its firing is on the first token although that is one position of
+    many, and it fires on most first tokens. Such neurons are a position-0 class of their own:
+    :func:`characterize` counts them neither as positional neurons (whose firing varies with
+    position over a range) nor as token detectors (their top examples are all the same
+    special token, so ``token_score`` is ~1 for a reason that says nothing about the vocabulary).
+    """
+    count = np.asarray(count, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if count.shape[0] == 0:
+        nan = np.full(count.shape[1], np.nan)
+        return nan, nan
+    total = count.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, count[0] / np.where(total > 0, total, 1), np.nan)
+        rate = count[0] / n[0] if n[0] > 0 else np.full(count.shape[1], np.nan)
+    return share, rate
+
+
 def token_scores(token_id: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each neuron's top-k examples: the most common token id (ties: smallest id)
     and its share of the filled examples — high for token detectors (Voita et al.).
@@ -202,20 +228,31 @@ def _neuron_table(
     threshold: float | None,
     dormant_tau: float,
     positional_threshold: float,
+    token_threshold: float,
+    bos_share: float,
+    bos_rate: float,
 ) -> pd.DataFrame:
     r = ss.result()
     units = len(r["moments.count"])
     freq = firing_frequency(r, threshold)
+    dead = freq == 0
     dscore = dormant_scores(r["moments.mean_abs"])
     if "position.count" in r:
         pscore = positional_scores(r["position.count"], r["position.n"])
+        bscore, brate = bos_scores(r["position.count"], r["position.n"])
     else:
-        pscore = np.full(units, np.nan)
+        pscore = bscore = brate = np.full(units, np.nan)
+    with np.errstate(invalid="ignore"):
+        bos = (bscore >= bos_share) & (brate >= bos_rate) & ~dead
     tscore, top_tok = token_scores(r["topk.token_id"], r["topk.sample"])
+    # a dead neuron's top-k holds its least negative values, not firings: no token score
+    tscore = np.where(dead, np.nan, tscore)
+    top_tok = np.where(dead, -1, top_tok)
     hot = np.empty(units, dtype=np.int64)
     hot[np.argsort(-np.nan_to_num(freq, nan=-1.0), kind="stable")] = np.arange(units)
     if vocab is not None:
-        top_token = [vocab[t] if 0 <= t < len(vocab) else None for t in top_tok.tolist()]
+        top_token = ["" if d else (vocab[t] if 0 <= t < len(vocab) else None)
+                     for t, d in zip(top_tok.tolist(), dead.tolist(), strict=True)]
     else:
         top_token = [None] * units
     return pd.DataFrame(
@@ -228,12 +265,15 @@ def _neuron_table(
             "mean_abs": r["moments.mean_abs"],
             "min": r["moments.min"],
             "max": r["moments.max"],
-            "dead": freq == 0,
+            "dead": dead,
             "dormant_score": dscore,
             "dormant": dscore <= dormant_tau,
             "positional_score": pscore,
-            "positional": pscore >= positional_threshold,
+            "positional": (pscore >= positional_threshold) & ~bos,
+            "bos_score": bscore,
+            "bos_detector": bos,
             "token_score": tscore,
+            "token_detector": (np.nan_to_num(tscore, nan=0.0) >= token_threshold) & ~bos,
             "top_token_id": top_tok,
             "top_token": top_token,
             "hot_rank": hot,
@@ -250,6 +290,9 @@ def characterize(
     positional_threshold: float = 0.5,
     *,
     vocab: Sequence[str] | None = None,
+    token_threshold: float = 0.5,
+    bos_share: float = 0.5,
+    bos_rate: float = 0.5,
 ) -> pd.DataFrame:
     """One row per neuron: what it does and how often it fires.
 
@@ -258,18 +301,24 @@ def characterize(
     min, max`` (streaming moments); ``dead`` = never active over the corpus,
     ``freq == 0`` (Voita et al., *Neurons in LLMs: Dead, N-gram, Positional*);
     ``dormant_score``/``dormant`` = ReDo's score ``<= dormant_tau``
-    (:func:`dormant_scores`); ``positional_score``/``positional`` = eta^2 of firing on
-    position ``>= positional_threshold`` (:func:`positional_scores`); ``token_score``,
-    ``top_token_id``, ``top_token`` = share of the top-k examples on the most common
-    token (:func:`token_scores`; string from ``run.vocab``); ``hot_rank`` = rank by
-    ``freq``, 0 hottest, ties by unit (PowerInfer). ``site`` selects sites by name or glob
-    (comma-separated globs too). ``vocab`` gives token strings for a dict of summaries (a
-    run's own ``vocab`` is used by default).
+    (:func:`dormant_scores`); ``positional_score`` = eta^2 of firing on position
+    (:func:`positional_scores`), ``positional`` = score ``>= positional_threshold`` and not
+    a BOS detector; ``bos_score`` = share of the neuron's firing at position 0 and
+    ``bos_detector`` = ``bos_score >= bos_share`` and firing on at least ``bos_rate`` of
+    first tokens (:func:`bos_scores`: ``[CLS]`` / ``<s>`` / BOS detectors, a class of their
+    own); ``token_score``, ``top_token_id``, ``top_token`` = share of the top-k examples on
+    the most common token (:func:`token_scores`; string from ``run.vocab``) — NaN, -1 and
+    ``""`` for dead neurons, whose top-k values are not firings; ``token_detector`` =
+    ``token_score >= token_threshold`` and not a BOS detector (Voita et al.'s token
+    detectors); ``hot_rank`` = rank by ``freq``, 0 hottest, ties by unit (PowerInfer).
+    ``site`` selects sites by name or glob (comma-separated globs too). ``vocab`` gives token
+    strings for a dict of summaries (a run's own ``vocab`` is used by default).
     """
     if vocab is None and _is_run(run_or_summaries):
         vocab = run_or_summaries.vocab
     tables = [
-        _neuron_table(name, ss, vocab, threshold, dormant_tau, positional_threshold)
+        _neuron_table(name, ss, vocab, threshold, dormant_tau, positional_threshold, token_threshold,
+                      bos_share, bos_rate)
         for name, ss in _site_summaries(run_or_summaries, site)
     ]
     return pd.concat(tables, ignore_index=True)

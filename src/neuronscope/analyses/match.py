@@ -94,6 +94,7 @@ def universal_neurons(
     same_site: bool = False,
     baseline: bool = True,
     seed: int = 0,
+    quantile: float = 0.99,
 ) -> pd.DataFrame:
     """Universal-neuron statistics (Gurnee et al. 2024) for every neuron of ``models``.
 
@@ -106,14 +107,25 @@ def universal_neurons(
     ``excess = ρ − baseline_corr``. Zero-variance (dead) neurons get NaN and are never
     universal. ``sites`` restricts which of A's neurons are reported (glob).
 
+    A fixed threshold means different things on different networks: on small nets whose
+    units span a low-dimensional space almost every direction correlates strongly with some
+    unit of another net, so 0.5 calls ~all neurons *and* ~all rotated-basis units universal.
+    The baseline therefore also calibrates a threshold per site of ``A``:
+    ``calibrated_threshold`` = the ``quantile`` (default 0.99) quantile of ``baseline_corr``
+    over the site's live neurons — the value the rotated basis exceeds 1% of the time — and
+    ``universal_calibrated = ρ(i) > calibrated_threshold`` (``baseline_universal_calibrated``
+    is the baseline's own, ≈ 1 − ``quantile`` of the site by construction).
+
     Returns one row per neuron: model, site, unit, dead, corr[<B>] and match[<B>] per other
-    model, max_corr (= ρ), universal, and the baseline columns.
+    model, max_corr (= ρ), universal, and the baseline and calibrated columns.
     """
     models = list(lock.models if models is None else models)
     if len(models) < 2:
         raise NeuronscopeError("universal neurons need at least two models; pass two or more")
     if not 0 <= threshold <= 1:
         raise NeuronscopeError("threshold is a correlation; give a value in [0, 1]")
+    if not 0 < quantile < 1:
+        raise NeuronscopeError(f"quantile must be in (0, 1) (0.99 = the baseline's 99th percentile), not {quantile}")
     frames = []
     for a in models:
         site_a, unit_a = lock.labels(a, sites)
@@ -163,19 +175,36 @@ def universal_neurons(
             df["baseline_corr"] = np.where(np.isnan(bstat).any(axis=0), np.nan, bstat.min(axis=0))
             df["baseline_universal"] = df["baseline_corr"].to_numpy() > threshold
             df["excess"] = df["max_corr"] - df["baseline_corr"]
+            cal = np.full(len(df), np.nan)
+            for sa in dict.fromkeys(site_a.tolist()):
+                rows = np.flatnonzero(site_a == sa)
+                vals = df["baseline_corr"].to_numpy()[rows]
+                vals = vals[np.isfinite(vals)]
+                if len(vals):
+                    cal[rows] = np.quantile(vals, quantile)
+            df["calibrated_threshold"] = cal
+            with np.errstate(invalid="ignore"):
+                df["universal_calibrated"] = df["max_corr"].to_numpy() > cal
+                df["baseline_universal_calibrated"] = df["baseline_corr"].to_numpy() > cal
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     out.attrs["threshold"] = threshold
+    if baseline:
+        out.attrs["quantile"] = quantile
     return out
 
 
 def universal_fractions(neurons: pd.DataFrame, untrained: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (model, site): fraction of (live) neurons that are universal, against chance.
 
-    ``baseline_frac`` is the fraction universal against rotated bases (if ``neurons`` has
-    the baseline columns); ``untrained_frac`` the per-site fraction (averaged over models)
-    of ``untrained`` — ``universal_neurons`` run on untrained networks of the same
-    architecture. ``excess`` = universal_frac − the larger available baseline.
+    ``universal_frac`` is the fraction above the fixed threshold; ``baseline_frac`` the
+    fraction universal against rotated bases (if ``neurons`` has the baseline columns), and
+    beside them the baseline-calibrated threshold of the site (``calibrated_threshold``), the
+    fraction of neurons above it (``calibrated_frac``) and the rotated baseline's own fraction
+    above it (``baseline_calibrated_frac``, ≈ 1 − quantile); ``untrained_frac`` the per-site
+    fraction (averaged over models) of ``untrained`` — ``universal_neurons`` run on untrained
+    networks of the same architecture. ``excess`` = universal_frac − the larger available
+    baseline.
     """
     rows = []
     base_un = None
@@ -198,6 +227,11 @@ def universal_fractions(neurons: pd.DataFrame, untrained: pd.DataFrame | None = 
             row["baseline_frac"] = float(live["baseline_universal"].mean()) if len(live) else float("nan")
             row["baseline_mean_corr"] = float(live["baseline_corr"].mean()) if len(live) else float("nan")
             bases.append(row["baseline_frac"])
+        if "calibrated_threshold" in g:
+            row["calibrated_threshold"] = float(live["calibrated_threshold"].iloc[0]) if len(live) else float("nan")
+            row["calibrated_frac"] = float(live["universal_calibrated"].mean()) if len(live) else float("nan")
+            row["baseline_calibrated_frac"] = (float(live["baseline_universal_calibrated"].mean())
+                                               if len(live) else float("nan"))
         if base_un is not None:
             row["untrained_frac"] = float(base_un.get(site, np.nan))
             bases.append(row["untrained_frac"])
@@ -441,13 +475,15 @@ class MatchReport:
       "neurons": ["model/site:unit", …]}``; ``rosetta_groups`` counts all groups.
 
     Tables: ``neurons`` (:func:`universal_neurons`, one row per neuron) and ``fractions``
-    (:func:`universal_fractions`, one row per model and site).
+    (:func:`universal_fractions`, one row per model and site: fractions above the fixed
+    ``threshold`` and above the baseline-calibrated one, whose ``quantile`` is kept here).
     """
 
     models: list[str]
     samples: int
     sites: dict[str, dict[str, int]]
     threshold: float
+    quantile: float
     correlation: list[dict]
     matching: list[dict]
     rosetta_groups: int
@@ -464,6 +500,7 @@ class MatchReport:
             "samples": int(self.samples),
             "sites": {m: dict(s) for m, s in self.sites.items()},
             "threshold": self.threshold,
+            "calibration_quantile": self.quantile,
             "correlation": self.correlation,
             "universal": self.fractions.to_dict("records"),
             "matching": self.matching,
@@ -478,6 +515,7 @@ def match_report(
     untrained: Lockstep | None = None,
     seed: int = 0,
     top_groups: int = 20,
+    quantile: float = 0.99,
 ) -> MatchReport:
     """Correlation summary, universal neurons against chance, one-to-one matching and
     Rosetta neurons of a lockstep recording in one report (what ``neuronscope match`` shows).
@@ -489,8 +527,12 @@ def match_report(
     holds within-model Gram matrices; ``untrained`` — a lockstep recording of untrained
     networks of the same architectures, keyed by the same model names — adds the
     untrained-network baseline. ``top_groups`` Rosetta groups (strongest first) are listed.
+    With the rotation baseline the universal fractions also use a threshold calibrated per
+    site on it (its ``quantile`` quantile, :func:`universal_neurons`), reported beside the
+    fixed one.
     """
-    neurons = universal_neurons(lock, threshold=threshold, same_site=same_site, baseline=lock.within, seed=seed)
+    neurons = universal_neurons(lock, threshold=threshold, same_site=same_site, baseline=lock.within, seed=seed,
+                                quantile=quantile)
     base = None
     if untrained is not None:
         base = universal_neurons(untrained, threshold=threshold, same_site=same_site, baseline=False)
@@ -517,6 +559,7 @@ def match_report(
               for gid, g in top.groupby("group", sort=True)]
     return MatchReport(
         models=list(lock.models), samples=int(lock.n_samples), sites=lock.sites, threshold=threshold,
+        quantile=quantile,
         correlation=correlation, matching=matching, rosetta_groups=int(ros["group"].nunique()),
         rosetta_top=groups, neurons=neurons, fractions=fractions,
     )

@@ -52,11 +52,11 @@ def _setup(model_name: str, corpus: str, docs: int, batch_size: int, max_tokens:
         return model, None, TensorSource(x[:docs], batch_size=batch_size, labels={"digit": y[:docs].tolist()},
                                          name="sklearn digits"), "act*"
     from neuronscope.sources.models import BERT_FFN_SITES
-    from neuronscope.sources.text import Corpus, TextSource, load_corpus
+    from neuronscope.sources.text import TextSource, load_corpus
 
     full = load_corpus(corpus)  # corpus errors before the seconds of loading a model
     model, tok = load_model(model_name)
-    cut = Corpus(full.texts[:docs], {k: v[:docs] for k, v in full.labels.items()}, name=full.name)
+    cut = full.head(docs)
     return model, tok, TextSource(cut, tok, batch_size=batch_size, max_tokens=max_tokens,
                                   label_categories=full.categories()), BERT_FFN_SITES
 

@@ -5,7 +5,9 @@ one population per site) or a file: response arrays (``.npy``, ``.npz``, ``.h5``
 see :func:`neuronscope.sources.brain.load_responses`), precomputed RDMs (``.mat``, or an
 ``.npz`` holding ``rdms``; RSA only; ``--key``/``--field`` pick the variable and struct field)
 or an NWB file (one population per brain area) — resolved by
-:func:`neuronscope.specs.load_populations`.
+:func:`neuronscope.specs.load_populations`. Two text runs are compared row by row at the
+``--align`` level (token, word, char-span or doc;
+:func:`neuronscope.specs.load_population_pair`), checked before anything is loaded.
 One population per side prints one number, named with its run (``RUN:site``); several sites
 print the matrix (rows A, columns B) as tables with full site names, or JSON with ``--json``.
 Populations of a run are read lazily: linear CKA, CCA and shape metrics stream them from the
@@ -60,11 +62,15 @@ def compare(
                              help="Name of the saved result (default: compare-METRIC-A-vs-B from both specs)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace a saved result of the same name (otherwise an error)."),
+    align: str = typer.Option(None, "--align", show_default=False,
+                              help="Rows of two text runs: token (default; same tokenization), word, char-span "
+                                   "(tokens pooled per aligned span) or doc (pooled per document)."),
+    pool: str = typer.Option("mean", "--pool", help="Pooling for --align word/char-span/doc: mean, max or last."),
 ) -> None:
     """Compare representations (networks with networks, networks with brains)."""
     from neuronscope.analyses.compare import compare_all
     from neuronscope.analyses.extras import check_extra_name, comparison_name, save_comparison
-    from neuronscope.specs import load_populations
+    from neuronscope.specs import load_population_pair
 
     if metric not in METRIC_CHOICES:
         raise NeuronscopeError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_CHOICES)}")
@@ -84,8 +90,8 @@ def compare(
                 f"run {save} already holds a result named {name!r}; pass --overwrite to replace it, "
                 "or --name to save beside it"
             )
-    pa = load_populations(a, key=key, field=field)
-    pb = pa if b == a else load_populations(b, key=key, field=field)
+    # alignment checked before any activation is read
+    pa, pb = load_population_pair(a, b, align, pool, key=key, field=field)
     mat = compare_all(pa, metric, others=pb, progress=not json_out, **options)
     values = mat.values
     saved = None

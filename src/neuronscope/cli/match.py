@@ -4,8 +4,9 @@ Thin over :func:`neuronscope.specs.load_zoo` (model names → models and the sou
 share), :func:`neuronscope.lockstep.record_lockstep`,
 :func:`neuronscope.analyses.match.match_report` and :mod:`neuronscope.analyses.sysid`.
 
-Model names: ``minilm`` (the packaged all-MiniLM-L6-v2), a local Hugging Face model
-directory (text models run on ``--corpus``), or ``digits-mlp:SEED`` / ``digits-cnn:SEED``
+Model names: ``minilm`` (the packaged all-MiniLM-L6-v2), ``e5-small``, ``tinylm:SEED``, a
+local Hugging Face model directory (text models run on ``--corpus``, each through its own
+tokenizer; ``--align`` says how their samples line up), or ``digits-mlp:SEED`` / ``digits-cnn:SEED``
 (small networks trained on scikit-learn's digits from that seed in a few seconds; add
 ``:untrained`` for the untrained network) which run on the 1,797 digit images. Models may
 be listed after one ``--models`` separated by spaces (``--models A B C``), by repeating the
@@ -24,7 +25,7 @@ from neuronscope.cli.output import console, emit_json, frame_table
 from neuronscope.errors import NeuronscopeError
 
 _MODELS_HELP = (
-    "Models: 'minilm', a local Hugging Face model directory, or 'digits-mlp:SEED' / "
+    "Models: 'minilm', 'e5-small', 'tinylm:SEED', a local Hugging Face model directory, or 'digits-mlp:SEED' / "
     "'digits-cnn:SEED' (append ':untrained' for the untrained net). Space-separate after one "
     "--models, repeat the flag, or comma-separate."
 )
@@ -60,14 +61,19 @@ def match(
     max_tokens: int = typer.Option(128, min=1, help="Truncate each document to this many tokens."),
     seed: int = typer.Option(0, min=0, help="Seed of the random rotations of the baseline."),
     out: Path = typer.Option(None, help="Directory to write lockstep.npz (the cross-products), neurons.csv (per-neuron universality) and universal.csv."),
+    align: str = typer.Option("token", "--align", help="What a sample is when text models tokenize differently: token (identical tokenizations only), word, char-span (tokens pooled per aligned span) or doc (pooled per document)."),
+    pool: str = typer.Option("mean", "--pool", help="Pooling for --align word/char-span/doc: mean, max or last (token)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Record models in lockstep; report cross-model correlations, universal neurons against
-    chance (rotated bases / untrained nets), one-to-one matching and Rosetta neurons."""
+    """Record models in lockstep (each text model through its own tokenizer, samples aligned
+    by --align); report cross-model correlations, universal neurons against chance (rotated
+    bases with a baseline-calibrated threshold / untrained nets), one-to-one matching and
+    Rosetta neurons."""
     import pandas as pd
 
     from neuronscope.analyses.match import match_report
     from neuronscope.lockstep import record_lockstep
+    from neuronscope.sources.align import check_align
     from neuronscope.specs import is_digits_name, load_zoo
 
     names = _model_names(models, more)
@@ -75,13 +81,14 @@ def match(
         raise NeuronscopeError("match needs at least two models; pass --models A B [C ...]")
     if untrained_baseline and not all(is_digits_name(n) and not n.endswith(":untrained") for n in names):
         raise NeuronscopeError("--untrained-baseline needs trained digits models (digits-mlp:SEED ...)")
+    check_align(align, pool)
     if out is not None:
         output_dir(out, "--out")  # before recording, not after
     _check_corpus(names, corpus)
     zoo = load_zoo(names, corpus, batch_size, max_tokens)
     glob = sites or zoo.sites
     kw = dict(within=within, max_samples=max_samples or None, conv=zoo.conv, progress=not json_out)
-    lock = record_lockstep(zoo.models, zoo.source, glob, **kw)
+    lock = record_lockstep(zoo.models, zoo.sources, glob, align=align, pool=pool, **kw)
     untrained = None
     if untrained_baseline:
         un = load_zoo([f"{n}:untrained" for n in names], corpus, batch_size, max_tokens)
@@ -98,11 +105,17 @@ def match(
         emit_json(doc)
         return
     fractions = report.fractions
-    console.print(f"[bold]{len(names)} models[/bold] in lockstep over {lock.n_samples} samples")
+    unit = {"token": "samples", "doc": "documents", "word": "words", "char-span": "aligned spans"}[align]
+    console.print(f"[bold]{len(names)} models[/bold] in lockstep over {lock.n_samples} {unit}"
+                  + (f" ({pool}-pooled tokens)" if align != "token" else ""))
     console.print(frame_table("max correlation with the other model", pd.DataFrame(report.correlation)))
     shown = [c for c in ("model", "site", "units", "dead", "universal_frac", "baseline_frac",
+                         "calibrated_threshold", "calibrated_frac", "baseline_calibrated_frac",
                          "untrained_frac", "excess") if c in fractions]
-    console.print(frame_table(f"universal neurons (max corr > {threshold} in every other model)", fractions[shown]))
+    title = f"universal neurons (max corr > {threshold} in every other model"
+    if "calibrated_threshold" in fractions:
+        title += f"; calibrated: > the rotated baseline's {100 * report.quantile:g}th percentile per site"
+    console.print(frame_table(title + ")", fractions[shown]))
     if report.matching:
         console.print(frame_table("one-to-one matching (same site)", pd.DataFrame(report.matching)))
     console.print(f"Rosetta neurons (pairwise best buddies in all models, r > {threshold}): "
@@ -153,8 +166,13 @@ def sysid(
         output_file(plot, "--plot", PLOT_SUFFIXES)
     _check_corpus(names, corpus)
     zoo = load_zoo(names, corpus, batch_size, max_tokens)
+    if zoo.kind == "text":  # the stimuli are tokens: every model must tokenize alike (before any forward pass)
+        from neuronscope.lockstep import check_lockstep_sources
+
+        check_lockstep_sources(zoo.models, zoo.sources, "token")
     glob = sites or ("act*,out" if zoo.kind == "digits" else zoo.sites)
-    acts = {n: collect_activations(m, zoo.source, glob, pool, conv=zoo.conv) for n, m in zoo.models.items()}
+    acts = {n: collect_activations(m, zoo.sources[n], glob if isinstance(glob, str) else glob[n], pool,
+                                   conv=zoo.conv) for n, m in zoo.models.items()}
     first = names[0]
     truth = truth_site or next(iter(acts[first]))
     if truth not in acts[first]:

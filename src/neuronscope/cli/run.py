@@ -120,8 +120,7 @@ def demo(
     model, tok = load_model("minilm")
     corpus = load_corpus("default")
     if docs:
-        corpus.texts = corpus.texts[:docs]
-        corpus.labels = {k: v[:docs] for k, v in corpus.labels.items()}
+        corpus = corpus.head(docs)
     source = TextSource(corpus, tok, batch_size=32, max_tokens=128)
     run = record_run(model, source, BERT_FFN_SITES, out=out / "minilm.zarr", keep="both",
                      dtype="float16", sample_rate=sample_rate, progress=not json_out)

@@ -4,7 +4,10 @@
   (:func:`sites`), the forward hooks that capture them, and the flattening of module outputs
   (``[b, u]``, ``[b, s, u]``, conv ``[b, C, H, W]``) into ``(samples, units)``.
 * :mod:`~neuronscope.sources.text` — corpora (``.txt``, ``.jsonl`` with labels, lists, the
-  bundled multilingual corpus) tokenized and batched: one sample per real token.
+  bundled multilingual corpus; ``doc`` = the line number) tokenized and batched: one sample
+  per real token, with its character span when the tokenizer gives offsets.
+* :mod:`~neuronscope.sources.align` — samples of different tokenizations aligned by token,
+  word, character span or document (what lockstep matching and run comparison use).
 * :mod:`~neuronscope.sources.tensors` — tensors (images, features): one sample per item.
 * :mod:`~neuronscope.sources.base` — the :class:`Batch` every source yields.
 * :mod:`~neuronscope.sources.models` — Hugging Face models offline: the packaged

@@ -100,13 +100,34 @@ def to_samples(t: torch.Tensor, mask: torch.Tensor | None, conv: str = "position
     return out.to(torch.float32)
 
 
-class SiteCapture:
-    """Forward hooks on a set of sites; after each forward, ``outputs[name]`` holds the raw
-    output tensor of each site (cleared by ``clear``)."""
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
-    def __init__(self, model: nn.Module, site_list: list[Site]):
+
+class SiteCapture:
+    """Forward hooks on a set of sites; after each forward, ``outputs[name]`` holds a *copy* of
+    each site's output taken when the module returned (cleared by ``clear``).
+
+    The copy is what makes a recording right on models that modify tensors in place after a
+    site: ``nn.ReLU(inplace=True)`` after a conv or a batch norm (torchvision's ResNets),
+    ``out += identity`` in a residual block. A stored reference would hold the post-ReLU or
+    post-add values by the time the forward pass ends.
+
+    With ``flatten=True`` (what recording uses) the copy is the output already flattened to
+    float32 ``(samples, units)`` by :func:`to_samples` with the capture's current ``mask``
+    (set it before each forward) and ``conv``: the gather that drops padding, or the
+    transpose of conv channels, is itself the copy, so only outputs that flatten to a view
+    (``[batch, units]``, unmasked sequences) are cloned — the copy then costs nothing beyond
+    what flattening after the forward pass cost. Otherwise ``outputs`` holds clones of the
+    raw output tensors.
+    """
+
+    def __init__(self, model: nn.Module, site_list: list[Site], *, flatten: bool = False, conv: str = "positions"):
         self.model = model
         self.sites = site_list
+        self.flatten = flatten
+        self.conv = conv
+        self.mask: torch.Tensor | None = None
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
 
@@ -117,7 +138,12 @@ class SiteCapture:
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self.outputs[name] = _first_tensor(output)
+            t = _first_tensor(output).detach()
+            if not self.flatten:
+                self.outputs[name] = t.clone()
+                return
+            out = to_samples(t, self.mask, self.conv)
+            self.outputs[name] = out.clone() if _shares_memory(out, t) else out
 
         return hook
 
