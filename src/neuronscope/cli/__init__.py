@@ -4,7 +4,7 @@ Every verb takes ``--json`` for machine-readable output. Errors are one line on 
 that names the fix, with exit code 2.
 
 * :mod:`neuronscope.cli.output` — the one output module: JSON emitter and rich tables.
-* :mod:`neuronscope.cli.run` — ``record``, ``info``, ``summarize``, ``demo``.
+* :mod:`neuronscope.cli.run` — ``record``, ``info``, ``verify``, ``summarize``, ``demo``.
 * :mod:`neuronscope.cli.characterize` — ``characterize``.
 * :mod:`neuronscope.cli.atlas` — ``atlas``, ``serve``.
 * :mod:`neuronscope.cli.compare` — ``compare``.
@@ -42,6 +42,7 @@ app = typer.Typer(
 for _name, _command in (
     ("record", run.record),
     ("info", run.info),
+    ("verify", run.verify),
     ("summarize", run.summarize),
     ("demo", run.demo),
     ("characterize", characterize.characterize),
