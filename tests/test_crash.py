@@ -1,11 +1,11 @@
 """Fault injection at every durable write of record, summarize, compare --save and atlas
 (``crash_driver.py`` says how writes are enumerated and what each trial checks).
 
-The default suite runs a strided subset of the crash points (every write of the atlas,
-~40 of a recording's, ~14 of summarize's and of compare --save's, the first and last
-dozen of each included) as copy-at-crash-point snapshots, plus 5 real ``os._exit``
-crashes per writer and disk-full (ENOSPC) at two writes of every commit. The ``slow``
-test takes every write as a crash point.
+The default suite runs a strided subset of the crash points as copy-at-crash-point
+snapshots (every write of the atlas, 28 of a recording's ~950, 10 of summarize's and of
+compare --save's; the first and last writes of each included), plus 3 real ``os._exit``
+crashes per writer and disk-full (ENOSPC) in every commit. The ``slow`` test takes every
+durable write as a crash point.
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def test_second_writer_gets_the_holders_pid_and_first_finishes(tmp_path):
     corpus = _corpus(tmp_path / "c.jsonl", 120)
     out = tmp_path / "r.zarr"
     script = str(HERE / "record_script.py")
-    first = subprocess.Popen([sys.executable, script, str(out), str(corpus), "0.05"], env=ENV,
+    # 30 batches of 1.5 s: the first recording outlives the two processes started against it
+    first = subprocess.Popen([sys.executable, script, str(out), str(corpus), "1.5"], env=ENV,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "zarr.json").exists():
@@ -318,13 +319,26 @@ def test_bug2_crash_inside_finish_resumes_to_complete(tok, corpus, healthy, tmp_
 
         monkeypatch.setattr(store_mod.RunWriter, "_write_record", dies)
     else:
-        monkeypatch.setattr(store_mod.shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        class DiesDeletingCheckpoints:  # store.py's shutil, whose rmtree of checkpoints/ "dies"
+            def __getattr__(self, name):
+                return getattr(shutil, name)
+
+            @staticmethod
+            def rmtree(p, *a, **k):
+                if Path(p).name == "checkpoints":
+                    raise KeyboardInterrupt
+                return shutil.rmtree(p, *a, **k)
+
+        monkeypatch.setattr(store_mod, "shutil", DiesDeletingCheckpoints())
     with pytest.raises(KeyboardInterrupt):
         _record(tok, corpus, out, commit_every=2)
     monkeypatch.undo()
-    assert (out / "summaries").is_dir() and not (out / "checkpoints" / "0").exists() or not (out / "checkpoints" / "1").exists()
+    assert (out / "summaries").is_dir()  # the checkpoint was moved there before the crash
     interrupted = ns.open_run(out)
     assert interrupted.status == "finishing" and verify_run(out)["healthy"]
+    with pytest.raises(NeuronscopeError) as e:  # not complete: no site's summaries are read as final
+        interrupted.summaries("act")
+    assert "is not complete (status finishing)" in _one_line(e.value) and "re-run the same" in str(e.value)
     run = _record(tok, corpus, out, commit_every=2)
     assert run.status == "complete" and not (out / "checkpoints").exists()
     for s, want in healthy[3].items():
