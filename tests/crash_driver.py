@@ -1,6 +1,6 @@
 """Fault injection for every durable write of record, summarize, compare --save and atlas.
 
-usage: python crash_driver.py WORKDIR {default|exhaustive}     -> prints one JSON report
+usage: python crash_driver.py WORKDIR {default|exhaustive} [SCENARIO,...]  -> one JSON report
        python crash_driver.py WORKDIR enospc SCENARIO K OUT    -> one disk-full trial (internal)
 
 How "every durable write" is enumerated: a Python audit hook (``sys.addaudithook``) sees
@@ -435,7 +435,8 @@ def main() -> int:
     t0 = time.time()
     sc.bases()
     report: dict[str, Any] = {"mode": mode, "scenarios": {}, "trials": []}
-    for name in ("record", "summarize", "extras", "atlas"):
+    names = sys.argv[3].split(",") if len(sys.argv) > 3 else ["record", "summarize", "extras", "atlas"]
+    for name in names:
         ref, n, marks, opens = reference(sc, name)
         ks = choose(n, mode, BUDGET[name])
         trials = snapshot_sweep(sc, name, ref, ks)

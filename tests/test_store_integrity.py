@@ -404,3 +404,44 @@ def test_plain_zarr_and_xarray_open_a_run(healthy):
     np.testing.assert_array_equal(ds["doc"].values, healthy[2]["doc"])
     acts = xr.open_zarr(str(path), group="sites/ff", consolidated=False)["activations"]
     assert acts.dims == ("row", "unit") and acts.shape == (n, 48)
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+ENOSPC_SCRIPT = r"""
+import errno, os, sys, time
+sys.path.insert(0, sys.argv[2])
+import crash_driver as cd  # its audit hook injects the error
+import numpy as np, torch
+import neuronscope as ns
+from pathlib import Path
+out = Path(sys.argv[1])
+failed = []
+def full(i, ev, path):  # a full, slow disk under many concurrent chunk writes
+    if ev == "open" and "/sites/" in path and "/c/" in path:
+        if failed:
+            time.sleep(0.05)
+        failed.append(i)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+cd.INJ.arm(out, full)
+try:
+    ns.record(torch.nn.Sequential(torch.nn.Linear(2, 2048)), ns.TensorSource(x, batch_size=32), "0", out=out,
+              keep="activations", dtype="float32", chunk_rows=32, progress=False)
+except ns.NeuronscopeError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_disk_full_is_one_line_without_asyncio_noise(tmp_path):
+    """32 concurrent chunk writes (2048 units / 64) fail with ENOSPC: the sibling writes
+    still pending must not print 'Task was destroyed but it is pending!' at exit (they did,
+    ~40 lines, before the writer waited for them)."""
+    p = subprocess.run([sys.executable, "-c", ENOSPC_SCRIPT, str(tmp_path / "r.zarr"), str(HERE)],
+                       capture_output=True, text=True, env=ENV)
+    assert p.returncode == 2
+    line = _one_line(p.stderr.strip())
+    assert line.startswith("error: writing run") and "the disk is full" in line and "re-run the same command" in line
+    assert ns.open_run(tmp_path / "r.zarr").status == "recording" and verify_run(tmp_path / "r.zarr")["healthy"]
