@@ -31,8 +31,10 @@ icechunk repository, every reader needs icechunk and its session API; (2) every
 checkpoint is a new snapshot that keeps the old one's chunks: 7 commits took 929 MB
 against 234 MB here, until an explicit expiry + garbage collection; (3) icechunk warns
 that its local-filesystem storage is not safe for concurrent commits, so the lock below
-would be needed anyway; (4) column reads were 2x slower (39 vs 19 ms). Atomicity is
-instead made by construction:
+would be needed anyway; (4) column reads were 2x slower (39 vs 19 ms). The protocol as
+built costs 1.65 s per MiniLM commit (160 documents, a checkpoint per batch, machine
+loaded) against 1.16 s for the previous, non-durable one: fsync, crc32c and zstd-1 states;
+commits stay spaced >= 20x their cost. Atomicity is instead made by construction:
 
 * Every file is written by :func:`durable_write` (temporary file, ``fsync``, atomic
   rename; its directory is ``fsync``-ed before the next commit record), so a file is
