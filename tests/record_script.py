@@ -1,10 +1,12 @@
 """Run a recording in a subprocess (for kill/resume and write-error tests).
 
 usage: python record_script.py OUT CORPUS DELAY [FSIZE_LIMIT_BYTES] [KEEP]
+(NS_OVERWRITE=1 in the environment records with overwrite=True)
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import sys
@@ -39,7 +41,8 @@ def main() -> int:
 
     try:
         record(model, source, "ff,act", out=out, keep=keep, dtype="float32", chunk_rows=64,
-               commit_every=1, progress=False, model_id="tinytext", on_batch=limit_after_a_few_batches)
+               commit_every=1, progress=False, model_id="tinytext", on_batch=limit_after_a_few_batches,
+               overwrite=os.environ.get("NS_OVERWRITE") == "1")
     except NeuronscopeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -372,7 +372,7 @@ def test_commits_wait_twenty_times_their_cost():
         def __init__(self):
             self.commits = []
 
-        def append(self, samples, rows, acts):
+        def append(self, samples, rows, acts, items=None):
             pass
 
         def commit(self, items, nonfinite, states):

@@ -82,12 +82,11 @@ def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, 
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
     run = open_run(path)
-    z = run.group["sites"][site]["activations"]
-    acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
-    rows = np.asarray(run.group["rows"][start:stop])
-    samples = {"sample": rows}
-    for k in run.attrs.get("sample_coords", []):
-        samples[k] = np.asarray(run.group["samples"][k].get_orthogonal_selection(rows))
+    z = run.activations(site)
+    with run._reading(f"sites/{site}/activations"):
+        acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
+    rows = run.rows(start, stop)
+    samples = {"sample": rows, **{k: v[rows] for k, v in run.samples.items() if k != "sample"}}
     ss = SiteSummaries.create(acts.shape[1], SummaryConfig.from_dict(cfg), calibration)
     ss.update(acts, samples)
     return ss.state()
@@ -123,7 +122,7 @@ def summarize_run(
     names = run._site_names(sites)
     cfg = dict(run.config.get("summary_config") or summary_config or SummaryConfig().to_dict())
     cfg["label_fields"] = run.label_categories
-    rows = np.asarray(run.group["rows"][: run.n_rows])
+    rows = run.rows()
     src = run.config.get("source", {})
     key = "doc" if "doc" in run.samples else "item"
     ids = run.samples[key][rows]
@@ -134,7 +133,8 @@ def summarize_run(
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait
-            cal, _ = finite_or_zero(np.asarray(run.group["sites"][s]["activations"][: max(calib_rows, 1)], dtype=np.float32))
+            with run._reading(f"sites/{s}/activations"):
+                cal, _ = finite_or_zero(np.asarray(run.activations(s)[: max(calib_rows, 1)], dtype=np.float32))
             cal_f = c.scatter([cal], broadcast=True)[0]
             futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal_f, pure=False) for a, b in chunks]
             roots[s] = tree_future(c, futs)
@@ -256,10 +256,24 @@ def record_distributed(
     units = {s: int(a.shape[1]) for s, a in calibration.items()}
     config = recording_config(local_model, source, units, model_id=model if isinstance(model, str) else None,
                               keep=keep, dtype=dtype, sample_rate=sample_rate, summary_config=cfg)
-    writer = RunWriter(out, config, units, vocab=source.vocab(), label_categories=source.label_categories,
-                       store_activations=False, dtype=dtype, overwrite=overwrite)
-    if writer.complete:
-        return open_run(out)
+    with RunWriter(out, config, units, vocab=source.vocab(), label_categories=source.label_categories,
+                   store_activations=False, dtype=dtype, overwrite=overwrite) as writer:
+        if not writer.complete:
+            _record_shards(writer, model, local_model, tok, source, sites, units, calibration, cfg, workers, scheduler,
+                           shards, progress, client, t0)
+    return open_run(out)
+
+
+def _record_shards(writer: Any, model: Any, local_model: Any, tok: Any, source: Any, sites: str, units: dict[str, int],
+                   calibration: dict[str, np.ndarray], cfg: Any, workers: int | None, scheduler: str | None,
+                   shards: int | None, progress: bool, client: Any, t0: float) -> None:
+    """The body of :func:`record_distributed` while it holds the run's writer. The run
+    commits once, with every item: a run interrupted after that commit only finishes."""
+    import time
+
+    if writer.items_committed == len(source):
+        writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})
+        return
     # sample coordinates of the whole corpus (tokenizing is cheap; no forward pass)
     lengths = []
     doc_ids, done = np.asarray(source.corpus.ids(), dtype=np.int64), 0
@@ -311,5 +325,4 @@ def record_distributed(
             merged, nonfinite = go(c)
     states = {s: merged[s].state() for s in units}
     writer.commit(n_docs, nonfinite, states)
-    writer.finish(states, {"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})
-    return open_run(out)
+    writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})

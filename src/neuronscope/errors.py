@@ -7,7 +7,7 @@ scikit-learn.
 
 from __future__ import annotations
 
-__all__ = ["ConfigMismatchError", "FormatVersionError", "NeuronscopeError"]
+__all__ = ["ConfigMismatchError", "DamagedRunError", "FormatVersionError", "NeuronscopeError", "RunLockedError"]
 
 
 class NeuronscopeError(ValueError):
@@ -22,3 +22,12 @@ class FormatVersionError(NeuronscopeError):
 
 class ConfigMismatchError(NeuronscopeError):
     """A run exists at the output path with a different recording configuration."""
+
+
+class DamagedRunError(NeuronscopeError):
+    """A run store whose data or metadata is missing or corrupt (``neuronscope verify`` lists
+    every problem)."""
+
+
+class RunLockedError(NeuronscopeError):
+    """Another process is writing the run (it holds the run's lock)."""

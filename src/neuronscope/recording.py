@@ -284,7 +284,7 @@ class Recorder:
         if self.writer is not None:
             mask = keep_mask(sample_ids, self.sample_rate)
             kept = {s: (a if mask.all() else a[mask]) for s, a in acts.items()} if self.store_activations else None
-            self.writer.append(batch.samples, sample_ids[mask], kept)
+            self.writer.append(batch.samples, sample_ids[mask], kept, items=batch.items)
         self.n_done += n
         self.seen += n
         self.batches_since_commit += 1
@@ -317,7 +317,7 @@ class Recorder:
         final = self.states()
         self.writer.commit(self.items_since_commit, self.nonfinite, final)
         self.batches_since_commit = self.items_since_commit = 0
-        self.writer.finish(final, info)
+        self.writer.finish(info)
 
 
 def _progress(enabled: bool):
@@ -450,7 +450,8 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
                               sample_rate=sample_rate, conv=conv, chunk_rows=chunk_rows, summary_config=cfg,
                               interventions=interventions)
     store_acts = keep in ("both", "activations")
-    writer = RunWriter(
+    # The writer holds the run's lock until the run is complete (or this call fails).
+    with RunWriter(
         out,
         config,
         units,
@@ -460,17 +461,18 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
         dtype=dtype,
         chunk_rows=chunk_rows,
         overwrite=overwrite,
-    )
-    if writer.complete:
-        return open_run(out)
-    if writer.resumed and writer.items_committed:
-        print(resume_message(source, writer.samples_committed, writer.items_committed), file=sys.stderr, flush=True)
-    recorder = Recorder(units, cfg, writer=writer, store_activations=store_acts, sample_rate=sample_rate,
-                        on_batch=on_batch, commit_every=commit_every, commit_seconds=commit_seconds)
-    t0 = time.perf_counter()
-    run_pass(model, source, site_list, recorder, start=writer.items_committed, conv=conv, overlap=overlap,
-             progress=progress)
-    recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])})
+        expected_items=len(source),
+    ) as writer:
+        if not writer.complete:
+            if writer.resumed and writer.items_committed:
+                print(resume_message(source, writer.samples_committed, writer.items_committed), file=sys.stderr,
+                      flush=True)
+            recorder = Recorder(units, cfg, writer=writer, store_activations=store_acts, sample_rate=sample_rate,
+                                on_batch=on_batch, commit_every=commit_every, commit_seconds=commit_seconds)
+            t0 = time.perf_counter()
+            run_pass(model, source, site_list, recorder, start=writer.items_committed, conv=conv, overlap=overlap,
+                     progress=progress)
+            recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])})
     return open_run(out)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from neuronscope.analyses._progress import ProgressArg, progress_bar
 from neuronscope.analyses.characterize import characterize, site_examples, site_summary
 from neuronscope.errors import NeuronscopeError
+from neuronscope.store import durable_write
 
 #: Neurons per data chunk file (a neuron page loads exactly one chunk).
 CHUNK = 64
@@ -458,11 +459,17 @@ def _prepare_out(out: Path) -> Path:
             f"--out {out} exists and is not an atlas directory; choose a new or empty directory"
         )
     out.mkdir(parents=True, exist_ok=True)
+    # The marker first (a build that stops after it can be redone into the same --out);
+    # index.html goes next and comes back last, atomically: a build that stops half-way
+    # leaves no index.html over a mix of old and new data (nor a stale temporary file).
+    (out / MARKER).write_text("written by neuronscope.atlas.build.write_site\n")
+    (out / "index.html").unlink(missing_ok=True)
+    for stale in out.glob("index.html.*.partial"):
+        stale.unlink()
     data = out / "data"
     if data.exists():
         shutil.rmtree(data)
     data.mkdir()
-    (out / MARKER).write_text("written by neuronscope.atlas.build.write_site\n")
     return out
 
 
@@ -561,7 +568,7 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
     build = hashlib.sha256((index_js + str(time.time_ns())).encode()).hexdigest()[:12]
     html = static.joinpath("index.html").read_text(encoding="utf-8").replace("{{BUILD}}", build)
     index_html = out / "index.html"
-    index_html.write_text(html, encoding="utf-8")
+    durable_write(index_html, html.encode("utf-8"))
     return index_html
 
 

@@ -6,7 +6,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.output` — the one output module: JSON emitter and rich tables.
 * :mod:`neuronscope.cli.checks` — early checks of output paths, runs written into and
   half-open option ranges, made before any model loads or any computing starts.
-* :mod:`neuronscope.cli.run` — ``record``, ``info``, ``summarize``, ``demo``.
+* :mod:`neuronscope.cli.run` — ``record``, ``info``, ``verify``, ``summarize``, ``demo``.
 * :mod:`neuronscope.cli.characterize` — ``characterize``.
 * :mod:`neuronscope.cli.atlas` — ``atlas``, ``serve``.
 * :mod:`neuronscope.cli.compare` — ``compare``.
@@ -82,6 +82,7 @@ app = typer.Typer(
 for _name, _command in (
     ("record", run.record),
     ("info", run.info),
+    ("verify", run.verify),
     ("summarize", run.summarize),
     ("demo", run.demo),
     ("characterize", characterize.characterize),

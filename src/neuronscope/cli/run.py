@@ -1,4 +1,4 @@
-"""``neuronscope record``, ``info``, ``summarize`` and ``demo``: make and inspect runs.
+"""``neuronscope record``, ``info``, ``verify``, ``summarize`` and ``demo``: make and inspect runs.
 
 Thin over :func:`neuronscope.recording.record`,
 :func:`neuronscope.distributed.record_distributed` / :func:`~neuronscope.distributed.summarize_run`
@@ -65,7 +65,8 @@ def info(
     run: Path = typer.Argument(..., help="A run directory written by `neuronscope record`."),
     json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Show a run's sites, units, samples, status and configuration."""
+    """Show a run's sites, units, samples, status and configuration. Runs the cheap checks
+    of `verify` (the commit record against the arrays): a damaged run is reported, exit 2."""
     from neuronscope.store import open_run
 
     i = open_run(run).info()
@@ -73,6 +74,32 @@ def info(
         emit_json(i)
     else:
         print_info(i)
+    if i["problems"]:
+        for p in i["problems"]:
+            typer.echo(f"damaged: {p}", err=True)
+        typer.echo(f"run `neuronscope verify {run}` for a full report", err=True)
+        raise typer.Exit(2)
+
+
+def verify(
+    run: Path = typer.Argument(..., help="A run directory written by `neuronscope record`."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check a run for damage: the commit record against the arrays, every chunk the
+    committed counters imply present and passing its crc32c checksum. Exit 0 when healthy,
+    2 when damaged (one line per problem)."""
+    from neuronscope.store import verify_run
+
+    report = verify_run(run)
+    if json_out:
+        emit_json(report)
+    elif report["healthy"]:
+        typer.echo(f"{run}: healthy (status {report['status']}, {report['chunks_checked']} chunks checked)")
+    else:
+        for p in report["problems"]:
+            typer.echo(f"{run}: {p}")
+    if not report["healthy"]:
+        raise typer.Exit(2)
 
 
 def summarize(
