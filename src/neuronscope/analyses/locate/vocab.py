@@ -50,7 +50,8 @@ FAMILIES = ("prediction", "suppression", "entropy", "token_frequency")
 
 def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a local Hugging Face causal LM directory (with its LM head:
-    ``AutoModelForCausalLM``, offline, float32, eval mode). ``tinylm:SEED`` names the tiny LM."""
+    ``AutoModelForCausalLM``, offline, float32, eval mode; the tokenizer is None when the
+    directory has no tokenizer files). ``tinylm:SEED`` names the tiny LM."""
     from neuronscope.specs import is_tinylm_name, load_model
 
     if is_tinylm_name(str(path)):
@@ -63,9 +64,12 @@ def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
     transformers.logging.set_verbosity_error()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True)
-        tok = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError) as e:
         raise NeuronscopeError(f"cannot load a causal LM from {p}: {str(e).splitlines()[0]}") from None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        tok = None  # weights without tokenizer files: projections still work, tokens are ids
     model.eval()
     model.neuronscope_id = str(p.resolve())
     return model, tok
