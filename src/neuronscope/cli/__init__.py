@@ -10,6 +10,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.compare` — ``compare``.
 * :mod:`neuronscope.cli.match` — ``match``, ``sysid``.
 * :mod:`neuronscope.cli.causal` — ``attribute``, ``ablate``, ``steer``.
+* :mod:`neuronscope.cli.locate` — ``locate``.
 
 The group modules define plain command functions and import nothing from this package
 module; :data:`app` is built here from them, and :func:`main` is the console entry point.
@@ -22,7 +23,7 @@ import sys
 
 import typer
 
-from neuronscope.cli import atlas, causal, characterize, compare, match, run
+from neuronscope.cli import atlas, causal, characterize, compare, locate, match, run
 from neuronscope.errors import NeuronscopeError
 
 __all__ = ["app", "main"]
@@ -53,6 +54,7 @@ for _name, _command in (
     ("attribute", causal.attribute),
     ("ablate", causal.ablate),
     ("steer", causal.steer),
+    ("locate", locate.locate),
 ):
     app.command(_name)(_command)
 

@@ -29,6 +29,7 @@ def record(
     overwrite: bool = typer.Option(False, help="Replace an existing run with a different configuration."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
+    labels: Path = typer.Option(None, "--labels", help="Per-document labels file (.jsonl objects, .csv with a header, or .txt named by its field), one line per document: per-label summaries for `neuronscope locate`."),
 ) -> None:
     """Record the neurons of a model over a corpus into a resumable run."""
     from neuronscope.recording import record as record_run
@@ -36,8 +37,16 @@ def record(
     from neuronscope.specs import load_model
 
     docs = load_corpus(corpus)  # corpus errors come before the seconds of loading a model
+    if labels is not None:
+        from neuronscope.sources.labels import read_doc_labels
+
+        read_doc_labels(labels)  # a bad labels file fails before the model loads
     m, tok = load_model(model)
     source = TextSource(docs, tok, batch_size=batch_size, max_tokens=max_tokens)
+    if labels is not None:
+        from neuronscope.sources.labels import LabeledSource
+
+        source = LabeledSource(source, labels)
     if workers or scheduler:
         from neuronscope.distributed import record_distributed
 

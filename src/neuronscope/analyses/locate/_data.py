@@ -390,7 +390,20 @@ def replay_source(run: Any) -> tuple[Any, Any]:
     corpus = load_corpus(src["corpus"])
     if corpus.fingerprint() != src.get("fingerprint"):
         raise NeuronscopeError(f"corpus {src['corpus']} changed since run {run.path} was recorded; pass the original")
+    added = src.get("added_labels") or {}
+    if any(v.get("per") == "token" for v in added.values()) or (added and not src.get("label_file")):
+        raise NeuronscopeError(
+            f"run {run.path} was recorded with labels given in Python (not a labels file); pass model= and "
+            "source= for a second pass"
+        )
     model, tok = load_model(cfg["model"])
-    source = TextSource(corpus, tok, batch_size=int(src.get("batch_size", 32)),
-                        max_tokens=int(src.get("max_tokens", 128)), label_categories=run.label_categories)
+    own = {k: v for k, v in run.label_categories.items() if k not in added}
+    source: Any = TextSource(corpus, tok, batch_size=int(src.get("batch_size", 32)),
+                             max_tokens=int(src.get("max_tokens", 128)), label_categories=own)
+    if added:
+        from neuronscope.sources.labels import LabeledSource
+
+        source = LabeledSource(source, src["label_file"])
+        if source.describe() != src:
+            raise NeuronscopeError(f"labels file {src['label_file']} changed since run {run.path} was recorded")
     return model, source
