@@ -337,3 +337,18 @@ def test_unknown_method_and_value(planted_run):
         locate(planted_run, "lang", "magic")
     with pytest.raises(NeuronscopeError, match="no value 'Q'"):
         sparse_probe(planted_run, "lang", values=["Q"])
+
+
+def test_steering_vector_from_run_is_the_same_difference_in_means(planted_run, stored):
+    from neuronscope.analyses.steer import steering_vector_from_labels, steering_vector_from_run
+    from neuronscope.sources.tensors import TensorSource
+
+    x, lab, _ = stored
+    from_run = steering_vector_from_run(planted_run, "act", "lang", "L", "M")
+    x_in, labels = planted_inputs()
+    one_pass = steering_vector_from_labels(Planted(), TensorSource(x_in, batch_size=256, labels={"lang": labels}),
+                                           "act", "lang", "L", "M")
+    want = x[lab == "L"].mean(0) - x[lab == "M"].mean(0)
+    np.testing.assert_allclose(from_run.vector, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(one_pass.vector, want, rtol=1e-9, atol=1e-12)
+    assert from_run.n_positive == one_pass.n_positive == int((lab == "L").sum())

@@ -121,8 +121,9 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_te
     clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)  # a class absent from the held-out split
         clf.fit((x_train - mu) / sd, y_train)
-    return float(balanced_accuracy_score(y_test, clf.predict((x_test - mu) / sd)))
+        return float(balanced_accuracy_score(y_test, clf.predict((x_test - mu) / sd)))
 
 
 def sparse_probe(
@@ -166,7 +167,8 @@ def sparse_probe(
     probes whose best accuracy reaches ``min_accuracy`` (weaker probes name no neuron;
     multiclass: the neurons of the multiclass probe at ``k*``, each assigned to the label it
     is most above the rest on). ``score`` = Cohen's d one-vs-rest; ``info["curves"][site]
-    [target]`` = ``{"k", "accuracy", "neurons", "k_star", "chance"}``.
+    [target]`` = ``{"k", "accuracy", "neurons", "k_star", "chance"}``; values with too few
+    documents for both sides of the split are left out (``info["skipped"]``).
     """
     if task not in TASKS:
         raise NeuronscopeError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
@@ -195,6 +197,7 @@ def sparse_probe(
     if not train.any() or not test.any():
         raise NeuronscopeError("the train/test split left one side empty; use more documents or another test_fraction")
     curves: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
     specific: dict[str, np.ndarray] = {}
     score: dict[str, np.ndarray] = {}
     for ls in parts:
@@ -210,9 +213,8 @@ def sparse_probe(
             y = data.y if t is None else (data.y == t).astype(np.int64)
             name = "all" if t is None else labels[t]
             if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
-                raise NeuronscopeError(
-                    f"probe {name!r} at site {ls.site!r}: train or test split lacks a class; use more documents"
-                )
+                skipped.append(name)  # too few documents of this value for a held-out split
+                continue
             acc = [fit_probe(x_all[train][:, pos[:k]], y[train], x_all[test][:, pos[:k]], y[test], c, seed)
                    for k in site_ks]
             best = max(acc)
@@ -228,5 +230,6 @@ def sparse_probe(
         score[ls.site] = d
     info = {"task": task, "rank": rank, "per_label": per_label, "test_fraction": test_fraction, "seed": seed,
             "tolerance": tolerance, "min_accuracy": min_accuracy, "c": c, "train": int(train.sum()),
-            "test": int(test.sum()), "curves": curves, "metric": "held-out balanced accuracy"}
+            "test": int(test.sum()), "curves": curves, "metric": "held-out balanced accuracy",
+            "skipped": sorted(set(skipped))}
     return LocateResult("probe", label, list(labels), [ls.site for ls in parts], specific, score, {}, info)
