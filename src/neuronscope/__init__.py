@@ -42,6 +42,13 @@ _API = {
     "match_one_to_one": "neuronscope.analyses.match",
     "rosetta_neurons": "neuronscope.analyses.match",
     "sysid": "neuronscope.analyses.sysid",
+    # locate
+    "locate": "neuronscope.analyses.locate",
+    "lape": "neuronscope.analyses.locate",
+    "label_statistics": "neuronscope.analyses.locate",
+    "sparse_probe": "neuronscope.analyses.locate",
+    "diffmeans": "neuronscope.analyses.locate",
+    "vocab_projection": "neuronscope.analyses.locate",
     # atlas
     "build_atlas": "neuronscope.atlas.build",
     "NeuronscopeError": "neuronscope.errors",
