@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neuronscope.analyses.locate import lape, label_statistics, sparse_probe
+from neuronscope.analyses.locate import label_statistics, lape, sparse_probe
 
 SITES = "encoder.layer.0.intermediate,encoder.layer.5.intermediate"
 

@@ -97,3 +97,34 @@ def test_locate_vocab_on_the_tiny_lm(tmp_path):
     proj = load_vocab_projection(open_run(r.path))["blocks.1.mlp.act"]
     c = neuron_logits(model, "blocks.1.mlp.act", 7)
     assert proj.top_ids[7].tolist() == np.argsort(-c, kind="stable")[:3].tolist()
+
+
+def test_record_with_a_labels_file_then_locate_a_summaries_only_run(tmp_path):
+    """``record --labels FILE --keep summaries``, then ``locate --by probe``: the fits read the
+    selected neurons in a second pass (the run's model over its corpus and labels file)."""
+    from neuronscope.analyses.locate import sparse_probe
+    from neuronscope.sources.labels import LabeledSource
+    from neuronscope.sources.text import TextSource
+    from neuronscope.specs import load_model
+    from neuronscope.store import open_run
+
+    texts = [("the cat sat on the mat " if i % 2 else "1234 5678 90 ") + str(i) for i in range(40)]
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(texts) + "\n")
+    labels = tmp_path / "topic.txt"
+    labels.write_text("\n".join("words" if i % 2 else "digits" for i in range(40)) + "\n")
+    out = tmp_path / "run.zarr"
+    info = _json("record", "--model", "tinylm:0", "--corpus", str(corpus), "--labels", str(labels), "--sites",
+                 "blocks.2.mlp.act", "--keep", "summaries", "--out", str(out), "--batch-size", "8")
+    assert info["keep"] == "summaries" and info["source"]["labels"] == {"topic": ["digits", "words"]}
+    res = _json("locate", str(out), "--label", "topic", "--by", "probe", "--ks", "1,2", "--per-label", "300")
+    curves = res["info"]["curves"]["blocks.2.mlp.act"]
+    assert set(curves) == {"digits", "words"} and max(curves["digits"]["accuracy"]) > 0.75
+    model, tok = load_model("tinylm:0")
+    src = LabeledSource(TextSource(str(corpus), tok, batch_size=8), labels)
+    api = sparse_probe(open_run(out), "topic", ks=[1, 2], per_label=300, model=model,
+                       source=src)
+    assert api.info["curves"]["blocks.2.mlp.act"] == curves
+    bad = runner.invoke(app, ["record", "--model", "tinylm:0", "--corpus", str(corpus), "--labels",
+                              str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.zarr")])
+    assert bad.exit_code != 0 and "does not exist" in str(bad.exception)
