@@ -162,7 +162,9 @@ def sparse_probe(
     * The ranking uses all samples (the streamed moments), so the held-out accuracy is
       slightly optimistic for the selection of neurons (not for the probe weights).
 
-    ``specific[site][u, l]``: ``u`` is among the top ``k*`` of label ``l``'s probe, ``k*``
+    ``specific[site][u, l]``: ``u`` is among the top ``k*`` of label ``l``'s probe and is
+    higher on ``l`` than on the rest (Cohen's d > 0; a probe also uses neurons that are
+    silent on ``l``, which are not "specific" to it), ``k*``
     the smallest ``k`` whose accuracy is within ``tolerance`` of that probe's best, for
     probes whose best accuracy reaches ``min_accuracy`` (weaker probes name no neuron;
     multiclass: the neurons of the multiclass probe at ``k*``, each assigned to the label it
@@ -221,9 +223,11 @@ def sparse_probe(
             k_star = next(k for k, a in zip(site_ks, acc, strict=True) if a >= best - tolerance)
             support = order[:k_star] if best >= min_accuracy else order[:0]
             if t is None:
-                spec[support, np.argmax(d[support], axis=1)] = True
+                best_label = np.argmax(d[support], axis=1)
+                up = d[support, best_label] > 0
+                spec[support[up], best_label[up]] = True
             else:
-                spec[support, t] = True
+                spec[support[d[support, t] > 0], t] = True  # neurons that fire more on the value
             curves[ls.site][name] = {"k": site_ks, "accuracy": acc, "neurons": order.tolist(), "k_star": k_star,
                                      "chance": 0.5 if t is not None else 1.0 / len(labels)}
         specific[ls.site] = spec
