@@ -179,14 +179,7 @@ def locate(
         options = {"ks": _ks(ks), "task": task, "rank": rank, "per_label": per_label,
                    "values": [v.strip() for v in values.split(",")] if values else None}
     if by in ("probe", "diffmeans") and not r.has_activations:
-        if model is not None:
-            from neuronscope.analyses.locate import replay_source
-            from neuronscope.specs import load_model
-
-            _, src = replay_source(r)
-            options["model"], options["source"] = load_model(model)[0], src
-        else:
-            options["model"], options["source"] = loc.replay_source(r)
+        options["model"], options["source"] = loc.replay_source(r, model)
         if not json_out:
             console.print("the run kept no activations: reading the selected neurons in a second pass over its corpus")
     res = loc.locate(r, label, by, site, **options)

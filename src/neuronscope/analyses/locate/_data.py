@@ -372,11 +372,11 @@ def _keep_by_rate(ids: np.ndarray, rate: np.ndarray) -> np.ndarray:
     return out
 
 
-def replay_source(run: Any) -> tuple[Any, Any]:
-    """``(model, source)`` that reproduce a run's samples: the run's model by name
-    (:func:`neuronscope.specs.load_model`) over its corpus file, tokenized with the run's
-    batch size and truncation, label categories fixed to the run's. Refuses when the corpus
-    was not a file or its content changed since the recording."""
+def replay_source(run: Any, model: str | None = None) -> tuple[Any, Any]:
+    """``(model, source)`` that reproduce a run's samples: the run's model by name (or the
+    model named ``model``; :func:`neuronscope.specs.load_model`) over its corpus file (and
+    labels file), tokenized with the run's batch size and truncation, label categories fixed
+    to the run's. Refuses when the corpus was not a file or changed since the recording."""
     from neuronscope.sources.text import TextSource, load_corpus
     from neuronscope.specs import load_model
 
@@ -396,7 +396,7 @@ def replay_source(run: Any) -> tuple[Any, Any]:
             f"run {run.path} was recorded with labels given in Python (not a labels file); pass model= and "
             "source= for a second pass"
         )
-    model, tok = load_model(cfg["model"])
+    net, tok = load_model(model or cfg["model"])
     own = {k: v for k, v in run.label_categories.items() if k not in added}
     source: Any = TextSource(corpus, tok, batch_size=int(src.get("batch_size", 32)),
                              max_tokens=int(src.get("max_tokens", 128)), label_categories=own)
@@ -406,4 +406,4 @@ def replay_source(run: Any) -> tuple[Any, Any]:
         source = LabeledSource(source, src["label_file"])
         if source.describe() != src:
             raise NeuronscopeError(f"labels file {src['label_file']} changed since run {run.path} was recorded")
-    return model, source
+    return net, source
