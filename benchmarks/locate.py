@@ -147,7 +147,7 @@ def record_model(name: str, out: Path, docs: int, keep: str, sample_rate: float 
     return path
 
 
-def findings(name: str, path: Path, ks: list[int]) -> dict[str, Any]:
+def findings(name: str, path: Path, ks: list[int], per_label: int = 500) -> dict[str, Any]:
     run = open_run(path)
     res = lape(run, "lang")
     counts = res.counts()
@@ -162,13 +162,13 @@ def findings(name: str, path: Path, ks: list[int]) -> dict[str, Any]:
         from neuronscope.analyses.locate import replay_source
 
         kwargs["model"], kwargs["source"] = replay_source(run)
-    pr = sparse_probe(run, "lang", ks=ks, task="multiclass", rank="f", per_label=500, **kwargs)
-    one = sparse_probe(run, "lang", ks=[1], per_label=500, **kwargs)
+    pr = sparse_probe(run, "lang", ks=ks, task="multiclass", rank="f", per_label=per_label, **kwargs)
+    one = sparse_probe(run, "lang", ks=[1], per_label=per_label, **kwargs)
     curves = {s: c["all"]["accuracy"] for s, c in pr.info["curves"].items()}
     k1 = {s: {v: (c[v]["neurons"][0], round(c[v]["accuracy"][0], 3)) for v in c} for s, c in one.info["curves"].items()}
     out = {"model": name, "lape": layers, "lape_info": {k: res.info[k] for k in ("prob_threshold", "selected", "neurons")},
            "probe_k": ks, "probe_multiclass": curves, "k1": k1, "probe_seconds": time.perf_counter() - t0,
-           "samples": int(res.info["samples"])}
+           "samples": int(res.info["samples"]), "per_label": per_label}
     if name.startswith("tinylm"):
         model, _ = load_model(name)
         projs = vocab_projection(model, SITES[name], token_counts=token_counts(run))
@@ -197,7 +197,8 @@ def findings_md(items: list[dict[str, Any]]) -> str:
             per = ", ".join(f"{k} {v}" for k, v in sorted(row["per_language"].items(), key=lambda kv: -kv[1]))
             lines.append(f"| {row['layer']} | {row['neurons']} | {per or '–'} |")
         lines.append("")
-        lines.append("Multiclass language probe (20 values, ANOVA-F ranking, held-out balanced accuracy; chance 0.05):")
+        lines.append(f"Multiclass language probe (20 values, ANOVA-F ranking, ≤ {f.get('per_label', 500)} tokens per "
+                     "language, split by document, held-out balanced accuracy; chance 0.05):")
         lines.append("")
         lines.append("| layer | " + " | ".join(f"k={k}" for k in f["probe_k"]) + " |")
         lines.append("|---|" + "---:|" * len(f["probe_k"]))
@@ -227,6 +228,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/ns-locate-bench"))
     ap.add_argument("--findings", default="minilm,tinylm:0,e5-small", help="models for the findings ('' = none)")
     ap.add_argument("--ks", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--per-label", type=int, default=500, help="samples per language for the probe fits")
+    ap.add_argument("--reuse", type=Path, default=None, help="findings.json of an earlier run: reuse its models")
     args = ap.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -262,15 +265,21 @@ def main() -> None:
         "",
     ]
     items = []
+    reuse = {f["model"]: f for f in json.loads(args.reuse.read_text())} if args.reuse else {}
     ks = [int(k) for k in args.ks.split(",")]
     for name in [m for m in args.findings.split(",") if m]:
+        if name in reuse:
+            items.append(reuse[name])
+            continue
         if name == "minilm":
             p = path
         else:
             p = args.out / f"{name.replace(':', '-')}-{args.docs}.zarr"
+            while p.exists() and open_run(p).status != "complete" and (p / "zarr.json").exists() and p.is_symlink():
+                time.sleep(30)  # recorded by another process into a linked directory: wait for it
             if not (p.exists() and open_run(p).status == "complete"):
                 p = record_model(name, args.out, args.docs, "both", sample_rate=0.35)
-        items.append(findings(name, p, ks))
+        items.append(findings(name, p, ks, args.per_label))
         (args.out / "findings.json").write_text(json.dumps(items, indent=1, default=str))
         print(json.dumps(items[-1], default=str)[:2000], flush=True)
     if items:
