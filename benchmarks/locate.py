@@ -229,10 +229,21 @@ def main() -> None:
     ap.add_argument("--findings", default="minilm,tinylm:0,e5-small", help="models for the findings ('' = none)")
     ap.add_argument("--ks", default="1,2,4,8,16,32,64,128,256")
     ap.add_argument("--per-label", type=int, default=500, help="samples per language for the probe fits")
-    ap.add_argument("--reuse", type=Path, default=None, help="findings.json of an earlier run: reuse its models")
+    ap.add_argument("--reuse", default="", help="findings JSON files (comma-separated) of earlier or parallel runs: "
+                    "reuse their models (waits for files that do not exist yet)")
+    ap.add_argument("--findings-only", default="", help="compute the findings of this one model into --json-out and stop")
+    ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
+    ks = [int(k) for k in args.ks.split(",")]
+    if args.findings_only:
+        name = args.findings_only
+        p = args.out / f"{name.replace(':', '-')}-{args.docs}.zarr"
+        if not (p.exists() and open_run(p).status == "complete"):
+            p = record_model(name, args.out, args.docs, "both", sample_rate=0.35)
+        args.json_out.write_text(json.dumps([findings(name, p, ks, args.per_label)], default=str))
+        return
     path = args.out / f"minilm-{args.docs}.zarr"
     if not (path.exists() and open_run(path).status == "complete"):
         path = record_model("minilm", args.out, args.docs, "both", dtype="float32")
@@ -265,8 +276,11 @@ def main() -> None:
         "",
     ]
     items = []
-    reuse = {f["model"]: f for f in json.loads(args.reuse.read_text())} if args.reuse else {}
-    ks = [int(k) for k in args.ks.split(",")]
+    reuse = {}
+    for file in [Path(f) for f in args.reuse.split(",") if f]:
+        while not file.exists():
+            time.sleep(20)  # written by a parallel --findings-only run
+        reuse.update({f["model"]: f for f in json.loads(file.read_text())})
     for name in [m for m in args.findings.split(",") if m]:
         if name in reuse:
             items.append(reuse[name])
