@@ -22,6 +22,15 @@ from .analyses.compare import (
 )
 from .analyses.encoding import RidgeEncoder
 from .analyses.extras import save_comparison
+from .analyses.locate import (
+    LocateResult,
+    diffmeans,
+    label_statistics,
+    lape,
+    locate,
+    sparse_probe,
+    vocab_projection,
+)
 from .analyses.match import (
     match_one_to_one,
     match_report,
@@ -31,7 +40,7 @@ from .analyses.match import (
 )
 from .analyses.rsa import compare_rdms, noise_ceiling, rdm, rsa, trsa
 from .analyses.rsa_workflow import RSAResult, rsa_models
-from .analyses.steer import steering_sweep, steering_vector
+from .analyses.steer import steering_sweep, steering_vector, steering_vector_from_run
 from .analyses.sysid import sysid
 from .atlas.build import build_atlas
 from .distributed import record_distributed, summarize_run
@@ -60,10 +69,11 @@ from .summaries import CrossProducts, SiteSummaries, SummaryConfig
 __version__: str
 
 __all__ = [
-    "METRICS",
     "CrossProducts",
     "CrossStats",
+    "LocateResult",
     "Lockstep",
+    "METRICS",
     "NeuronscopeError",
     "RDMs",
     "RSAResult",
@@ -90,10 +100,13 @@ __all__ = [
     "conductance_over",
     "debiased_cka",
     "default_corpus_path",
+    "diffmeans",
     "e5_embed",
     "encoding_score",
     "forward_batches",
     "influential_path",
+    "label_statistics",
+    "lape",
     "linear_cka",
     "load_corpus",
     "load_model",
@@ -102,6 +115,7 @@ __all__ = [
     "load_rdms",
     "load_responses",
     "load_zoo",
+    "locate",
     "match_one_to_one",
     "match_report",
     "noise_ceiling",
@@ -123,8 +137,10 @@ __all__ = [
     "select_sites",
     "site_summary",
     "sites",
+    "sparse_probe",
     "steering_sweep",
     "steering_vector",
+    "steering_vector_from_run",
     "summarize_model",
     "summarize_run",
     "svcca",
@@ -134,4 +150,5 @@ __all__ = [
     "trsa",
     "universal_fractions",
     "universal_neurons",
+    "vocab_projection",
 ]

@@ -237,7 +237,9 @@ def test_recorded_run_characterize_top_examples_and_cli(minilm, small_corpus, tm
     assert doc["neurons"] == 48 and doc["sites"][0]["site"] == "act"
     assert doc["sites"][0]["samples"] == len(acts)
     back = pd.read_parquet(out)
-    assert list(back.columns) == NEURON_COLUMNS and len(back) == 48
+    # the run has one label field (lang): the CLI adds its label columns (neuronscope locate)
+    assert list(back.columns) == [*NEURON_COLUMNS, "top_label", "top_label_prob", "lape_entropy", "lape_labels"]
+    assert len(back) == 48 and doc["label"] == "lang"
     res = CliRunner().invoke(app, [str(tmp_path / "run.zarr")])
     assert res.exit_code == 0 and "neurons per site" in res.output
     res = CliRunner().invoke(app, [str(tmp_path / "run.zarr"), "--out", str(tmp_path / "x.txt")])

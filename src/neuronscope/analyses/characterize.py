@@ -5,7 +5,8 @@ Plain functions over a run (:class:`RunLike`: a :class:`~neuronscope.store.Run`)
 token strings and context tokens are wanted).
 
 * :func:`characterize` — one row per neuron (firing frequency, moments, dead / dormant,
-  positional, BOS-detector and token-detector scores and labels, hot rank).
+  positional, BOS-detector and token-detector scores and labels, hot rank; with ``label``,
+  the label columns of :func:`with_label_columns`).
 * :func:`site_summary` — one row per site (lazy-neuron share, dead / dormant fractions,
   power-law exponent, top-20% share).
 * :func:`site_examples` / :func:`top_examples` — the top-k activating examples with their
@@ -293,6 +294,7 @@ def characterize(
     token_threshold: float = 0.5,
     bos_share: float = 0.5,
     bos_rate: float = 0.5,
+    label: str | None = None,
 ) -> pd.DataFrame:
     """One row per neuron: what it does and how often it fires.
 
@@ -312,7 +314,8 @@ def characterize(
     ``token_score >= token_threshold`` and not a BOS detector (Voita et al.'s token
     detectors); ``hot_rank`` = rank by ``freq``, 0 hottest, ties by unit (PowerInfer).
     ``site`` selects sites by name or glob (comma-separated globs too). ``vocab`` gives token
-    strings for a dict of summaries (a run's own ``vocab`` is used by default).
+    strings for a dict of summaries (a run's own ``vocab`` is used by default). ``label`` (a
+    label field such as ``lang``) adds the label columns of :func:`with_label_columns`.
     """
     if vocab is None and _is_run(run_or_summaries):
         vocab = run_or_summaries.vocab
@@ -321,7 +324,21 @@ def characterize(
                       bos_share, bos_rate)
         for name, ss in _site_summaries(run_or_summaries, site)
     ]
-    return pd.concat(tables, ignore_index=True)
+    table = pd.concat(tables, ignore_index=True)
+    return table if label is None else with_label_columns(table, run_or_summaries, label, site)
+
+
+def with_label_columns(table: pd.DataFrame, run_or_summaries: RunOrSummaries, label: str,
+                       site: str | None = None) -> pd.DataFrame:
+    """``table`` (one row per ``site, unit``) with the label columns of
+    :func:`neuronscope.analyses.locate.label_columns` for the label field ``label``:
+    ``top_label`` (value with the highest activation probability), ``top_label_prob``,
+    ``lape_entropy`` and ``lape_labels`` (values LAPE finds the neuron specific to, Tang et
+    al. 2024; pooled over the selected sites)."""
+    from neuronscope.analyses.locate import label_columns
+
+    cols = label_columns(run_or_summaries, label, site)
+    return table.merge(cols, on=["site", "unit"], how="left")
 
 
 def site_summary(

@@ -5,7 +5,9 @@ Contrastive Activation Addition").
   activations over positive and negative examples, from streamed moments (one pass per
   set through :func:`neuronscope.recording.forward_batches` into
   :class:`~neuronscope.summaries.moments.Moments`; no activation is stored);
-  :func:`steering_vector_from_labels` takes both sets from one labelled source.
+  :func:`steering_vector_from_labels` takes both sets from one labelled source (per-label
+  moments, :class:`~neuronscope.summaries.groups.GroupMoments`);
+  :func:`steering_vector_from_run` reads them from a run's ``label_moments`` with no pass.
 * :func:`steering_sweep` — the target as a function of the coefficient ``c`` of
   ``y ← y + c·v`` (:func:`neuronscope.intervene.add`) at chosen positions; :func:`plot_sweep`.
 
@@ -29,10 +31,11 @@ from neuronscope.analyses.attribute import _eval, _iter_batches
 from neuronscope.analyses.targets import Target, as_target
 from neuronscope.errors import NeuronscopeError
 from neuronscope.intervene import add
+from neuronscope.summaries.groups import GroupMoments
 from neuronscope.summaries.moments import Moments
 
 __all__ = ["SteeringCurve", "SteeringVector", "plot_sweep", "steering_sweep", "steering_vector",
-           "steering_vector_from_labels"]
+           "steering_vector_from_labels", "steering_vector_from_run"]
 
 
 @dataclass
@@ -86,11 +89,15 @@ def _rows(samples: dict[str, np.ndarray], positions: str) -> np.ndarray | None:
 
 
 def _stream(model: nn.Module, source: Any, site: str, positions: str, conv: str,
-            label: str | None = None, codes: Sequence[int] = (),
-            progress: Callable[[int], None] | None = None) -> tuple[str, list[Moments]]:
+            label: str | None = None, values: Sequence[str] = (), codes: Sequence[int] = (),
+            progress: Callable[[int], None] | None = None) -> tuple[str, Moments | GroupMoments | None]:
+    """One pass: the site's streamed moments over the kept rows (``Moments``), or with
+    ``label`` the per-label moments of the label ``values`` (source codes ``codes``) — the
+    same :class:`~neuronscope.summaries.groups.GroupMoments` that records a run's
+    ``label_moments.<field>`` (so a steering vector equals the run's difference in means)."""
     from neuronscope.recording import forward_batches
 
-    moments: list[Moments] = []
+    summary: Moments | GroupMoments | None = None
     name = site
     done = 0
     for batch, acts in forward_batches(model, source, site, conv=conv):
@@ -101,18 +108,18 @@ def _stream(model: nn.Module, source: Any, site: str, positions: str, conv: str,
             raise NeuronscopeError(f"site pattern {site!r} matches {len(acts)} modules; steer one site at a time")
         name, a = next(iter(acts.items()))
         keep = _rows(batch.samples, positions)
-        if not moments:
-            moments = [Moments(a.shape[1]) for _ in range(max(1, len(codes)))]
-        if label is None:
-            rows = a if keep is None else a[keep]
-            moments[0].update(rows, {"sample": np.arange(len(rows), dtype=np.int64)})
-            continue
-        lab = np.asarray(batch.samples[label])
-        for m, c in zip(moments, codes, strict=True):
-            sel = lab == c if keep is None else (lab == c) & keep
-            if sel.any():
-                m.update(a[sel], {"sample": np.flatnonzero(sel).astype(np.int64)})
-    return name, moments
+        if summary is None:
+            summary = Moments(a.shape[1]) if label is None else GroupMoments.by_label(a.shape[1], label, values)
+        rows = np.arange(len(a)) if keep is None else np.flatnonzero(keep)
+        samples = {"sample": rows.astype(np.int64)}
+        if label is not None:
+            lab = np.asarray(batch.samples[label])[rows]
+            group = np.full(len(rows), -1, dtype=np.int64)
+            for g, c in enumerate(codes):
+                group[lab == c] = g
+            samples[label] = group
+        summary.update(a[rows], samples)
+    return name, summary
 
 
 def steering_vector(
@@ -137,9 +144,9 @@ def steering_vector(
     with _eval(model):
         name, mp = _stream(model, _as_source(positive, tokenizer, batch_size, max_tokens), site, positions, conv)
         _, mn = _stream(model, _as_source(negative, tokenizer, batch_size, max_tokens), site, positions, conv)
-    if not mp or mp[0].count == 0 or not mn or mn[0].count == 0:
+    if mp is None or mp.count == 0 or mn is None or mn.count == 0:
         raise NeuronscopeError("positive and negative examples must each give at least one sample")
-    return SteeringVector(name, mp[0].mean - mn[0].mean, mp[0].count, mn[0].count, positions)
+    return SteeringVector(name, mp.mean - mn.mean, mp.count, mn.count, positions)
 
 
 def steering_vector_from_labels(
@@ -166,14 +173,29 @@ def steering_vector_from_labels(
     if positive == negative:
         raise NeuronscopeError("positive and negative label values must differ")
     with _eval(model):
-        name, parts = _stream(model, source, site, positions, conv, label,
-                              [cats.index(positive), cats.index(negative)], progress)
-    if len(parts) != 2:
+        name, gm = _stream(model, source, site, positions, conv, label, [positive, negative],
+                           [cats.index(positive), cats.index(negative)], progress)
+    if gm is None:
         raise NeuronscopeError("the source yielded no batch; give a non-empty corpus")
-    mp, mn = parts
-    if mp.count == 0 or mn.count == 0:
+    n = gm.n
+    if n[0] == 0 or n[1] == 0:
         raise NeuronscopeError(f"label values {positive!r} and {negative!r} must each have at least one example")
-    return SteeringVector(name, mp.mean - mn.mean, mp.count, mn.count, positions)
+    return SteeringVector(name, gm.mean[0] - gm.mean[1], int(n[0]), int(n[1]), positions)
+
+
+def steering_vector_from_run(run_or_summaries: Any, site: str, label: str, positive: str,
+                             negative: str) -> SteeringVector:
+    """The steering vector of ``site`` from a run's per-label moments (``label_moments.<label>``,
+    all positions), with no pass over the data: ``mean(y | positive) − mean(y | negative)``,
+    the difference-in-means direction of :func:`neuronscope.analyses.locate.pair_direction`."""
+    from neuronscope.analyses.locate import label_summaries, pair_direction
+
+    if positive == negative:
+        raise NeuronscopeError("positive and negative label values must differ")
+    (ls,) = label_summaries(run_or_summaries, label, site)
+    vec = pair_direction(ls, positive, negative)
+    return SteeringVector(ls.site, vec, int(ls.n[ls.labels.index(positive)]), int(ls.n[ls.labels.index(negative)]),
+                          "all")
 
 
 @dataclass

@@ -4,7 +4,10 @@ The atlas is what Neuroscope's per-neuron pages and OpenAI's neuron viewer (Bill
 "Language models can explain neurons in language models") show, built offline from a run's
 streaming summaries: an index of sites with their characterization headline figures, one
 sortable table per site, one page per neuron (statistics, activation histogram, top-k
-examples with context coloured by activation), and heatmaps of comparison/matching results.
+examples with context coloured by activation, firing per label value, the label values the
+neuron is specific to, what it writes into the vocabulary), one page per label field (neurons
+specific to each value per site, probe accuracy against k) and heatmaps of
+comparison/matching results.
 
 It opens from the file system: Chromium refuses ``fetch()`` on ``file://``, so every data file
 is a classic script ``data/<key>.js`` that assigns ``window.NS_DATA[key] = {...}`` and is loaded
@@ -416,9 +419,15 @@ def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto"
     }
     extras = []
     for name in run.extra_names():
-        page = extra_heatmaps(name, run.extras(name) or {})
+        extra = run.extras(name) or {}
+        if name.startswith(LOCATE_PREFIX):
+            extra = _locate_extra(extra)
+            if extra is None:
+                continue
+        page = extra_heatmaps(name, extra)
         if page["heatmaps"]:
             extras.append(page)
+    label_pages = collect_label_data(run, summaries, sites)
     return {
         "title": f"{model} on {corpus}" if corpus else str(model),
         "meta": {k: v for k, v in meta.items() if v is not None},
@@ -426,7 +435,111 @@ def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto"
         "labels": labels,
         "sites": sites,
         "extras": extras,
+        "label_pages": label_pages,
     }
+
+
+# --------------------------------------------------------------------------- labels (locate)
+
+#: Extras written by ``neuronscope.analyses.locate`` (results and vocabulary projections).
+LOCATE_PREFIX = "locate-"
+#: Promoted / suppressed tokens per neuron shipped for the vocabulary projection.
+VOCAB_TOP = 8
+
+
+def _locate_extra(extra: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A stored locate result as an extras page: only its sites × values ``counts`` heatmap
+    (its per-neuron arrays are on the labels page and the neuron pages); None for the
+    vocabulary projection (shown on neuron pages)."""
+    attrs = dict(extra.get("attrs", {}))
+    if "vocab_projection" in attrs or "counts" not in extra.get("arrays", {}):
+        return None
+    return {"arrays": {"counts": extra["arrays"]["counts"]},
+            "attrs": {k: v for k, v in attrs.items() if k in ("title", "heatmaps")}}
+
+
+def collect_label_data(run: Any, summaries: Mapping[str, Any], sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Label pages and per-neuron label data of the atlas (``sites`` gain them in place).
+
+    For every label field of the run: each neuron's activation probability per value
+    (``labels.<field>`` summaries) as ``site["label_firing"][field]``; LAPE (Tang et al.
+    2024) with the paper's defaults unless the run stores a LAPE result
+    (``neuronscope locate --save``), plus every other stored locate result of that field,
+    as badges per neuron (``site["badges"]``) and per-site counts of specific neurons per
+    value on the label page, with the accuracy-vs-k curves of a stored probe result.
+    Stored vocabulary projections become ``site["vocab"]`` (promoted / suppressed tokens,
+    families). Returns the label pages (``field``, ``values``, ``results``, ``curves``).
+    """
+    from neuronscope.analyses.locate import (
+        label_summaries,
+        lape,
+        load_vocab_projection,
+        stored_results,
+    )
+
+    by_name = {s["name"]: s for s in sites}
+    for s in sites:
+        n = len(s["table"]["unit"])
+        s["badges"] = [[] for _ in range(n)]
+    saved = stored_results(run)
+    pages = []
+    for field in sorted(run.label_categories):
+        try:
+            parts = label_summaries(summaries, field, moments=False)
+        except NeuronscopeError:
+            continue  # a field with one value, or not summarized
+        for ls in parts:
+            units = np.asarray(by_name[ls.site]["table"]["unit"], dtype=np.int64)
+            by_name[ls.site].setdefault("label_firing", {})[field] = {"values": ls.labels, "prob": ls.prob.T[units]}
+        results = [r for r in saved if r.field == field]
+        if not any(r.method == "lape" for r in results):
+            results.insert(0, lape(summaries, field))
+        page_results = []
+        curves: dict[str, Any] = {}
+        for res in results:
+            for site in res.sites:
+                if site not in by_name:
+                    continue
+                units = np.asarray(by_name[site]["table"]["unit"], dtype=np.int64)
+                spec = res.specific[site]
+                for row, u in enumerate(units):
+                    js = np.flatnonzero(spec[u])
+                    if len(js):
+                        by_name[site]["badges"][row].append(
+                            {"field": field, "method": res.method, "values": [res.labels[j] for j in js]})
+            counts = res.counts()
+            page_results.append({
+                "method": res.method,
+                "info": {k: v for k, v in res.info.items() if isinstance(v, str | int | float | bool) or v is None},
+                "values": list(res.labels),
+                "sites": [{"name": r["site"], "units": int(r["units"]), "neurons": int(r["neurons"]),
+                           "counts": [int(r[v]) for v in res.labels]} for r in counts.to_dict("records")],
+            })
+            if res.method == "probe":
+                for site, per in res.info.get("curves", {}).items():
+                    curves[site] = {v: {"k": c["k"], "accuracy": _round_sig(c["accuracy"], 4),
+                                        "neuron": int(c["neurons"][0]), "chance": c.get("chance")}
+                                    for v, c in per.items()}
+        pages.append({"field": field, "values": list(parts[0].labels), "results": page_results, "curves": curves,
+                      "label_counts": [int(x) for x in parts[0].n], "unlabeled": int(parts[0].unlabeled)})
+    proj = load_vocab_projection(run)
+    vocab = run.vocab or []
+    for site, p in (proj or {}).items():
+        if site not in by_name:
+            continue
+        units = np.asarray(by_name[site]["table"]["unit"], dtype=np.int64)
+        k = min(VOCAB_TOP, p.top_ids.shape[1])
+
+        def toks(ids: np.ndarray) -> list[str]:
+            return [str(vocab[i]) if 0 <= i < len(vocab) else str(int(i)) for i in ids.tolist()]
+
+        by_name[site]["vocab"] = [{
+            "top": toks(p.top_ids[u, :k]), "top_v": _round_sig(p.top_values[u, :k], 3),
+            "bottom": toks(p.bottom_ids[u, :k]), "bottom_v": _round_sig(p.bottom_values[u, :k], 3),
+            "families": p.family_of(int(u)), "norm": _sig(p.norm[u], 4), "kurtosis": _sig(p.kurtosis[u], 4),
+            "null_fraction": _sig(p.null_fraction[u], 3), "freq_corr": _sig(p.freq_corr[u], 3),
+        } for u in units]
+    return pages
 
 
 def build_atlas(run: Any, out: Path, examples: int | None = 16, inputs: Any = "auto",
@@ -482,7 +595,10 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
     ``hist_counts`` (units, n_bins), optional ``hist_under``/``hist_over`` (units,), and
     ``examples`` (per neuron, a list of ``top_examples`` dicts)) and ``extras`` (list of dicts
     with ``name``, ``title``, ``notes`` and ``heatmaps``: dicts of ``title``, 2-D ``matrix``,
-    optional ``rows``/``cols`` labels, ``vmin``/``vmax``, ``note``).
+    optional ``rows``/``cols`` labels, ``vmin``/``vmax``, ``note``). Optional label data
+    (:func:`collect_label_data`): ``label_pages`` and per site ``label_firing``
+    (field -> ``values`` and ``prob`` (units, values)), ``badges`` (per neuron, a list of
+    ``{field, method, values}``) and ``vocab`` (per neuron, the vocabulary projection).
 
     Optional: ``words`` (what a sample is called, :func:`sample_words`; default tokens),
     ``labels`` (names of the examples' label values), per site ``thumbs`` (item id -> PNG data
@@ -519,6 +635,11 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
             raise NeuronscopeError(f"site {site['name']!r}: {len(examples)} example lists for {n} neurons")
         table_obj = {"name": str(site["name"]), "columns": columns, "rows": rows,
                      "edges": edges, "chunk": CHUNK}
+        label_firing = dict(site.get("label_firing") or {})
+        if label_firing:
+            table_obj["label_values"] = {str(f): [str(v) for v in lf["values"]] for f, lf in label_firing.items()}
+        badges = site.get("badges")
+        vocab_rows = site.get("vocab")
         (ddir / f"{key}.js").write_text(_data_script(key, table_obj), encoding="utf-8")
         thumbs = {int(k): str(v) for k, v in dict(site.get("thumbs") or {}).items()}
         for c0 in range(0, n, CHUNK):
@@ -526,8 +647,15 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
             img: dict[str, str] = {}
             for i in range(c0, min(n, c0 + CHUNK)):
                 scale, packed = _pack_examples(examples[i], vocab)
-                neurons.append({"h": counts[i].tolist(), "u": int(under[i]), "o": int(over[i]),
-                                "s": scale, "e": packed})
+                entry = {"h": counts[i].tolist(), "u": int(under[i]), "o": int(over[i]), "s": scale, "e": packed}
+                if label_firing:
+                    entry["lf"] = {str(f): _round_sig(np.asarray(lf["prob"])[i], 3) for f, lf in label_firing.items()}
+                if badges is not None and badges[i]:
+                    entry["bd"] = [{"field": str(b["field"]), "method": str(b["method"]),
+                                    "values": [str(v) for v in b["values"]]} for b in badges[i]]
+                if vocab_rows is not None and vocab_rows[i] is not None:
+                    entry["vp"] = _jsonable(vocab_rows[i])
+                neurons.append(entry)
                 for ex in examples[i]:
                     item = ex.get("item")
                     if item is not None and int(item) in thumbs:
@@ -553,12 +681,18 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
         index_extras.append({"name": str(extra["name"]), "title": str(extra.get("title", extra["name"])),
                              "key": key})
 
+    index_labels = []
+    for li, page in enumerate(data.get("label_pages") or []):
+        key = f"labels-{li}"
+        (ddir / f"{key}.js").write_text(_data_script(key, _jsonable(page)), encoding="utf-8")
+        index_labels.append({"field": str(page["field"]), "key": key, "values": len(page.get("values", []))})
+
     words = dict(data.get("words") or {"kind": "text", "one": "token", "many": "tokens"})
     index_obj = {"title": str(data.get("title", "")),
                  "meta": {str(k): _jsonable(v) for k, v in dict(data.get("meta", {})).items()},
                  "words": {str(k): str(v) for k, v in words.items()},
                  "labels": [str(x) for x in data.get("labels") or []],
-                 "sites": index_sites, "extras": index_extras}
+                 "sites": index_sites, "extras": index_extras, "label_pages": index_labels}
     index_js = _data_script("index", index_obj)
     (ddir / "index.js").write_text(index_js, encoding="utf-8")
 

@@ -13,6 +13,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.match` — ``match``, ``sysid``.
 * :mod:`neuronscope.cli.causal` — ``attribute``, ``ablate``, ``steer``.
 * :mod:`neuronscope.cli.rsa` — ``rsa`` (the RSA model comparison against subjects' RDMs).
+* :mod:`neuronscope.cli.locate` — ``locate``.
 
 The group modules define plain command functions and import nothing from this package
 module; :data:`app` is built here from them, and :func:`main` is the console entry point.
@@ -27,7 +28,7 @@ from typing import NoReturn
 import typer
 import typer.rich_utils
 
-from neuronscope.cli import atlas, causal, characterize, compare, match, rsa, run
+from neuronscope.cli import atlas, causal, characterize, compare, locate, match, rsa, run
 from neuronscope.errors import NeuronscopeError
 
 try:  # typer (pinned) vendors click as typer._click; plain click for a typer that does not
@@ -95,6 +96,7 @@ for _name, _command in (
     ("ablate", causal.ablate),
     ("steer", causal.steer),
     ("rsa", rsa.rsa),
+    ("locate", locate.locate),
 ):
     app.command(_name, short_help=short_help(_command.__doc__))(_command)
 

@@ -31,6 +31,14 @@ def write_table(df: pd.DataFrame, out: Path) -> Path:
     return out
 
 
+def _label_summary(neurons: pd.DataFrame, label: str | None) -> dict:
+    """The label field and, per site, how many neurons LAPE finds specific to a value."""
+    if label is None or "lape_labels" not in neurons:
+        return {}
+    spec = neurons["lape_labels"].fillna("").ne("")
+    return {"label": label, "label_specific": {str(s): int(n) for s, n in spec.groupby(neurons["site"], sort=False).sum().items()}}
+
+
 def characterize(
     run: Path = typer.Argument(..., help="Run directory (a recorded run with summaries)."),
     site: str | None = typer.Option(
@@ -48,6 +56,10 @@ def characterize(
     json_out: bool = typer.Option(
         False, "--json", help="Print the per-site summary as JSON (machine-readable)."
     ),
+    label: str = typer.Option(
+        None, "--label", help="Add label columns (top_label, top_label_prob, lape_entropy, lape_labels) for "
+        "this label field; default: the run's label field when it has exactly one; 'none' to skip."
+    ),
 ) -> None:
     """Characterize every neuron of a run: firing frequency, dead / dormant / positional
     neurons, token detectors, hot/cold power law; print a per-site table."""
@@ -60,7 +72,12 @@ def characterize(
     if out is not None:
         output_file(out, "--out", OUT_SUFFIXES)  # kind and writability before the work, not after it
     r = open_run(run)
-    neurons = characterize_run(r, site=site, threshold=threshold)
+    if label is None:
+        fields = sorted(r.label_categories)
+        label = fields[0] if len(fields) == 1 else None
+    elif label == "none":
+        label = None
+    neurons = characterize_run(r, site=site, threshold=threshold, label=label)
     sites = site_summary(r, site=site, threshold=threshold)
     written = write_table(neurons, out) if out is not None else None
     spikes = None
@@ -74,6 +91,7 @@ def characterize(
             "sites": json.loads(sites.to_json(orient="records")),
             "neurons": len(neurons),
             "out": written,
+            **_label_summary(neurons, label),
             **({"spikes": json.loads(spikes.to_json(orient="records"))} if spikes is not None else {}),
         })
         return
@@ -82,5 +100,9 @@ def characterize(
         from neuronscope.cli.output import frame_table
 
         console.print(frame_table("spike statistics (rate: spikes per bin)", spikes))
+    if label is not None:
+        per = _label_summary(neurons, label)["label_specific"]
+        console.print(f"LAPE ({label}): " + ", ".join(f"{s}: {n}" for s, n in per.items())
+                      + f" neurons specific to a {label} value (lape_labels column)")
     if written is not None:
         console.print(f"wrote {len(neurons)} neurons to {written}")

@@ -30,6 +30,7 @@ def record(
     overwrite: bool = typer.Option(False, help="Replace an existing run with a different configuration."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
+    labels: Path = typer.Option(None, "--labels", help="Per-document labels file (.jsonl objects, .csv with a header, or .txt named by its field), one line per document: per-label summaries for `neuronscope locate`."),
 ) -> None:
     """Record the neurons of a model over a corpus into a resumable run."""
     from neuronscope.recording import check_record_options
@@ -40,8 +41,16 @@ def record(
     check_record_options(keep, dtype, sample_rate)  # option, path and corpus errors come
     output_dir(out, "--out")  # before the seconds of loading a model
     docs = load_corpus(corpus)
+    if labels is not None:
+        from neuronscope.sources.labels import read_doc_labels
+
+        read_doc_labels(labels)  # a bad labels file fails before the model loads
     m, tok = load_model(model)
     source = TextSource(docs, tok, batch_size=batch_size, max_tokens=max_tokens)
+    if labels is not None:
+        from neuronscope.sources.labels import LabeledSource
+
+        source = LabeledSource(source, labels)
     if workers or scheduler:
         from neuronscope.distributed import record_distributed
 

@@ -13,6 +13,9 @@ with activation ``a_u``:
 * :class:`GroupFiring` — ``count[g] = #{samples in group g: a > 0}``, ``n[g] = #{samples in
   g}``; a :class:`Grouping` puts samples in groups: label categories (LAPE) or position
   buckets ``min(pos, max_pos − 1)`` (positional neurons).
+* :class:`GroupMoments` — per group ``g`` (a label category): ``n[g]``, ``mean[g]`` and
+  ``M2[g]`` (Chan et al.'s merge per group): per-label means and variances for label
+  statistics, probe rankings and difference-in-means directions.
 * :class:`Histogram` — ``counts[j] = #{e_j ≤ a < e_{j+1}}`` on bins shared by the site,
   plus under/overflow; quantiles within one bin width.
 * :class:`TopK` — the ``k`` largest ``a`` (ties: smaller sample id) with ``sample``, ``doc``,
@@ -26,7 +29,7 @@ with activation ``a_u``:
   ``var(N)/mean(N)`` of counts per sequence and the Pearson correlation of binned trains
   (synchrony); sequences cut by batches are carried at block edges, so merge is exact.
 * :class:`SiteSummaries` — the parts of one recorded site (``moments``, ``firing``,
-  ``labels.<field>``, ``histogram``, ``topk``, ``position``, ``tokens``) under one
+  ``labels.<field>``, ``label_moments.<field>``, ``histogram``, ``topk``, ``position``, ``tokens``) under one
   :class:`SummaryConfig`.
 
 Helpers: :func:`summary_from_state` rebuilds a stored summary by its ``kind`` (every class
@@ -46,7 +49,7 @@ from neuronscope.summaries.base import (
 )
 from neuronscope.summaries.crossprod import CrossProducts
 from neuronscope.summaries.firing import Firing
-from neuronscope.summaries.groups import GroupFiring, Grouping
+from neuronscope.summaries.groups import GroupFiring, Grouping, GroupMoments
 from neuronscope.summaries.histogram import Histogram
 from neuronscope.summaries.moments import Moments
 from neuronscope.summaries.site import SiteSummaries, SummaryConfig
@@ -56,14 +59,14 @@ from neuronscope.summaries.topk import TopK
 
 #: The built-in summary kinds, registered for :func:`summary_from_state`.
 KINDS: tuple[type[Summary], ...] = (
-    Moments, Firing, GroupFiring, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries,
+    Moments, Firing, GroupFiring, GroupMoments, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries,
     SpikeStats,
 )
 for _kind in KINDS:
     register(_kind)
 
 __all__ = [
-    "KINDS", "CrossProducts", "Firing", "GroupFiring", "Grouping", "Histogram", "Moments",
+    "KINDS", "CrossProducts", "Firing", "GroupFiring", "GroupMoments", "Grouping", "Histogram", "Moments",
     "Samples", "SiteSummaries", "SpikeStats", "State", "Summary", "SummaryConfig", "TokenMeans", "TopK",
     "merge_pair", "register", "summary_from_state", "tree_merge", "tree_reduce",
 ]

@@ -3,8 +3,8 @@
 A :class:`Grouping` says which group each sample belongs to, from one int64 sample
 coordinate: a label field (groups are its categories; LAPE's per-language firing) or an
 ordered coordinate cut into buckets (positions). :class:`GroupFiring` counts firing per
-group. Any other per-group statistic (e.g. streamed per-label moments) reuses the same
-:class:`Grouping` and the ``group_sum`` kernel.
+group; :class:`GroupMoments` streams count, mean and M2 per group (per-label moments).
+Any other per-group statistic reuses the same :class:`Grouping`.
 """
 
 from __future__ import annotations
@@ -151,4 +151,121 @@ class GroupFiring:
         n = np.asarray(arrays["n"], dtype=np.int64)
         self.count[: len(n)] = np.asarray(arrays["count"], dtype=np.int64).reshape(len(n), self.units)
         self.n[: len(n)] = n
+        return self
+
+
+class GroupMoments:
+    """Streaming count, mean and sum of squared deviations per group of samples and neuron.
+
+    For group ``g`` (a :class:`Grouping`: the categories of a label field) and neuron ``u``::
+
+        n[g]       = #{samples in g}
+        mean[g, u] = Σ_{s∈g} a_u(s) / n[g]
+        M2[g, u]   = Σ_{s∈g} (a_u(s) − mean[g, u])²          var = M2 / n (ddof 0)
+
+    A batch's rows are sorted by group once; each group's slice contributes its own
+    ``n_b``, ``m_b``, ``M2_b = Σa² − n_b m_b²`` (float64 accumulation, as
+    :class:`~neuronscope.summaries.moments.Moments`) and enters with Chan, Golub &
+    LeVeque's parallel update per group::
+
+        n = n_a + n_b;  d = m_b − m_a
+        m = m_a + d n_b / n;  M2 = M2_a + M2_b + d² n_a n_b / n
+
+    so merge is associative and order changes results only by float64 rounding. Samples
+    in no group (label code −1: the label is missing) are not counted. The per-label
+    means and variances are what label statistics (Welch t, one-way ANOVA F), sparse-probe
+    rankings (Gurnee et al. 2023) and difference-in-means directions need
+    (``neuronscope.analyses.locate``).
+    """
+
+    kind = "group_moments"
+
+    def __init__(self, units: int, grouping: Grouping) -> None:
+        self.units = int(units)
+        self.grouping = grouping
+        self.n = np.zeros(grouping.size, dtype=np.int64)
+        self.mean = np.zeros((grouping.size, self.units), dtype=np.float64)
+        self.m2 = np.zeros((grouping.size, self.units), dtype=np.float64)
+
+    @classmethod
+    def by_label(cls, units: int, field: str, categories: Sequence[str]) -> GroupMoments:
+        """Moments per category of the label field ``field``."""
+        return cls(units, Grouping.labels(field, categories))
+
+    def _combine(self, g: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        n_a = int(self.n[g])
+        n = n_a + n_b
+        if n_a == 0:
+            self.mean[g] = mean_b
+            self.m2[g] = m2_b
+        else:
+            delta = mean_b - self.mean[g]
+            self.mean[g] += delta * (n_b / n)
+            self.m2[g] += m2_b + delta**2 * (n_a * n_b / n)
+        self.n[g] = n
+
+    def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
+        """Fold in a batch; ``samples[grouping.key]`` holds the int64 label codes."""
+        b = as_batch(acts, samples, self.units)
+        g = self.grouping.codes(b)
+        if b.n == 0:
+            return
+        ok = g >= 0
+        if not ok.any():
+            return
+        first = int(g[ok][0])
+        if ok.all() and (g == first).all():
+            groups, starts, a = np.array([first]), np.array([0]), b.acts
+        else:
+            order = np.argsort(np.where(ok, g, self.grouping.size), kind="stable")[: int(ok.sum())]
+            gs = g[order]
+            starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+            groups = gs[starts]
+            a = b.acts[order]
+        bounds = [*starts.tolist(), len(a)]
+        for gi, lo, hi in zip(groups.tolist(), bounds[:-1], bounds[1:], strict=True):
+            rows = a[lo:hi]
+            n_b = hi - lo
+            sum_b = rows.sum(axis=0, dtype=np.float64)
+            mean_b = sum_b / n_b
+            m2_b = np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+            m2_b -= sum_b * mean_b
+            np.maximum(m2_b, 0.0, out=m2_b)
+            self._combine(gi, n_b, mean_b, m2_b)
+
+    def merge(self, other: Self) -> Self:
+        """Fold in a summary of disjoint samples (Chan et al. parallel update per group)."""
+        if other.grouping != self.grouping or other.units != self.units:
+            raise NeuronscopeError(
+                f"cannot merge group moments of {self.grouping.key!r}: units, groups or categories differ"
+            )
+        for g in np.flatnonzero(other.n).tolist():
+            self._combine(g, int(other.n[g]), other.mean[g], other.m2[g])
+        return self
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``n`` (groups,) int64, ``mean`` and ``var`` (groups, units) float64 (ddof 0;
+        NaN for a group without samples)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            has = self.n[:, None] > 0
+            mean = np.where(has, self.mean, np.nan)
+            var = np.where(has, self.m2 / np.maximum(self.n[:, None], 1), np.nan)
+        return {"n": self.n.copy(), "mean": mean, "var": var}
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays ``n``, ``mean``, ``m2`` up to the last group with samples; attrs ``units``
+        and the grouping."""
+        last = self.grouping.stored(self.n)
+        attrs = {"kind": self.kind, "units": self.units, **self.grouping.attrs()}
+        return {"n": self.n[:last], "mean": self.mean[:last], "m2": self.m2[:last]}, attrs
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`state`."""
+        self = cls(int(attrs["units"]), Grouping.from_attrs(attrs))
+        n = np.asarray(arrays["n"], dtype=np.int64)
+        k = len(n)
+        self.n[:k] = n
+        self.mean[:k] = np.asarray(arrays["mean"], dtype=np.float64).reshape(k, self.units)
+        self.m2[:k] = np.asarray(arrays["m2"], dtype=np.float64).reshape(k, self.units)
         return self

@@ -11,7 +11,7 @@ import numpy as np
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import Samples, State, Summary, summary_from_state
 from neuronscope.summaries.firing import Firing
-from neuronscope.summaries.groups import GroupFiring
+from neuronscope.summaries.groups import GroupFiring, GroupMoments
 from neuronscope.summaries.histogram import Histogram, calibration_edges
 from neuronscope.summaries.kernels import Batch
 from neuronscope.summaries.moments import Moments
@@ -31,7 +31,9 @@ class SummaryConfig:
     * ``n_bins``, ``hist_margin``, ``hist_range``, ``hist_stride``: histogram bins over the
       calibration batch's ``[min, max]`` widened by ``hist_margin * span`` per side (or
       the fixed ``hist_range``); only samples with ``sample % hist_stride == 0`` counted.
-    * ``label_fields``: label field -> categories (codes index into the list), for LAPE.
+    * ``label_fields``: label field -> categories (codes index into the list): per-label
+      firing (LAPE) and per-label moments (label statistics, probe rankings,
+      difference in means) for each field.
     * ``max_pos``: position buckets (``pos >= max_pos`` -> last); 0 disables.
     * ``token_slots``: token-id slots of the per-token mean table; 0 disables.
     * ``frac_bins``: bins of the per-token active-fraction histogram.
@@ -76,9 +78,10 @@ class SummaryConfig:
 
 class SiteSummaries:
     """The summaries of one site: moments, firing, per-label firing (``labels.<field>``),
-    histogram, top-k, per-position firing (``position``) and per-token means (see each
-    class for its formula; both group parts are a
-    :class:`~neuronscope.summaries.groups.GroupFiring`).
+    per-label moments (``label_moments.<field>``), histogram, top-k, per-position firing
+    (``position``) and per-token means (see each class for its formula; the firing parts
+    per group are a :class:`~neuronscope.summaries.groups.GroupFiring`, the per-label
+    moments a :class:`~neuronscope.summaries.groups.GroupMoments`).
 
     ``update`` builds one :class:`~neuronscope.summaries.kernels.Batch` so shared
     intermediates (the ``a > 0`` mask, ``|a|``) are computed once per batch. Sources
@@ -125,6 +128,7 @@ class SiteSummaries:
         }
         for name, cats in cfg.label_fields.items():
             parts[f"labels.{name}"] = GroupFiring.by_label(units, name, cats)
+            parts[f"label_moments.{name}"] = GroupMoments.by_label(units, name, cats)
         parts["histogram"] = Histogram(units, edges, cfg.hist_stride)
         parts["topk"] = TopK(units, cfg.k, cfg.window)
         if cfg.max_pos > 0:

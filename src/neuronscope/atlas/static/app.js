@@ -369,6 +369,14 @@
       "cold neurons). Dead neurons (never active) cannot be drawn on a log axis." }));
     append(main, el("div", { cls: "rankbox" }, [el("div", { cls: "plotbox" }, powerLawPlot(idx.sites)),
       rankLegend(idx.sites)]));
+    if (idx.label_pages && idx.label_pages.length) {
+      append(main, el("h2", { text: "Labels" }));
+      const ul = el("ul", { id: "labels" });
+      idx.label_pages.forEach((l) => ul.appendChild(el("li", null, [
+        el("a", { href: "#/labels/" + enc(l.field), text: l.field }),
+        " (" + l.values + " values): neurons specific to each value, probe accuracy by k"])));
+      append(main, ul);
+    }
     if (idx.extras.length) {
       append(main, el("h2", { text: "Comparisons and matchings" }));
       const ul = el("ul", { id: "extras" });
@@ -552,6 +560,7 @@
       el("span", { cls: "note", text: "(← / → keys)" }),
     ]);
     append(main, [el("h1", { id: "neuron-title", text: s.name + " · unit " + unit }), nav]);
+    if (nb.bd && nb.bd.length) append(main, badgeRow(nb.bd));
     const stats = {};
     for (const c of data.columns) stats[c] = data.rows[c][row];
     const grid = el("div", { cls: "two" });
@@ -580,6 +589,17 @@
       "below range: " + nb.u + " · above range: " + nb.o })]);
     append(grid, [left, right]);
     append(main, grid);
+    if (nb.lf && data.label_values) {
+      for (const field of Object.keys(nb.lf)) {
+        if (!has(data.label_values, field)) continue;
+        append(main, el("h2", { text: "Firing per " + field }));
+        append(main, el("p", { cls: "note", text: "Share of this neuron's samples with a > 0 for each " +
+          field + " value (its activation probability per value, the input of LAPE)." }));
+        append(main, el("div", { cls: "plotbox", "data-field": field, id: "label-firing-" + field },
+          labelBarPlot(data.label_values[field], nb.lf[field], field)));
+      }
+    }
+    if (nb.vp) append(main, vocabSection(nb.vp));
 
     const w = words(idx), text = w.kind === "text";
     append(main, el("h2", { text: "Top examples" }));
@@ -639,6 +659,149 @@
     }
   }
 
+  /* ---------- labels (locate) ---------- */
+
+  const METHOD_NAMES = { lape: "LAPE", stats: "statistics", probe: "sparse probe", diffmeans: "diff. in means" };
+
+  /* "specific to: de, nl" badges, one per label field and method. */
+  function badgeRow(badges) {
+    const row = el("div", { cls: "badges", id: "badges" });
+    for (const b of badges) {
+      row.appendChild(el("span", { cls: "badge", title: b.field + " · " + (METHOD_NAMES[b.method] || b.method),
+        text: "specific to: " + b.values.join(", ") + " (" + b.field + ", " + (METHOD_NAMES[b.method] || b.method) + ")" }));
+    }
+    return row;
+  }
+
+  /* Horizontal bars: activation probability per label value. */
+  function labelBarPlot(values, probs, field) {
+    const rowH = 16, W = 560, left = 110, right = 60;
+    const H = 24 + rowH * values.length;
+    const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, class: "plot labelbars", role: "img" });
+    svg.appendChild(sv("title", {}, "activation probability per " + field));
+    const xPos = (p) => left + p * (W - left - right);
+    for (const t of [0, 0.25, 0.5, 0.75, 1]) {
+      svg.appendChild(sv("line", { x1: xPos(t), y1: 4, x2: xPos(t), y2: H - 16, class: "grid" }));
+      svg.appendChild(sv("text", { x: xPos(t), y: H - 4, class: "tick", "text-anchor": "middle" }, fmt(t, 2)));
+    }
+    values.forEach((v, i) => {
+      const p = probs[i] === null || probs[i] === undefined ? 0 : probs[i];
+      const y = 6 + i * rowH;
+      const label = sv("text", { x: left - 6, y: y + rowH * 0.7, class: "tick", "text-anchor": "end" }, shorten(v, 16));
+      label.appendChild(sv("title", {}, v));
+      svg.appendChild(label);
+      const r = sv("rect", { x: left, y: y + 2, width: Math.max(0.5, xPos(p) - left).toFixed(2), height: rowH - 4,
+        class: "bar" });
+      r.appendChild(sv("title", {}, v + ": " + fmt(p, 3)));
+      svg.appendChild(r);
+      svg.appendChild(sv("text", { x: xPos(p) + 4, y: y + rowH * 0.7, class: "tick" }, fmt(p, 2)));
+    });
+    return svg;
+  }
+
+  function tokenList(title, toks, vals) {
+    const ul = el("ol", { cls: "vocab" });
+    toks.forEach((t, i) => ul.appendChild(el("li", null, [el("span", { cls: "tok", text: t }), " " + fmt(vals[i], 3)])));
+    return el("div", null, [el("h3", { text: title }), ul]);
+  }
+
+  /* What the neuron writes into the vocabulary: W_U w_out, its top tokens and families. */
+  function vocabSection(vp) {
+    const sec = el("section", { id: "vocab" }, [el("h2", { text: "What it writes (vocabulary projection)" })]);
+    append(sec, el("p", { cls: "note", text: "Logit change per unit of activation, W_U · w_out: the tokens this " +
+      "neuron promotes and suppresses directly. ‖w_out‖ " + fmt(vp.norm, 3) + " · kurtosis " + fmt(vp.kurtosis, 3) +
+      " · null-space share " + fmt(vp.null_fraction, 3) + " · corr. with log frequency " + fmt(vp.freq_corr, 3) }));
+    if (vp.families && vp.families.length) {
+      const row = el("div", { cls: "badges" });
+      vp.families.forEach((f) => row.appendChild(el("span", { cls: "badge family", text: f.replace("_", "-") + " neuron" })));
+      append(sec, row);
+    }
+    append(sec, el("div", { cls: "two" }, [tokenList("promoted", vp.top, vp.top_v),
+      tokenList("suppressed", vp.bottom, vp.bottom_v)]));
+    return sec;
+  }
+
+  /* Held-out accuracy against k (log2 axis), one thin line per value and their mean. */
+  function curvePlot(perValue, site) {
+    const W = 560, H = 260, box = [56, 12, W - 16, H - 44];
+    const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, class: "plot curves", role: "img" });
+    svg.appendChild(sv("title", {}, "probe accuracy against k · " + site));
+    const names = Object.keys(perValue);
+    let kMax = 1, lo = 1;
+    for (const v of names) {
+      kMax = Math.max(kMax, ...perValue[v].k);
+      for (const a of perValue[v].accuracy) if (a !== null) lo = Math.min(lo, a);
+    }
+    const y0 = Math.min(0.5, Math.floor(lo * 10) / 10), lk = Math.max(1, Math.log2(kMax));
+    const xPos = (k) => box[0] + Math.log2(k) / lk * (box[2] - box[0]);
+    const yPos = (a) => box[3] - (a - y0) / (1 - y0) * (box[3] - box[1]);
+    const xt = [];
+    for (let k = 1; k <= kMax; k *= 2) xt.push(k);
+    axes(svg, box, [], linTicks(y0, 1, 5), xPos, yPos, "k (neurons in the probe)", "held-out balanced accuracy");
+    for (const k of xt) {
+      svg.appendChild(sv("text", { x: xPos(k), y: box[3] + 16, class: "tick", "text-anchor": "middle" }, String(k)));
+    }
+    const mean = [];
+    names.forEach((v, i) => {
+      const c = perValue[v];
+      const pts = c.k.map((k, j) => xPos(k).toFixed(1) + "," + yPos(c.accuracy[j] === null ? y0 : c.accuracy[j]).toFixed(1));
+      const line = sv("polyline", { points: pts.join(" "), fill: "none", stroke: PALETTE[i % PALETTE.length],
+        "stroke-width": 1, "stroke-opacity": 0.55 });
+      line.appendChild(sv("title", {}, v + " (k = 1: unit " + c.neuron + ")"));
+      svg.appendChild(line);
+      c.k.forEach((k, j) => { mean[j] = (mean[j] || 0) + (c.accuracy[j] || 0) / names.length; });
+    });
+    if (names.length > 1) {
+      const c0 = perValue[names[0]];
+      const pts = c0.k.map((k, j) => xPos(k).toFixed(1) + "," + yPos(mean[j]).toFixed(1));
+      const line = sv("polyline", { points: pts.join(" "), fill: "none", stroke: "#1d2330", "stroke-width": 2.4,
+        class: "mean" });
+      line.appendChild(sv("title", {}, "mean over values"));
+      svg.appendChild(line);
+    }
+    return svg;
+  }
+
+  function pageLabels(main, idx, info, page) {
+    document.title = "neuronscope atlas · labels · " + page.field;
+    append(main, crumbs([{ text: "atlas", href: "#/" }, { text: "labels: " + page.field }]));
+    append(main, el("h1", { text: "Label: " + page.field }));
+    const counts = {};
+    page.values.forEach((v, i) => { counts[v] = page.label_counts[i]; });
+    append(main, el("p", { cls: "lede", text: page.values.length + " values · " +
+      page.label_counts.reduce((a, b) => a + b, 0) + " labelled samples" +
+      (page.unlabeled ? " · " + page.unlabeled + " without a value" : "") }));
+    for (const res of page.results) {
+      append(main, el("h2", { text: "Neurons specific to each value · " + (METHOD_NAMES[res.method] || res.method) }));
+      append(main, el("p", { cls: "note", text: res.method === "lape"
+        ? "LAPE (Tang et al. 2024): entropy of each neuron's activation probabilities over the values; the " +
+          "lowest-entropy neurons among those with a high probability for some value are specific to the values " +
+          "where that probability is high."
+        : "Stored by `neuronscope locate --by " + res.method + "`." }));
+      if (Object.keys(res.info).length) append(main, kvTable(res.info));
+      const t = el("table", { cls: "grid labelcounts", "data-method": res.method });
+      t.appendChild(el("thead", null, el("tr", null, [el("th", { text: page.field })].concat(
+        res.sites.map((x) => el("th", { cls: "num", text: x.name, title: x.name }))))));
+      const tb = el("tbody");
+      res.values.forEach((v, i) => tb.appendChild(el("tr", null, [el("td", { text: v })].concat(
+        res.sites.map((x) => el("td", { cls: "num", text: String(x.counts[i]) }))))));
+      tb.appendChild(el("tr", { cls: "total" }, [el("td", { text: "any value" })].concat(
+        res.sites.map((x) => el("td", { cls: "num", text: x.neurons + " of " + x.units })))));
+      t.appendChild(tb);
+      append(main, el("div", { cls: "plotbox scroll" }, t));
+    }
+    const sites = Object.keys(page.curves || {});
+    if (sites.length) {
+      append(main, el("h2", { text: "k-sparse probes: accuracy against k" }));
+      append(main, el("p", { cls: "note", text: "Gurnee et al. 2023: logistic probes on the k best-ranked " +
+        "neurons; thin lines one value each (hover for the k = 1 neuron), thick line their mean." }));
+      for (const site of sites) {
+        append(main, el("h3", { text: site }));
+        append(main, el("div", { cls: "plotbox" }, curvePlot(page.curves[site], site)));
+      }
+    }
+  }
+
   /* ---------- router ---------- */
 
   /* "#/site?sort=mean&desc=0&q=the" -> route parts ["site"] and the query parameters. */
@@ -675,6 +838,9 @@
         const [chunk, vocab] = await Promise.all([load(site.key + "-" + c), load("vocab")]);
         if (my !== renderToken) return;
         pageNeuron(fresh, idx, site, data, chunk, vocab, unit);
+      } else if (p[0] === "labels" && p.length === 2 && (idx.label_pages || []).some((x) => x.field === p[1])) {
+        const info = idx.label_pages.find((x) => x.field === p[1]);
+        pageLabels(fresh, idx, info, await load(info.key));
       } else if (p[0] === "compare" && p.length === 2 && idx.extras.some((x) => x.name === p[1])) {
         const info = idx.extras.find((x) => x.name === p[1]);
         pageExtra(fresh, idx, info, await load(info.key));
