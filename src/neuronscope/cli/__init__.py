@@ -10,6 +10,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.compare` — ``compare``.
 * :mod:`neuronscope.cli.match` — ``match``, ``sysid``.
 * :mod:`neuronscope.cli.causal` — ``attribute``, ``ablate``, ``steer``.
+* :mod:`neuronscope.cli.modules` — ``modules``, ``moefy``.
 
 The group modules define plain command functions and import nothing from this package
 module; :data:`app` is built here from them, and :func:`main` is the console entry point.
@@ -23,6 +24,7 @@ import sys
 import typer
 
 from neuronscope.cli import atlas, causal, characterize, compare, match, run
+from neuronscope.cli import modules as modules_cli
 from neuronscope.errors import NeuronscopeError
 
 __all__ = ["app", "main"]
@@ -53,6 +55,8 @@ for _name, _command in (
     ("attribute", causal.attribute),
     ("ablate", causal.ablate),
     ("steer", causal.steer),
+    ("modules", modules_cli.modules),
+    ("moefy", modules_cli.moefy),
 ):
     app.command(_name)(_command)
 

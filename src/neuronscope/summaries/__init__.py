@@ -21,6 +21,8 @@ with activation ``a_u``:
   activation per token id.
 * :class:`CrossProducts` — ``n, Σx, Σy, Σx², Σy², ΣxᵀY`` (and ``ΣxᵀX, ΣyᵀY``) of two
   populations on the same samples: Pearson correlation, CKA, CCA without stored activations.
+* :class:`CoFiring` — co-firing counts ``B_ij = #{a_i > t and a_j > t}`` (the binary-activity
+  Gram, exact integers; CrossProducts of the 0/1 indicators) for co-activation graphs.
 * :class:`SiteSummaries` — the parts of one recorded site (``moments``, ``firing``,
   ``labels.<field>``, ``histogram``, ``topk``, ``position``, ``tokens``) under one
   :class:`SummaryConfig`.
@@ -40,6 +42,7 @@ from neuronscope.summaries.base import (
     tree_merge,
     tree_reduce,
 )
+from neuronscope.summaries.cofiring import CoFiring
 from neuronscope.summaries.crossprod import CrossProducts
 from neuronscope.summaries.firing import Firing
 from neuronscope.summaries.groups import GroupFiring, Grouping
@@ -51,13 +54,13 @@ from neuronscope.summaries.topk import TopK
 
 #: The built-in summary kinds, registered for :func:`summary_from_state`.
 KINDS: tuple[type[Summary], ...] = (
-    Moments, Firing, GroupFiring, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries,
+    Moments, Firing, GroupFiring, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries, CoFiring,
 )
 for _kind in KINDS:
     register(_kind)
 
 __all__ = [
-    "KINDS", "CrossProducts", "Firing", "GroupFiring", "Grouping", "Histogram", "Moments",
+    "KINDS", "CoFiring", "CrossProducts", "Firing", "GroupFiring", "Grouping", "Histogram", "Moments",
     "Samples", "SiteSummaries", "State", "Summary", "SummaryConfig", "TokenMeans", "TopK",
     "merge_pair", "register", "summary_from_state", "tree_merge", "tree_reduce",
 ]
