@@ -55,8 +55,9 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=150)
     ap.add_argument("--cofiring-docs", type=int, default=800)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every timing (dense and sparse)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, tok = load_model("minilm")
     ks = [int(k) for k in args.top_k.split(",")]
     train = tinylm_corpus("train").texts[:: args.train_step]
@@ -87,7 +88,9 @@ def main() -> None:
         same = bool(np.array_equal(cf.result()["cofire"], g.astype(np.int64)))
 
     lines = [
-        f"MiniLM, {args.experts} experts per FFN (balanced k-means of W_in rows), MLP routers on "
+        f"CPU timings with {args.threads} intra-op thread(s) for dense and sparse alike (on this shared, "
+        f"oversubscribed 2-core machine OpenMP parallel regions stall on descheduled threads; one thread "
+        f"measures the work). MiniLM, {args.experts} experts per FFN (balanced k-means of W_in rows), MLP routers on "
         f"{args.tokens} training tokens; quality on {len(held)} held-out documents (dense prefix-retrieval "
         f"recall@1 = {rep['baseline']['retrieval']:.3f}). Routers' top-k recall of the best experts "
         f"(training tokens): "

@@ -28,8 +28,15 @@ from .analyses.match import (
     rosetta_neurons,
     universal_neurons,
 )
+from .analyses.modules import (
+    cofiring,
+    dynamic_connectome,
+    find_modules,
+    semi_nmf,
+)
 from .analyses.rsa import compare_rdms, noise_ceiling, rdm, rsa, trsa
 from .analyses.rsa_workflow import RSAResult, rsa_models
+from .analyses.sparsity import find_ffns, moefy, sparsify
 from .analyses.steer import steering_sweep, steering_vector
 from .analyses.sysid import sysid
 from .atlas.build import build_atlas
@@ -82,15 +89,19 @@ __all__ = [
     "build_atlas",
     "characterize",
     "clamp",
+    "cofiring",
     "compare",
     "compare_all",
     "compare_rdms",
     "conductance",
     "conductance_over",
     "debiased_cka",
+    "dynamic_connectome",
     "default_corpus_path",
     "e5_embed",
     "encoding_score",
+    "find_ffns",
+    "find_modules",
     "forward_batches",
     "influential_path",
     "linear_cka",
@@ -102,6 +113,7 @@ __all__ = [
     "load_zoo",
     "match_one_to_one",
     "match_report",
+    "moefy",
     "noise_ceiling",
     "nwb_population",
     "open_run",
@@ -119,8 +131,10 @@ __all__ = [
     "save_comparison",
     "scale",
     "select_sites",
+    "semi_nmf",
     "site_summary",
     "sites",
+    "sparsify",
     "steering_sweep",
     "steering_vector",
     "summarize_model",

@@ -38,7 +38,7 @@ def test_modules_equals_the_api_and_saves_into_the_run(digits_run: Path) -> None
     from neuronscope.store import open_run
 
     out = _json("modules", str(digits_run), "--seeds", "2", "--ntf-rank", "2", "--window", "sample",
-                "--windows", "4", "--ntf-units", "12")
+                "--windows", "4", "--ntf-units", "12", "--snmf", "3", "--snmf-keep", "0.5")
     run = open_run(digits_run)
     api = find_modules(run, seeds=2)
     assert set(out["sites"]) == set(run.sites) == set(api)
@@ -50,6 +50,8 @@ def test_modules_equals_the_api_and_saves_into_the_run(digits_run: Path) -> None
         assert np.array_equal(run.extras(e["saved"])["arrays"]["labels"], api[site].labels)
         assert e["connectome"]["rank"] == 2 and len(e["connectome"]["windows"]) == 4
         assert f"connectome-{site}" in run.extra_names()
+        assert e["snmf"]["k"] == 3 and e["snmf"]["saved"] == f"snmf-{site}"
+        assert run.extras(f"snmf-{site}")["arrays"]["features"].shape == (3, run.sites[site])
     res = runner.invoke(app, ["modules", str(digits_run), "--no-save", "--seeds", "1"])
     assert res.exit_code == 0 and "modularity" in res.output
 

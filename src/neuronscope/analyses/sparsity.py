@@ -576,8 +576,11 @@ class SparseFFN(nn.Module):
     Expert mode (``experts`` given): a token ``t`` uses the ``top_k`` experts its ``router``
     ranks highest (all experts when ``top_k >= E``; ``router="oracle"`` ranks by the true
     :func:`expert_scores`, computing every neuron — a quality bound, not a speed-up). Tokens are
-    sorted by expert, and each expert runs one GEMM pair over its tokens with its gathered rows
-    of ``W_in`` and columns of ``W_out``::
+    sorted by expert; each expert's GEMM pair runs over its tokens with its gathered rows of
+    ``W_in`` and columns of ``W_out`` (stored stacked, zero-padded to the largest expert), and
+    experts of similar token counts are batched into one ``baddbmm`` / ``bmm`` pair per group
+    (``groups``, at most 4), so a call makes a handful of large GEMMs rather than 2·E small
+    ones; with every expert selected the FFN is computed as two dense GEMMs::
 
         y_t = Σ_{e ∈ S(t)} W_out[:, e] act(W_in[e] x_t + b_in[e]) + Σ_{e ∉ S(t)} W_out[:, e] μ_e + b_out
 
@@ -621,7 +624,26 @@ class SparseFFN(nn.Module):
             if self.top_k < self.n_experts and router is None:
                 raise NeuronscopeError("top_k < experts needs a router (a Router or 'oracle')")
             self.members = [torch.as_tensor(experts.members(e)) for e in range(self.n_experts)]
-            self.w_in_e = [w_in[m].contiguous() for m in self.members]
+            # (d, m) contiguous: ``x @ W`` then ``+ b`` (plain GEMMs; addmm with a bias broadcast is
+            # several times slower on CPU for these shapes)
+            self.w_in_e = [w_in[m].T.contiguous() for m in self.members]
+            self.sizes = np.array([len(m) for m in self.members])
+            width = int(self.sizes.max())
+            e_n, d_in, d_o = self.n_experts, w_in.shape[1], w_out.shape[0]
+            # experts stacked for batched GEMMs, zero-padded to the largest expert: a padded
+            # neuron has zero input weights and bias and a zero output row, so it adds nothing
+            self.w_in_s = torch.zeros(e_n, d_in, width)
+            self.b_in_s = torch.zeros(e_n, 1, width)
+            self.w_out_s = torch.zeros(e_n, width, d_o)
+            for e, m in enumerate(self.members):
+                self.w_in_s[e, :, : len(m)] = w_in[m].T
+                self.b_in_s[e, 0, : len(m)] = b_in[m]
+                self.w_out_s[e, : len(m)] = w_out[:, m].T
+            #: experts are run in this many batched-GEMM groups of similar token counts
+            self.groups = min(4, self.n_experts)
+            self.w_in_t = w_in.T.contiguous()
+            self.b_in = b_in.clone()
+            self.w_out_t = w_out.T.contiguous()
             self.b_in_e = [b_in[m].contiguous() for m in self.members]
             self.w_out_e = [w_out[:, m].T.contiguous() for m in self.members]  # (m, d) for x @ W
             mu = torch.zeros(ffn.d_ff) if (means is None or not compensate) else torch.as_tensor(
@@ -650,7 +672,7 @@ class SparseFFN(nn.Module):
             if self.router != "oracle":
                 raise NeuronscopeError(f"router must be a Router or 'oracle', not {self.router!r}")
             # the true output-error score of every expert (computes every neuron)
-            s = torch.stack([((self.act(torch.addmm(b, x, w.T)) - mu) @ wo).norm(dim=1)
+            s = torch.stack([((self.act(x @ w + b) - mu) @ wo).norm(dim=1)
                              for w, b, wo, mu in zip(self.w_in_e, self.b_in_e, self.w_out_e, self.mu_e, strict=True)],
                             dim=1)
             return s.topk(self.top_k, dim=1).indices
@@ -669,42 +691,63 @@ class SparseFFN(nn.Module):
 
     def _forward_experts(self, x: torch.Tensor) -> torch.Tensor:
         n = len(x)
+        if self.top_k >= self.n_experts:
+            # every expert: the sum over experts is the dense FFN, two GEMMs
+            h = self.act((x @ self.w_in_t).add_(self.b_in))
+            self.used += n * self.d_ff
+            return h @ self.w_out_t
         chosen = self._select(x)
         k = chosen.shape[1]
-        y = torch.zeros(n, self.d_out, dtype=x.dtype)
-        if k >= self.n_experts:
-            for e in range(self.n_experts):
-                h = self.act(torch.addmm(self.b_in_e[e], x, self.w_in_e[e].T))
-                y.addmm_(h, self.w_out_e[e])
-            self.used += n * self.d_ff
-            return y
         flat = chosen.reshape(-1)
         order = torch.argsort(flat, stable=True)
         tok = order // k
-        counts = torch.bincount(flat, minlength=self.n_experts).tolist()
-        xs = x.index_select(0, tok)
-        out = torch.empty(len(tok), y.shape[1], dtype=x.dtype)
-        s = 0
-        used = 0
-        for e, c in enumerate(counts):
-            if c == 0:
+        counts = torch.bincount(flat, minlength=self.n_experts)
+        starts = torch.cumsum(counts, 0) - counts
+        e_sorted = flat[order]
+        slot = torch.arange(len(flat)) - starts[e_sorted]
+        xpad = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row n: padding
+        cnt = counts.tolist()
+        by_size = sorted(range(self.n_experts), key=lambda e: -cnt[e])
+        # row of every (expert, slot) output in the concatenated group outputs
+        row_base = torch.zeros(self.n_experts, dtype=torch.long)
+        width_of = torch.zeros(self.n_experts, dtype=torch.long)
+        plan = []
+        offset = 0
+        for g in range(self.groups):
+            ge = [e for e in by_size[g :: self.groups] if cnt[e] > 0]
+            if not ge:
                 continue
-            h = self.act(torch.addmm(self.b_in_e[e], xs[s : s + c], self.w_in_e[e].T))
-            torch.mm(h, self.w_out_e[e], out=out[s : s + c])
-            used += c * len(self.members[e])
-            s += c
-        y.index_add_(0, tok, out)
+            width = max(cnt[e] for e in ge)
+            gi = torch.as_tensor(ge)
+            row_base[gi] = offset + torch.arange(len(ge)) * width
+            width_of[gi] = width
+            plan.append((gi, width, offset))
+            offset += len(ge) * width
+        rows_all = row_base[e_sorted] + slot  # per sorted position
+        src = torch.full((offset,), n, dtype=torch.long)  # token of every output row (n: padding)
+        src[rows_all] = tok
+        out = x.new_empty(offset, self.d_out)
+        used = 0
+        for gi, width, off in plan:
+            idx = src[off : off + len(gi) * width]
+            xg = xpad.index_select(0, idx).view(len(gi), width, -1)
+            h = self.act(torch.baddbmm(self.b_in_s.index_select(0, gi), xg, self.w_in_s.index_select(0, gi)))
+            torch.bmm(h, self.w_out_s.index_select(0, gi), out=out[off : off + len(gi) * width].view(len(gi), width, -1))
+            used += sum(cnt[e] * int(self.sizes[e]) for e in gi.tolist())
+        loc = torch.empty(len(flat), dtype=torch.long)
+        loc[order] = rows_all  # output row of each (token, choice)
+        y = out.index_select(0, loc).view(n, k, -1).sum(1)
         if self.compensate:
             skipped = torch.ones(n, self.n_experts, dtype=x.dtype)
             skipped.scatter_(1, chosen, 0.0)
-            y.addmm_(skipped, self.comp)
+            y += skipped @ self.comp
         self.used += used
         return y
 
     def _forward_predicted(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.predictor.predict(x)
         union = torch.nonzero(mask.any(0)).flatten()
-        h = self.act(torch.addmm(self.b_in[union], x, self.w_in[union].T))
+        h = self.act((x @ self.w_in[union].T).add_(self.b_in[union]))
         if len(x) > 1:
             h = h * mask[:, union]
         self.used += len(x) * len(union)

@@ -40,6 +40,8 @@ def modules(
     window: str = typer.Option("doc", help="NTF windows: doc (document blocks), pos (position blocks), time or sample."),
     windows: int = typer.Option(12, help="Number of NTF windows."),
     ntf_units: int = typer.Option(96, "--ntf-units", help="NTF uses this many most frequently firing neurons per site."),
+    snmf: int = typer.Option(0, "--snmf", help="Also fit this many Semi-NMF features per site (0: skip)."),
+    snmf_keep: float = typer.Option(0.05, "--snmf-keep", help="Semi-NMF: share of neurons each feature keeps."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the modules (and NTF components) in the run "
                               "(extras/modules-SITE, extras/connectome-SITE) for the atlas."),
     members: int = typer.Option(12, help="List up to this many member units per module."),
@@ -47,14 +49,17 @@ def modules(
 ) -> None:
     """Functional modules of each site: streamed co-firing counts → a weighted co-activation
     graph → Leiden communities, with stability across seeds and corpus halves (ARI); with
-    --ntf-rank, the dynamic functional connectome (NTF components and their communities)."""
-    from neuronscope.analyses.modules import dynamic_connectome, find_modules, save_modules
+    --ntf-rank, the dynamic functional connectome (NTF components and their communities); with
+    --snmf, Semi-NMF features and their top examples."""
+    from neuronscope.analyses.modules import dynamic_connectome, find_modules, save_modules, semi_nmf
     from neuronscope.store import open_run
 
     if not Path(run).exists():
         raise NeuronscopeError(f"run {run} does not exist; pass the directory given to record --out")
     if seeds < 1:
         raise NeuronscopeError("--seeds must be at least 1")
+    if snmf < 0 or not 0 < snmf_keep <= 1:
+        raise NeuronscopeError("--snmf must be >= 0 and --snmf-keep in (0, 1]")
     if ntf_rank < 0 or windows < 1 or ntf_units < 2:
         raise NeuronscopeError("--ntf-rank must be >= 0, --windows >= 1 and --ntf-units >= 2")
     r = open_run(run)
@@ -71,6 +76,13 @@ def modules(
             entry["connectome"] = con.to_dict()
             if save:
                 entry["connectome"]["saved"] = con.save(r, f"connectome-{name}")
+        if snmf:
+            fit = semi_nmf(r, name, k=snmf, keep=snmf_keep)
+            entry["snmf"] = {"k": fit.k, "relative_error": fit.errors[-1],
+                             "features": [{"top_neurons": fit.top_neurons(f, 8),
+                                           "top_examples": fit.top_examples(f)[:5]} for f in range(fit.k)]}
+            if save:
+                entry["snmf"]["saved"] = fit.save(r, f"snmf-{name}")
         out["sites"][name] = entry
     if json_out:
         emit_json(out)
