@@ -51,7 +51,12 @@ def modules(
     graph → Leiden communities, with stability across seeds and corpus halves (ARI); with
     --ntf-rank, the dynamic functional connectome (NTF components and their communities); with
     --snmf, Semi-NMF features and their top examples."""
-    from neuronscope.analyses.modules import dynamic_connectome, find_modules, save_modules, semi_nmf
+    from neuronscope.analyses.modules import (
+        dynamic_connectome,
+        find_modules,
+        save_modules,
+        semi_nmf,
+    )
     from neuronscope.store import open_run
 
     if not Path(run).exists():
