@@ -111,6 +111,12 @@ def test_modules_of_a_run_are_saved_for_the_atlas(tmp_path) -> None:
     acts = np.asarray(run.population(site).values, dtype=np.float32)
     m = (acts > 0).astype(np.int64)
     assert np.array_equal(cf.total.result()["cofire"], m.T @ m)
+    # the hot/cold split reads the run's firing-frequency summary
+    from neuronscope.analyses.sparsity import hot_cold
+
+    hot = hot_cold(run, 0.25, site=site)
+    freq = m.mean(0)
+    assert hot.sum() == int(np.ceil(0.25 * len(freq))) and freq[hot].min() >= freq[~hot].max()
     name = save_modules(run, mods)
     extra = open_run(run.path).extras(name)
     assert np.array_equal(extra["arrays"]["labels"], mods.labels)

@@ -70,3 +70,24 @@ def test_bad_input_is_refused() -> None:
         cf.merge(CoFiring(4, threshold=0.5))
     with pytest.raises(NeuronscopeError, match="at least one"):
         CoFiring(0)
+
+
+def test_counts_stay_exact_past_the_float32_bound(monkeypatch) -> None:
+    """With the float32 bound lowered to 1,000 rows, the Gram spills into int64 during updates
+    and merges and the counts stay exact."""
+    import neuronscope.summaries.cofiring as cofiring_mod
+
+    monkeypatch.setattr(cofiring_mod, "EXACT_ROWS", 1000)
+    a = _acts(5000, 13, seed=3)
+    parts = []
+    for i in range(0, 5000, 700):
+        cf = CoFiring(13, block_rows=300)
+        cf.update(a[i : i + 700])
+        parts.append(cf)
+    total = parts[0]
+    for p in parts[1:]:
+        total.merge(p)
+    m = (a > 0).astype(np.int64)
+    assert total._base is not None and total.n == 5000
+    assert np.array_equal(total.cofire(), m.T @ m)
+    assert np.array_equal(summary_from_state("cofiring", *total.state()).cofire(), m.T @ m)

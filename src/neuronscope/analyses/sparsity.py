@@ -470,10 +470,20 @@ def router_recall(router: Router, x: np.ndarray, scores: torch.Tensor | np.ndarr
 # --------------------------------------------------------------------------- predictor
 
 
-def hot_cold(freq: np.ndarray, hot_fraction: float = 0.2) -> np.ndarray:
+def hot_cold(freq: Any, hot_fraction: float = 0.2, *, site: str | None = None,
+             threshold: float | None = None) -> np.ndarray:
     """PowerInfer's hot/cold split from firing frequencies: the ``⌈hot_fraction · units⌉``
-    most frequently firing neurons are hot (True), the rest cold. ``freq`` is
-    ``characterize``'s ``freq`` column or ``Firing.pos_count / tokens``."""
+    most frequently firing neurons are hot (True), the rest cold. ``freq`` is an array of
+    frequencies (``characterize``'s ``freq`` column), or a run / ``SiteSummaries`` whose
+    firing-frequency summary gives them (``site`` names the run's site; ``threshold`` a recorded
+    magnitude threshold, else ``a > 0``)."""
+    if hasattr(freq, "summaries") or hasattr(freq, "parts"):
+        from neuronscope.analyses.characterize import firing_frequency
+
+        ss = freq.summaries(site) if hasattr(freq, "summaries") else freq
+        if ss is None:
+            raise NeuronscopeError(f"no summaries for site {site!r}; record with keep='both' or 'summaries'")
+        freq = firing_frequency(ss.result(), threshold)
     f = np.nan_to_num(np.asarray(freq, dtype=np.float64), nan=-1.0)
     if not 0.0 <= hot_fraction <= 1.0:
         raise NeuronscopeError(f"hot_fraction must be in [0, 1], not {hot_fraction}")
@@ -579,7 +589,8 @@ class SparseFFN(nn.Module):
     sorted by expert; each expert's GEMM pair runs over its tokens with its gathered rows of
     ``W_in`` and columns of ``W_out`` (stored stacked, zero-padded to the largest expert), and
     experts of similar token counts are batched into one ``baddbmm`` / ``bmm`` pair per group
-    (``groups``, at most 4), so a call makes a handful of large GEMMs rather than 2·E small
+    (at most ``groups`` = 8 groups; an expert joins a group while it has ≥ 70% of the group's
+    widest token count, so padding stays small), a handful of large GEMMs rather than 2·E small
     ones; with every expert selected the FFN is computed as two dense GEMMs::
 
         y_t = Σ_{e ∈ S(t)} W_out[:, e] act(W_in[e] x_t + b_in[e]) + Σ_{e ∉ S(t)} W_out[:, e] μ_e + b_out
@@ -639,8 +650,10 @@ class SparseFFN(nn.Module):
                 self.w_in_s[e, :, : len(m)] = w_in[m].T
                 self.b_in_s[e, 0, : len(m)] = b_in[m]
                 self.w_out_s[e, : len(m)] = w_out[:, m].T
-            #: experts are run in this many batched-GEMM groups of similar token counts
-            self.groups = min(4, self.n_experts)
+            #: experts run in at most this many batched-GEMM groups of similar token counts; a
+            #: group admits experts with at least ``fill`` × its widest expert's tokens
+            self.groups = min(8, self.n_experts)
+            self.fill = 0.7
             self.w_in_t = w_in.T.contiguous()
             self.b_in = b_in.clone()
             self.w_out_t = w_out.T.contiguous()
@@ -707,20 +720,24 @@ class SparseFFN(nn.Module):
         slot = torch.arange(len(flat)) - starts[e_sorted]
         xpad = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row n: padding
         cnt = counts.tolist()
-        by_size = sorted(range(self.n_experts), key=lambda e: -cnt[e])
+        by_size = [e for e in sorted(range(self.n_experts), key=lambda e: -cnt[e]) if cnt[e] > 0]
+        # experts of similar token counts share a batched GEMM: a group closes when the next
+        # expert has fewer than ``fill`` × the group's widest count (bounds the padding), at most
+        # ``groups`` groups (the last one takes the rest)
+        groups: list[list[int]] = []
+        for e in by_size:
+            if groups and (len(groups) >= self.groups or cnt[e] >= self.fill * cnt[groups[-1][0]]):
+                groups[-1].append(e)
+            else:
+                groups.append([e])
         # row of every (expert, slot) output in the concatenated group outputs
         row_base = torch.zeros(self.n_experts, dtype=torch.long)
-        width_of = torch.zeros(self.n_experts, dtype=torch.long)
         plan = []
         offset = 0
-        for g in range(self.groups):
-            ge = [e for e in by_size[g :: self.groups] if cnt[e] > 0]
-            if not ge:
-                continue
-            width = max(cnt[e] for e in ge)
+        for ge in groups:
+            width = cnt[ge[0]]
             gi = torch.as_tensor(ge)
             row_base[gi] = offset + torch.arange(len(ge)) * width
-            width_of[gi] = width
             plan.append((gi, width, offset))
             offset += len(ge) * width
         rows_all = row_base[e_sorted] + slot  # per sorted position
