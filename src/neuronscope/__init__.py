@@ -18,7 +18,8 @@ contracts in ``pyproject.toml`` enforce it):
   — the same pass sharded over Dask / over several models.
 * ``intervene`` — ablate / clamp / scale / add / patch neurons while a model runs.
 * ``analyses`` — one module per question: characterize, compare (CKA, RSA, CCA, shape,
-  encoding), match, sysid, attribute, steer.
+  encoding), match, sysid, attribute, steer, modules (co-activation communities, dynamic
+  connectome, Semi-NMF), sparsity (MoEfication, activation predictors, the sparse FFN).
 * ``atlas`` — the static HTML atlas; ``cli`` — the ``neuronscope`` verbs.
 """
 

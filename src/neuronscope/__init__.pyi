@@ -38,8 +38,15 @@ from .analyses.match import (
     universal_fractions,
     universal_neurons,
 )
+from .analyses.modules import (
+    cofiring,
+    dynamic_connectome,
+    find_modules,
+    semi_nmf,
+)
 from .analyses.rsa import compare_rdms, noise_ceiling, rdm, rsa, trsa
 from .analyses.rsa_workflow import RSAResult, rsa_models
+from .analyses.sparsity import find_ffns, moefy, sparsify
 from .analyses.steer import steering_sweep, steering_vector, steering_vector_from_run
 from .analyses.sysid import sysid
 from .atlas.build import build_atlas
@@ -93,16 +100,20 @@ __all__ = [
     "build_atlas",
     "characterize",
     "clamp",
+    "cofiring",
     "compare",
     "compare_all",
     "compare_rdms",
     "conductance",
     "conductance_over",
     "debiased_cka",
+    "dynamic_connectome",
     "default_corpus_path",
     "diffmeans",
     "e5_embed",
     "encoding_score",
+    "find_ffns",
+    "find_modules",
     "forward_batches",
     "influential_path",
     "label_statistics",
@@ -118,6 +129,7 @@ __all__ = [
     "locate",
     "match_one_to_one",
     "match_report",
+    "moefy",
     "noise_ceiling",
     "nwb_population",
     "open_run",
@@ -135,9 +147,11 @@ __all__ = [
     "save_comparison",
     "scale",
     "select_sites",
+    "semi_nmf",
     "site_summary",
     "sites",
     "sparse_probe",
+    "sparsify",
     "steering_sweep",
     "steering_vector",
     "steering_vector_from_run",

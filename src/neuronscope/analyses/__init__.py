@@ -24,5 +24,11 @@
 * :mod:`~neuronscope.analyses.targets`, :mod:`~neuronscope.analyses.attribute`,
   :mod:`~neuronscope.analyses.steer` — how important is a neuron and what happens when we
   change it: targets, conductance, ablation effects, influential neuron paths, steering.
+* :mod:`~neuronscope.analyses.modules` — which neurons work together: co-firing graphs and
+  Leiden communities with their stability, the dynamic functional connectome (NTF), Semi-NMF
+  features.
+* :mod:`~neuronscope.analyses.sparsity` — can the neurons that do not fire be skipped:
+  MoEfication (experts + routers, quality kept vs fraction of neurons), activation predictors
+  (hot/cold neurons), the sparse FFN module swap and its measured CPU speed-up.
 * :mod:`~neuronscope.analyses.extras` — results stored in a run for the atlas.
 """

@@ -379,6 +379,9 @@ def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto"
         df = table[table["site"] == site].sort_values("unit")
         units = df["unit"].to_numpy()
         cols = {c: df[c].to_numpy() for c in TABLE_COLUMNS if c in df.columns}
+        modules = run.extras(f"modules-{site}") if f"modules-{site}" in run.extra_names() else None
+        if modules is not None and len(modules["arrays"].get("labels", ())) == ss.units:
+            cols["module"] = np.asarray(modules["arrays"]["labels"])[units]  # -1: unassigned (dead / isolated)
         head = heads.loc[site]
         counts = np.asarray(res["histogram.counts"])
         site_ex = [examples_all[u] for u in units]

@@ -14,6 +14,7 @@ that names the fix, with exit code 2.
 * :mod:`neuronscope.cli.causal` — ``attribute``, ``ablate``, ``steer``.
 * :mod:`neuronscope.cli.rsa` — ``rsa`` (the RSA model comparison against subjects' RDMs).
 * :mod:`neuronscope.cli.locate` — ``locate``.
+* :mod:`neuronscope.cli.modules` — ``modules``, ``moefy``.
 
 The group modules define plain command functions and import nothing from this package
 module; :data:`app` is built here from them, and :func:`main` is the console entry point.
@@ -29,6 +30,7 @@ import typer
 import typer.rich_utils
 
 from neuronscope.cli import atlas, causal, characterize, compare, locate, match, rsa, run
+from neuronscope.cli import modules as modules_cli
 from neuronscope.errors import NeuronscopeError
 
 try:  # typer (pinned) vendors click as typer._click; plain click for a typer that does not
@@ -97,6 +99,8 @@ for _name, _command in (
     ("steer", causal.steer),
     ("rsa", rsa.rsa),
     ("locate", locate.locate),
+    ("modules", modules_cli.modules),
+    ("moefy", modules_cli.moefy),
 ):
     app.command(_name, short_help=short_help(_command.__doc__))(_command)
 

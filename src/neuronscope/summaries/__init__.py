@@ -28,6 +28,8 @@ with activation ``a_u``:
   coefficient of variation ``sd/mean`` within sequences (``item``/``trial``), the Fano factor
   ``var(N)/mean(N)`` of counts per sequence and the Pearson correlation of binned trains
   (synchrony); sequences cut by batches are carried at block edges, so merge is exact.
+* :class:`CoFiring` — co-firing counts ``B_ij = #{a_i > t and a_j > t}`` (the binary-activity
+  Gram, exact integers) for co-activation graphs.
 * :class:`SiteSummaries` — the parts of one recorded site (``moments``, ``firing``,
   ``labels.<field>``, ``label_moments.<field>``, ``histogram``, ``topk``, ``position``, ``tokens``) under one
   :class:`SummaryConfig`.
@@ -47,6 +49,7 @@ from neuronscope.summaries.base import (
     tree_merge,
     tree_reduce,
 )
+from neuronscope.summaries.cofiring import CoFiring
 from neuronscope.summaries.crossprod import CrossProducts
 from neuronscope.summaries.firing import Firing
 from neuronscope.summaries.groups import GroupFiring, Grouping, GroupMoments
@@ -60,13 +63,13 @@ from neuronscope.summaries.topk import TopK
 #: The built-in summary kinds, registered for :func:`summary_from_state`.
 KINDS: tuple[type[Summary], ...] = (
     Moments, Firing, GroupFiring, GroupMoments, Histogram, TopK, TokenMeans, CrossProducts, SiteSummaries,
-    SpikeStats,
+    SpikeStats, CoFiring,
 )
 for _kind in KINDS:
     register(_kind)
 
 __all__ = [
-    "KINDS", "CrossProducts", "Firing", "GroupFiring", "GroupMoments", "Grouping", "Histogram", "Moments",
+    "KINDS", "CoFiring", "CrossProducts", "Firing", "GroupFiring", "GroupMoments", "Grouping", "Histogram", "Moments",
     "Samples", "SiteSummaries", "SpikeStats", "State", "Summary", "SummaryConfig", "TokenMeans", "TopK",
     "merge_pair", "register", "summary_from_state", "tree_merge", "tree_reduce",
 ]

@@ -399,7 +399,7 @@
       unit: "unit", freq: "freq", mean: "mean", std: "std", mean_abs: "mean |a|", min: "min",
       max: "max", dead: "dead", dormant_score: "dormant score", dormant: "dormant",
       positional_score: "positional score", positional: "positional", token_score: "token score",
-      top_token: "top token", hot_rank: "hot rank",
+      top_token: "top token", hot_rank: "hot rank", module: "module",
     };
     return site.columns.filter((c) => has(labels, c) && (!tableOnly || TABLE_COLS.includes(c)) &&
       (text || !TOKEN_COLS.includes(c)))
