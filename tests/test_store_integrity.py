@@ -232,7 +232,7 @@ def test_second_writer_gets_the_holders_pid_and_first_finishes(tmp_path):
     assert first.wait(timeout=300) == 0, first.stderr.read()
     run = ns.open_run(out)
     assert run.status == "complete" and verify_run(out)["healthy"]
-    assert set(run.samples) == {"sample", "doc", "pos", "token_id", "lang"}
+    assert set(run.samples) == {"sample", "doc", "pos", "token_id", "special", "char_start", "char_end", "lang"}
 
 
 def test_lock_in_process_and_released_after_a_crash(tmp_path):
@@ -299,7 +299,8 @@ def test_bug1_first_commit_interrupted_keeps_sample_coordinates(tok, corpus, hea
     monkeypatch.setattr(store_mod, "_save_state", real)
     run = _record(tok, corpus, out, commit_every=1)
     _, acts, samples, summ = healthy
-    assert run.samples.keys() == samples.keys() == {"sample", "doc", "pos", "token_id", "lang"}
+    assert run.samples.keys() == samples.keys() == {"sample", "doc", "pos", "token_id", "special", "char_start",
+                                                    "char_end", "lang"}
     for k in samples:
         np.testing.assert_array_equal(run.samples[k], samples[k])
     np.testing.assert_array_equal(run.population().values, acts)

@@ -86,7 +86,10 @@ def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, 
     with run._reading(f"sites/{site}/activations"):
         acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
     rows = run.rows(start, stop)
-    samples = {"sample": rows, **{k: v[rows] for k, v in run.samples.items() if k != "sample"}}
+    samples = {"sample": rows}  # label coordinates as stored (category codes), not decoded
+    for k in run.attrs.get("sample_coords", []):
+        with run._reading(f"samples/{k}"):
+            samples[k] = np.asarray(run.group["samples"][k].get_orthogonal_selection(rows))
     ss = SiteSummaries.create(acts.shape[1], SummaryConfig.from_dict(cfg), calibration)
     ss.update(acts, samples)
     return ss.state()

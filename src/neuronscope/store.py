@@ -203,6 +203,18 @@ class RunStore(LocalStore):
         self._dirty: set[Path] = set()
         self._dirty_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Dask ships the store to workers with each read task: a worker only reads, so it
+        # gets its own (unshared) write bookkeeping; a thread lock cannot be pickled.
+        state = self.__dict__.copy()
+        state["_dirty"] = set()
+        del state["_dirty_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._dirty_lock = threading.Lock()
+
     def with_read_only(self, read_only: bool = False) -> RunStore:
         other = type(self)(self.root, read_only=read_only, run_path=self.run_path)
         other.extents, other._dirty, other._dirty_lock = self.extents, self._dirty, self._dirty_lock

@@ -52,7 +52,8 @@ def test_frame_table_formats_floats_and_aligns_columns() -> None:
 def test_every_verb_and_option_is_explained() -> None:
     group = typer.main.get_command(app)
     assert set(group.commands) == {"record", "info", "verify", "summarize", "demo", "characterize", "atlas",
-                                   "serve", "compare", "match", "sysid", "attribute", "ablate", "steer", "rsa", "locate"}
+                                   "serve", "compare", "match", "sysid", "attribute", "ablate", "steer", "rsa", "locate",
+                                   "modules", "moefy"}
     for name, command in group.commands.items():
         assert command.help and command.help.strip(), name
         for param in command.params:

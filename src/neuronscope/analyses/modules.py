@@ -272,6 +272,8 @@ def leiden(weights: np.ndarray, resolution: float = 1.0, seed: int = 0, objectiv
         raise NeuronscopeError("weights must be finite and non-negative")
     if objective not in ("modularity", "cpm"):
         raise NeuronscopeError(f"objective must be 'modularity' or 'cpm', not {objective!r}")
+    if not (np.isfinite(resolution) and resolution > 0):
+        raise NeuronscopeError(f"the Leiden resolution must be a positive number, not {resolution}")
     n = len(w)
     i, j = np.triu_indices(n, 1)
     ww = w[i, j]

@@ -152,7 +152,7 @@ def locate(
     test: str = typer.Option("t", "--test", help="stats: 't' (Welch, one value vs rest) or 'f' (ANOVA)."),
     alpha: float = typer.Option(0.05, "--alpha", help="stats: false discovery rate (Benjamini–Hochberg)."),
     min_effect: float = typer.Option(0.8, "--min-effect", help="stats: smallest Cohen's d of a specific neuron."),
-    ks: str = typer.Option(None, "--ks", help="probe: probe sizes, comma-separated (default 1,2,4,…,256)."),
+    ks: str = typer.Option(None, "--ks", help="probe: probe sizes, comma-separated (default: powers of two from 1 to 256)."),
     task: str = typer.Option("one_vs_rest", "--task", help="probe: one_vs_rest (a probe per value) or multiclass."),
     rank: str = typer.Option("meandiff", "--rank", help="probe: neuron ranking, meandiff or f."),
     per_label: int = typer.Option(1000, "--per-label", help="probe: samples kept per value for the fits."),

@@ -63,6 +63,8 @@ def modules(
         raise NeuronscopeError(f"run {run} does not exist; pass the directory given to record --out")
     if seeds < 1:
         raise NeuronscopeError("--seeds must be at least 1")
+    if not resolution > 0:
+        raise NeuronscopeError(f"--resolution must be a positive number (the Leiden resolution), not {resolution}")
     if snmf < 0 or not 0 < snmf_keep <= 1:
         raise NeuronscopeError("--snmf must be >= 0 and --snmf-keep in (0, 1]")
     if ntf_rank < 0 or windows < 1 or ntf_units < 2:
