@@ -44,7 +44,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     import logging
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    # Everything on localhost; no dashboard, and the scheduler's health/metrics HTTP server
+    # (which Dask starts even without one) on a free local port instead of 8787.
+    with (LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster,
+          Client(cluster) as client):
         yield client
 
 
