@@ -308,6 +308,9 @@ def language_steering(
     if steered is None:
         steered = [v for v in result.labels if sum(len(u) for u in result.units_for(v).values())]
     steered = [str(v) for v in steered]
+    unknown = [v for v in steered if v not in result.labels]
+    if unknown:
+        raise NeuronscopeError(f"no language {', '.join(unknown)} in the result; its values: {', '.join(result.labels)}")
     if not steered:
         raise NeuronscopeError("no language has specific neurons in the result; nothing to steer")
     units = {a: {s: u for s, u in result.units_for(a).items() if len(u)} for a in steered}

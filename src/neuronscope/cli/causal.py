@@ -493,15 +493,6 @@ def _steer_languages(model_name: str, deactivate: str | None, activate: str | No
         raise NeuronscopeError(f"--lape-run {lape_run} does not exist; give a run directory")
     if save is not None:
         writable_run(save, "--save")
-    run = open_run(lape_run)
-    res = lape(run, label, top_rate=top_rate)  # a run without the label fails here, before the model loads
-    if wanted == ["all"]:
-        steered = None
-    else:
-        unknown = [v for v in wanted if v not in res.labels]
-        if unknown:
-            raise NeuronscopeError(f"--{mode}: no language {', '.join(unknown)} in the run's {label!r} label; values: {', '.join(res.labels)}")
-        steered = wanted
     if heldout == "tinylm":
         from neuronscope.testing.tinylm import tinylm_corpus
 
@@ -514,6 +505,15 @@ def _steer_languages(model_name: str, deactivate: str | None, activate: str | No
         texts = load_corpus(heldout)
     if label not in texts.labels:
         raise NeuronscopeError(f"--heldout has no {label!r} label; give a .jsonl corpus with a {label!r} field")
+    run = open_run(lape_run)
+    res = lape(run, label, top_rate=top_rate)  # a run without the label fails here, before the model loads
+    if wanted == ["all"]:
+        steered = None
+    else:
+        unknown = [v for v in wanted if v not in res.labels]
+        if unknown:
+            raise NeuronscopeError(f"--{mode}: no language {', '.join(unknown)} in the run's {label!r} label; values: {', '.join(res.labels)}")
+        steered = wanted
     m, tok = load_model(model_name)
     if tok is None:
         raise NeuronscopeError("language steering needs a language model with a tokenizer (tinylm:SEED or a Hugging Face causal LM)")
