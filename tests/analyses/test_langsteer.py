@@ -1,25 +1,28 @@
-"""Language steering on the tiny LM (Tang et al. 2024): deactivating a language's LAPE neurons
-raises that language's held-out loss more than the others' and lowers the language-identifier
-probability of its generations.
+"""Language steering on the tiny LM (Tang et al. 2024): does deactivating a language's LAPE
+neurons raise that language's held-out loss more than the others' and lower the
+language-identifier probability of its generations?
 
-Setup (fixed before the assertions were chosen): LAPE on the tiny LM's three FFN sites over the
-first 40 training documents of each of the 20 languages (64 tokens each), ``top_rate=0.1`` —
-the paper's 1 % of the tiny LM's 1,536 neurons is 15 neurons (5 languages get 2–6), and
-deactivating those changes no language's loss by more than 0.002 nats (measured; reported in
-the notes of issue 13), so the paper's rate has no measurable effect at this scale.
+Setup: LAPE on the tiny LM's three FFN sites over the first 40 training documents of each of
+the 20 languages (64 tokens each), ``top_rate=0.1``. The paper's 1 % is 15 of the tiny LM's
+1,536 neurons (fa 6, he 5, ko 4, ru 2, uk 2) and deactivating them changes no language's
+held-out loss by more than 0.002 nats, with the language's own change ranking 15th–20th of 20:
+at the paper's rate the finding does not hold on this model at all. Measured at 10 % (issue 13
+notes; full training split and this 40-document setup agree):
 
-What the data support, measured over every language with LAPE neurons (held-out split, 285
-texts; greedy continuations of held-out prompts): deactivating language A's neurons raises A's
-loss more than any other language's for ja, ko, tr and zh; A's loss change ranks in the top 5
-of 20 for most languages (mean rank about 6, chance 10.5); it does *not* for bn, mr, ru, uk and
-he / fa (whose neurons barely change any loss). The generation half is weaker because the tiny
-LM's greedy continuations are mostly babble: A's probability falls for tr, zh, zh-Hant, id, en
-and stays put for ko, ja, fa, he. The assertions are therefore
+* held-out loss: A's own loss change ranks first of 20 for ja, ko, tr and zh in both setups,
+  in the top 5 for most languages (mean rank ≈ 6, chance 10.5), and last-but-few for bn, ru,
+  uk (whose neurons change nothing); he and fa have many neurons but small effects;
+* generations (greedy continuations of 12-character held-out prompts, naive Bayes char n-gram
+  identifier): A's identifier probability falls for en, id, it, nl, zh-Hant and *rises or stays*
+  for the rest, tr and zh included — averaged over the 20 languages it does not move (mean
+  change ≈ 0). The tiny LM's continuations are mostly babble whose language the prompt's
+  script already fixes.
 
-* over all languages (no selection): the mean rank of A's own loss change is better than chance;
-* per language, the full claim (loss up more than every other language's, and the identifier
-  probability of A's generations down) for tr and zh — the two languages where both halves held
-  in the full measurement; chosen after measuring, stated here.
+So the assertions are: (1) over every language, no selection: the own-loss rank is better
+than chance; (2) the languages whose own loss change ranked first of 20 in the full-split
+measurement (ja, ko, tr, zh) rank first again with this independent LAPE sample — a
+replication, chosen from the earlier measurement; (3) the generation half of the claim, for
+tr and zh, is a strict xfail: it does not hold on this model.
 """
 
 from __future__ import annotations
@@ -82,27 +85,38 @@ def test_batched_generation_equals_one_by_one(tiny_lape):
     assert batched == [model.generate(p, 12) for p in prompts]
 
 
-def test_deactivating_a_languages_neurons_hurts_that_language_most(tiny_lape):
-    model, tok, summ, res = tiny_lape
-    held = tinylm_corpus("heldout")
-    losses = language_steering(model, tok, res, heldout=held, n_prompts=0)
-    s = losses.summary().set_index("steered")
+@pytest.fixture(scope="module")
+def deactivated(tiny_lape):
+    model, tok, _summ, res = tiny_lape
+    return language_steering(model, tok, res, heldout=tinylm_corpus("heldout"), n_prompts=0)
+
+
+def test_deactivating_a_languages_neurons_hurts_that_language_most(deactivated):
+    s = deactivated.summary().set_index("steered")
     print("\n" + s[["neurons", "loss_change", "other_max_loss_change", "other_max_language", "loss_rank"]]
           .round(4).to_string())
     assert len(s) >= 15  # most languages have LAPE neurons at 10 %
     assert s["loss_rank"].mean() < 10.5 - 2  # chance: (20 + 1) / 2
-    for lang in ("tr", "zh"):
+    for lang in ("ja", "ko", "tr", "zh"):
         assert s.loc[lang, "loss_change"] > s.loc[lang, "other_max_loss_change"] > 0, lang
+        assert s.loc[lang, "loss_rank"] == 1
+    assert np.isnan(deactivated.prob).all() and np.isnan(deactivated.share).all()  # n_prompts=0: no generation
 
-    gen = language_steering(model, tok, res, ["tr", "zh"], heldout=held, prompt_languages=["tr", "zh"],
-                            n_prompts=16)
+
+@pytest.mark.xfail(strict=True, reason="measured: the own-language probability of the tiny LM's greedy "
+                   "generations does not fall for tr (0.33 → 0.39) or zh (0.21 → 0.22)")
+def test_deactivating_lowers_the_own_language_probability_of_generations(tiny_lape, deactivated):
+    model, tok, _summ, res = tiny_lape
+    gen = language_steering(model, tok, res, ["tr", "zh"], heldout=tinylm_corpus("heldout"),
+                            prompt_languages=["tr", "zh"], n_prompts=16)
     g = gen.summary().set_index("steered")
-    print(g[["prob_clean", "prob", "share_clean", "share"]].round(4).to_string())
-    for lang in ("tr", "zh"):
-        assert g.loc[lang, "prob"] < g.loc[lang, "prob_clean"], lang
-        # the same held-out losses either way (the loss does not depend on generating)
+    print("\n" + g[["prob_clean", "prob", "share_clean", "share"]].round(4).to_string())
+    s = deactivated.summary().set_index("steered")
+    for lang in ("tr", "zh"):  # the same held-out losses either way (losses do not depend on generating)
         assert g.loc[lang, "loss_change"] == pytest.approx(s.loc[lang, "loss_change"], abs=1e-9)
     assert np.isnan(gen.prob[:, gen.languages.index("ko")]).all()  # no Korean prompts were made
+    for lang in ("tr", "zh"):
+        assert g.loc[lang, "prob"] < g.loc[lang, "prob_clean"], lang
 
 
 def test_activating_clamps_to_the_languages_mean(tiny_lape):
@@ -133,8 +147,9 @@ def test_bad_inputs(tiny_lape):
         language_steering(model, tok, res, ["tr"], mode="activate")
     with pytest.raises(NeuronscopeError, match="no language xx in the result"):
         language_steering(model, tok, res, ["xx"], n_prompts=0)
-    empty = next(v for v in res.labels if not sum(len(u) for u in res.units_for(v).values()))
+    few = lape(summ, "lang", top_rate=0.01)  # the paper's rate: most languages get no neuron
+    empty = next(v for v in few.labels if not sum(len(u) for u in few.units_for(v).values()))
     with pytest.raises(NeuronscopeError, match="no neurons specific to"):
-        language_steering(model, tok, res, [empty], n_prompts=0)
+        language_steering(model, tok, few, [empty], n_prompts=0)
     with pytest.raises(NeuronscopeError, match="LocateResult"):
         language_steering(model, tok, {"tr": [1]})
