@@ -74,6 +74,16 @@ def test_steer_deactivate_equals_the_api_and_saves_into_the_run(lang_run: Path) 
     assert out["saved"]["extras"] == "langsteer-deactivate"
     np.testing.assert_allclose(saved["arrays"]["loss_change"], api.loss_change, atol=1e-12)
     assert saved["attrs"]["steered"] == ["ko", "tr"] and saved["attrs"]["tables"][0]["rows"][0][0] == "ko"
+    # the atlas gets a page: the loss-change / probability / share heatmaps and the summary table
+    from neuronscope.atlas.build import collect_atlas_data
+
+    page = next(x for x in collect_atlas_data(run, examples=2)["extras"] if x["name"] == "langsteer-deactivate")
+    titles = [h["title"] for h in page["heatmaps"]]
+    assert any(t.startswith("held-out loss change") for t in titles) and len(titles) >= 3
+    loss = next(h for h in page["heatmaps"] if h["title"].startswith("held-out loss change"))
+    assert loss["rows"] == ["ko", "tr"] and loss["cols"] == api.languages
+    np.testing.assert_allclose(loss["matrix"], api.loss_change)
+    assert [r[0] for r in page["tables"][0]["rows"]] == ["ko", "tr"]
     # the human-readable table names every steered language
     res = runner.invoke(app, ["steer", "tinylm:0", "--activate", "tr", "--lape-run", str(lang_run), "--top-rate",
                               "0.1", "--prompts", "0"])
