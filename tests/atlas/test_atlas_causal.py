@@ -98,6 +98,9 @@ def test_path_and_steering_pages_show_the_saved_values(causal_atlas, chromium):
     rows = root.find(cls="result-table").find(tag="tbody").find_all(tag="tr")
     assert [r.find_all(tag="td")[1].text for r in rows] == ["act1", "act2"]
     assert [int(r.find_all(tag="td")[2].text) for r in rows] == path.units
+    # each unit links to its neuron page
+    assert [r.find(cls="unit-link").attrs["href"] for r in rows] == [f"#/{s}/{u}" for s, u in
+                                                                     zip(path.sites, path.units, strict=True)]
     for r, v in zip(rows, path.influence, strict=True):
         assert float(r.find_all(tag="td")[3].text) == pytest.approx(v, rel=1e-3)
     pts = root.find(cls="line-plot").find_all(cls="point")

@@ -1029,7 +1029,8 @@ def save_ablation(run: Any, effects: AblationEffects, *, name: str | None = None
 
 def save_path(run: Any, path: NeuronPath, *, name: str | None = None, attrs: Mapping[str, Any] | None = None) -> str:
     """Store an influential neuron path in ``run`` as ``extras/<name>`` (default
-    ``path-<sites>``; an earlier result of that name is replaced): arrays ``units`` and
+    ``path-<site glob>``, e.g. ``path-encoder.layer.all.intermediate``, else
+    ``path-<first site>-to-<last site>``; an earlier result of that name is replaced): arrays ``units`` and
     ``influence`` (the joint influence of the path up to each layer), the sites in attrs,
     a table (layer, site, unit, joint influence, gain over the previous layer) and a
     ``curves`` spec (joint influence against the layer) — the atlas's path page. Returns
@@ -1040,7 +1041,8 @@ def save_path(run: Any, path: NeuronPath, *, name: str | None = None, attrs: Map
         raise NeuronscopeError("save_path takes one NeuronPath (the dataset path); save per-example paths one by one")
     r = _open(run)
     short, glob = _short_names(path.sites)
-    name = check_extra_name(name or f"path-{glob or path.sites[0]}".replace("*", "all"))
+    default = f"path-{glob}" if glob else f"path-{path.sites[0]}-to-{path.sites[-1]}"
+    name = check_extra_name(name or default.replace("*", "all"))
     infl = np.asarray(path.influence, dtype=np.float64)
     gain = np.diff(infl, prepend=0.0)
     meta = {
@@ -1048,7 +1050,7 @@ def save_path(run: Any, path: NeuronPath, *, name: str | None = None, attrs: Map
         "sites": list(path.sites), "path_units": [int(u) for u in path.units],
         "tables": [{"title": "the most influential neuron of each layer (joint influence of the path up to it: "
                              "F(x) − F(x; path ablated))",
-                    "columns": ["layer", "site", "unit", "joint influence", "gain"],
+                    "columns": ["layer", "site", "unit", "joint influence", "gain"], "link": {"site": "site", "unit": "unit"},
                     "rows": [[i, s, int(u), _num(v), _num(g)] for i, (s, u, v, g) in
                              enumerate(zip(path.sites, path.units, infl, gain, strict=True))]}],
         "curves": [{"title": "joint influence of the path up to each layer", "x": "layer", "y": "influence",

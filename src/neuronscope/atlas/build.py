@@ -332,7 +332,9 @@ def extra_curves(arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[di
 def extra_tables(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Tables of an extras result: each entry of ``attrs["tables"]`` has a ``title``,
     ``columns`` (header strings) and ``rows`` (lists of numbers, strings or null, one per
-    column); e.g. the neurons of an influential path per layer with their influence."""
+    column) and optionally ``link`` = ``{"site": column, "unit": column}`` (a unit of a recorded
+    site links to its neuron page); e.g. the neurons of an influential path per layer with
+    their influence."""
     specs = attrs.get("tables")
     out: list[dict[str, Any]] = []
     if not isinstance(specs, Sequence) or isinstance(specs, str):
@@ -343,7 +345,11 @@ def extra_tables(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
         cols = [str(c) for c in spec["columns"]]
         rows = [[_jsonable(v) for v in row] for row in spec.get("rows", []) if isinstance(row, Sequence)
                 and not isinstance(row, str) and len(row) == len(cols)]
-        out.append({"title": str(spec.get("title", "")), "columns": cols, "rows": rows})
+        table: dict[str, Any] = {"title": str(spec.get("title", "")), "columns": cols, "rows": rows}
+        link = spec.get("link")
+        if isinstance(link, Mapping) and str(link.get("site")) in cols and str(link.get("unit")) in cols:
+            table["link"] = {"site": str(link["site"]), "unit": str(link["unit"])}
+        out.append(table)
     return out
 
 

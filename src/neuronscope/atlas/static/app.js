@@ -668,7 +668,9 @@
     const xlo = Math.min(...pts.map((p) => p[0])), xhi = Math.max(...pts.map((p) => p[0]));
     const xPos = (v) => box[0] + (xhi > xlo ? (v - xlo) / (xhi - xlo) : 0.5) * (box[2] - box[0]);
     const yPos = (v) => box[3] - (v - ylo) / (yhi - ylo) * (box[3] - box[1]);
-    axes(svg, box, xhi > xlo ? linTicks(xlo, xhi, 6) : [xlo], linTicks(ylo, yhi, 5), xPos, yPos, c.xlabel, c.ylabel);
+    const integral = pts.every((p) => Number.isInteger(p[0])) && xhi - xlo <= 24;
+    const xTicks = integral ? pts.map((p) => p[0]) : (xhi > xlo ? linTicks(xlo, xhi, 6) : [xlo]);
+    axes(svg, box, xTicks, linTicks(ylo, yhi, 5), xPos, yPos, c.xlabel, c.ylabel);
     if (c.err) {
       const up = pts.map((p) => xPos(p[0]).toFixed(1) + "," + yPos(p[1] + (p[2] || 0)).toFixed(1));
       const down = pts.slice().reverse().map((p) => xPos(p[0]).toFixed(1) + "," + yPos(p[1] - (p[2] || 0)).toFixed(1));
@@ -693,14 +695,21 @@
     return svg;
   }
 
-  /* A plain table of an extras result (e.g. a path's neurons per layer); cells are text nodes. */
-  function resultTable(tbl) {
+  /* A plain table of an extras result (e.g. a path's neurons per layer); cells are text nodes.
+     With tbl.link = {site, unit} (column names), a unit of a site of this atlas links to its page. */
+  function resultTable(tbl, idx) {
     const t = el("table", { cls: "grid result-table" });
     t.appendChild(el("thead", null, el("tr", null, tbl.columns.map((h) => el("th", { text: h })))));
     const tb = el("tbody");
+    const known = new Set((idx.sites || []).map((s) => s.name));
+    const sc = tbl.link ? tbl.columns.indexOf(tbl.link.site) : -1, uc = tbl.link ? tbl.columns.indexOf(tbl.link.unit) : -1;
     for (const row of tbl.rows) {
-      tb.appendChild(el("tr", null, row.map((v) => el("td", { cls: typeof v === "number" ? "num" : null,
-        text: typeof v === "number" ? fmt(v, 4) : (v === null ? "–" : String(v)) }))));
+      tb.appendChild(el("tr", null, row.map((v, j) => {
+        const text = typeof v === "number" ? fmt(v, 4) : (v === null ? "–" : String(v));
+        const linked = j === uc && sc >= 0 && Number.isInteger(v) && known.has(String(row[sc]));
+        return el("td", { cls: typeof v === "number" ? "num" : null },
+          linked ? el("a", { href: neuronHref(String(row[sc]), v), cls: "unit-link", text: text }) : text);
+      })));
     }
     t.appendChild(tb);
     return t;
@@ -713,7 +722,7 @@
     if (x.notes && Object.keys(x.notes).length) append(main, kvTable(x.notes));
     for (const tbl of x.tables || []) {
       append(main, el("h2", { text: tbl.title }));
-      append(main, resultTable(tbl));
+      append(main, resultTable(tbl, idx));
     }
     for (const c of x.curves || []) {
       append(main, el("h2", { text: c.title }));
