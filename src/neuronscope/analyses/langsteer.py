@@ -104,9 +104,11 @@ def loss_by_label(model: nn.Module, tokenizer: Any, texts: Sequence[str], labels
 def generate_batch(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, *,
                    batch_size: int = 64) -> list[str]:
     """Greedy continuations of ``prompts`` (decoded, the prompt excluded), in batches: the
-    prompts are left-padded (the model must number positions from the attention mask, as
-    the tiny LM and Hugging Face causal LMs do), the most likely token appended at each step
-    (never ``BOS``/``PAD``), each continuation cut at its first ``EOS``."""
+    prompts are left-padded, the most likely token appended at each step (never
+    ``BOS``/``PAD``), each continuation cut at its first ``EOS``. The model must number
+    positions from the attention mask (the tiny LM does), else pass ``batch_size=1`` so
+    that nothing is padded. Greedy decoding is deterministic: the same prompts give the same
+    continuations."""
     eos = getattr(tokenizer, "eos_token_id", None)
     banned = [int(t) for t in {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "pad_token_id", None)} - {None, eos}]
     pad = _pad_id(tokenizer)

@@ -352,7 +352,7 @@ def _ablate_path(model: str, site: str, top: int, importance: Path | None, how: 
 
 
 def steer(
-    model: str = typer.Argument(..., help=_MODEL_HELP + " Language steering (--deactivate/--activate) takes a causal LM: 'tinylm:SEED' or a local Hugging Face causal LM directory."),
+    model: str = typer.Argument(..., help=_MODEL_HELP + " Language steering (--deactivate/--activate) takes a causal LM whose forward pass returns next-token logits and numbers positions from the attention mask: the tiny LM, 'tinylm:SEED'."),
     site: str = typer.Option(None, "--site", help="CAA: the one module to steer (e.g. encoder.layer.3.intermediate).", show_default=False),
     positive: str = typer.Option(None, "--positive", help="CAA: positive examples, a value of --label or a .txt/.jsonl file.", show_default=False),
     negative: str = typer.Option(None, "--negative", help="CAA: negative examples, a value of --label or a .txt/.jsonl file.", show_default=False),
@@ -516,7 +516,7 @@ def _steer_languages(model_name: str, deactivate: str | None, activate: str | No
         steered = wanted
     m, tok = load_model(model_name)
     if tok is None:
-        raise NeuronscopeError("language steering needs a language model with a tokenizer (tinylm:SEED or a Hugging Face causal LM)")
+        raise NeuronscopeError("language steering needs a causal language model with a tokenizer (e.g. tinylm:0)")
     n_steer = len(steered) if steered is not None else sum(
         1 for v in res.labels if sum(len(u) for u in res.units_for(v).values()))
     with _progress(f"language steering ({mode})", 1 + n_steer, not json_out) as prog:
