@@ -128,7 +128,7 @@ def attribute(
     batch_size: int = typer.Option(8, min=1, help="Documents per batch (each runs steps+1 path points)."),
     max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
     internal_batch_size: int = typer.Option(0, min=0, help="Cap on examples × path points per forward pass (0 = the whole path at once)."),
-    save: Path = typer.Option(None, "--save", help="Store per-neuron importance (mean and mean |conductance| per unit, per label) in this run as extras/conductance.", show_default=False),
+    save: Path = typer.Option(None, "--save", help="Store per-neuron importance (mean and mean |conductance| per unit, per label) in this run as extras/conductance; the atlas shows mean |conductance| as the importance column of the site tables.", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Conductance of every neuron of a site for a target, over a corpus (Dhamdhere et al.
