@@ -362,7 +362,7 @@ def steer(
     target: str = typer.Option(None, "--target", help="CAA: " + _TARGET_HELP, show_default=False),
     corpus: str = typer.Option("default", help="CAA: " + _CORPUS_HELP + " The vector comes from the whole corpus (with --label); the sweep runs on the first --docs documents."),
     docs: int = typer.Option(32, min=1, help="CAA: measure the target on the first N documents."),
-    batch_size: int = typer.Option(8, min=1, help="Documents per batch (language steering: texts or prompts per batch, at least 8)."),
+    batch_size: int = typer.Option(8, min=1, help="Documents per batch (language steering: held-out texts or prompts per batch)."),
     max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
     plot: Path = typer.Option(None, "--plot", help="CAA: write the steering curve here (.png, .pdf or .svg).", show_default=False),
     deactivate: str = typer.Option(None, "--deactivate", help="Language steering (Tang et al. 2024): set the LAPE neurons of each listed language (comma-separated, or 'all' = every language with neurons) to 0, one language at a time, and measure every language's held-out loss and the language of generations.", show_default=False),
@@ -399,7 +399,7 @@ def steer(
         if caa:
             raise NeuronscopeError(f"{', '.join(caa)} belong to CAA steering; language steering (--deactivate/--activate) does not take them")
         _steer_languages(model, deactivate, activate, lape_run, label or "lang", top_rate, heldout, prompts,
-                         prompt_chars, new_tokens, max(batch_size, 8), max_tokens, save, json_out)
+                         prompt_chars, new_tokens, batch_size, max_tokens, save, json_out)
         return
     missing = [o for o, v in (("--site", site), ("--positive", positive), ("--negative", negative)) if v is None]
     if missing:
