@@ -7,6 +7,8 @@ from .analyses.attribute import (
     conductance,
     conductance_over,
     influential_path,
+    save_ablation,
+    save_path,
 )
 from .analyses.characterize import characterize, site_summary, top_examples
 from .analyses.compare import (
@@ -22,6 +24,8 @@ from .analyses.compare import (
 )
 from .analyses.encoding import RidgeEncoder
 from .analyses.extras import save_comparison
+from .analyses.langid import train_langid
+from .analyses.langsteer import language_steering, save_language_steering
 from .analyses.locate import (
     LocateResult,
     diffmeans,
@@ -47,7 +51,12 @@ from .analyses.modules import (
 from .analyses.rsa import compare_rdms, noise_ceiling, rdm, rsa, trsa
 from .analyses.rsa_workflow import RSAResult, rsa_models
 from .analyses.sparsity import find_ffns, moefy, sparsify
-from .analyses.steer import steering_sweep, steering_vector, steering_vector_from_run
+from .analyses.steer import (
+    save_steering_curve,
+    steering_sweep,
+    steering_vector,
+    steering_vector_from_run,
+)
 from .analyses.sysid import sysid
 from .atlas.build import build_atlas
 from .distributed import record_distributed, summarize_run
@@ -107,9 +116,9 @@ __all__ = [
     "conductance",
     "conductance_over",
     "debiased_cka",
-    "dynamic_connectome",
     "default_corpus_path",
     "diffmeans",
+    "dynamic_connectome",
     "e5_embed",
     "encoding_score",
     "find_ffns",
@@ -117,6 +126,7 @@ __all__ = [
     "forward_batches",
     "influential_path",
     "label_statistics",
+    "language_steering",
     "lape",
     "linear_cka",
     "load_corpus",
@@ -144,7 +154,11 @@ __all__ = [
     "rosetta_neurons",
     "rsa",
     "rsa_models",
+    "save_ablation",
     "save_comparison",
+    "save_language_steering",
+    "save_path",
+    "save_steering_curve",
     "scale",
     "select_sites",
     "semi_nmf",
@@ -161,6 +175,7 @@ __all__ = [
     "sysid",
     "to_matrix",
     "top_examples",
+    "train_langid",
     "trsa",
     "universal_fractions",
     "universal_neurons",

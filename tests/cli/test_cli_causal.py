@@ -80,9 +80,18 @@ def test_attribute_on_a_digits_net_is_complete_at_the_last_hidden_layer() -> Non
 
 
 def test_steer_sweep_and_plot(small_corpus, tmp_path: Path) -> None:
+    import neuronscope as ns
+
     plot = tmp_path / "curve.png"
+    run = ns.record(torch.nn.Sequential(torch.nn.Linear(2, 3)), ns.TensorSource(np.ones((4, 2), np.float32)), "0",
+                    tmp_path / "run", keep="summaries", progress=False)
     out = _json("steer", "minilm", "--site", SITE, "--label", "lang", "--positive", "tr", "--negative", "es",
-                "--coefficients", "-4,0,4", "--corpus", str(small_corpus), "--docs", "4", "--plot", str(plot))
+                "--coefficients", "-4,0,4", "--corpus", str(small_corpus), "--docs", "4", "--plot", str(plot),
+                "--save", str(run.path))
+    saved = run.extras(out["saved"]["extras"])  # the curve page of the atlas
+    assert out["saved"]["extras"] == f"steer-{SITE}" and saved["attrs"]["kind"] == "steering_curve"
+    np.testing.assert_array_equal(saved["arrays"]["mean"], out["mean"])
+    assert saved["attrs"]["clean"] == out["clean"]
     assert out["coefficients"] == [-4.0, 0.0, 4.0] and out["mean"][1] == pytest.approx(1.0, abs=1e-6)
     assert out["mean"][0] < 1.0 and out["mean"][2] < 1.0
     assert out["vector"]["n_positive"] > 0 and out["vector"]["norm"] > 0

@@ -9,6 +9,8 @@
 * :func:`joint_influence` and :func:`influential_path` — the joint influence of a neuron set
   and the layer-progressive greedy search of Wang et al. 2025 ("Discovering Influential
   Neuron Path in Vision Transformers"); :func:`plot_path` draws a path.
+* :func:`save_conductance`, :func:`save_ablation`, :func:`save_path` store results in a run
+  for the atlas (per-neuron importance in the site table; an ablation page; a path page).
 
 Targets (what "the output" is) come from :mod:`neuronscope.analyses.targets`; data is a
 source (anything with ``batches()``: :class:`~neuronscope.sources.text.TextSource`,
@@ -49,7 +51,9 @@ __all__ = [
     "joint_influence",
     "load_importance",
     "plot_path",
+    "save_ablation",
     "save_conductance",
+    "save_path",
 ]
 
 #: Integration rules (the alphas of Captum's ``approximation_methods``).
@@ -973,3 +977,89 @@ def plot_path(path: NeuronPath | Sequence[NeuronPath], file: str | Path, *, titl
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------- saving for the atlas
+
+
+def _open(run: Any) -> Any:
+    from neuronscope.store import Run, open_run
+
+    return run if isinstance(run, Run) else open_run(Path(run))
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def save_ablation(run: Any, effects: AblationEffects, *, name: str | None = None,
+                  attrs: Mapping[str, Any] | None = None) -> str:
+    """Store ablation effects in ``run`` as ``extras/<name>`` (default ``ablate-<site>``; an
+    earlier result of that name is replaced): arrays ``units``, ``effect``, ``effect_abs``
+    (``effect[j] = mean F(sets[j] ablated) − F(x)``); attrs a table of the ablated sets and
+    their effects and, for cumulative sets, a ``curves`` spec (effect against the number of
+    ablated units) — the atlas shows both. Returns the extras name."""
+    from neuronscope.analyses.extras import check_extra_name
+
+    r = _open(run)
+    name = check_extra_name(name or f"ablate-{effects.site}".replace("*", "all"))
+    label = [f"top-{len(s)}" if effects.cumulative else str(s[0]) for s in effects.sets]
+    meta: dict[str, Any] = {
+        "title": f"{effects.how}-ablation of {effects.site}", "kind": "ablation", "site": effects.site,
+        "how": effects.how, "cumulative": bool(effects.cumulative), "clean": float(effects.clean),
+        "count": int(effects.count),
+        "tables": [{"title": f"effect of ablating {'the top-k units' if effects.cumulative else 'each unit'} "
+                             f"(mean F(ablated) − F(x); unablated mean {effects.clean:.4g})",
+                    "columns": ["ablated", "last unit", "effect", "mean |effect|"],
+                    "rows": [[lab, int(s[-1]), _num(e), _num(a)] for lab, s, e, a in
+                             zip(label, effects.sets, effects.effect, effects.effect_abs, strict=True)]}],
+        **dict(attrs or {}),
+    }
+    arrays = {"units": np.asarray(effects.units, dtype=np.int64),
+              "effect": np.asarray(effects.effect, dtype=np.float64),
+              "effect_abs": np.asarray(effects.effect_abs, dtype=np.float64)}
+    if effects.cumulative:
+        arrays["k"] = np.arange(1, len(effects.units) + 1, dtype=np.float64)
+        meta["curves"] = [{"title": f"cumulative ablation of {effects.site}", "x": "k", "y": "effect",
+                           "xlabel": "units ablated (top-k)", "ylabel": "mean effect on the target", "baseline": 0.0,
+                           "baseline_label": "no effect"}]
+    r.write_extras(name, arrays, meta)
+    return name
+
+
+def save_path(run: Any, path: NeuronPath, *, name: str | None = None, attrs: Mapping[str, Any] | None = None) -> str:
+    """Store an influential neuron path in ``run`` as ``extras/<name>`` (default
+    ``path-<site glob>``, e.g. ``path-encoder.layer.all.intermediate``, else
+    ``path-<first site>-to-<last site>``; an earlier result of that name is replaced): arrays ``units`` and
+    ``influence`` (the joint influence of the path up to each layer), the sites in attrs,
+    a table (layer, site, unit, joint influence, gain over the previous layer) and a
+    ``curves`` spec (joint influence against the layer) — the atlas's path page. Returns
+    the extras name."""
+    from neuronscope.analyses.extras import check_extra_name
+
+    if not isinstance(path, NeuronPath):
+        raise NeuronscopeError("save_path takes one NeuronPath (the dataset path); save per-example paths one by one")
+    r = _open(run)
+    short, glob = _short_names(path.sites)
+    default = f"path-{glob}" if glob else f"path-{path.sites[0]}-to-{path.sites[-1]}"
+    name = check_extra_name(name or default.replace("*", "all"))
+    infl = np.asarray(path.influence, dtype=np.float64)
+    gain = np.diff(infl, prepend=0.0)
+    meta = {
+        "title": f"influential neuron path through {glob or ', '.join(path.sites)}", "kind": "neuron_path",
+        "sites": list(path.sites), "path_units": [int(u) for u in path.units],
+        "tables": [{"title": "the most influential neuron of each layer (joint influence of the path up to it: "
+                             "F(x) − F(x; path ablated))",
+                    "columns": ["layer", "site", "unit", "joint influence", "gain"], "link": {"site": "site", "unit": "unit"},
+                    "rows": [[i, s, int(u), _num(v), _num(g)] for i, (s, u, v, g) in
+                             enumerate(zip(path.sites, path.units, infl, gain, strict=True))]}],
+        "curves": [{"title": "joint influence of the path up to each layer", "x": "layer", "y": "influence",
+                    "xlabel": "layer (" + ", ".join(short) + ")", "ylabel": "joint influence", "baseline": 0.0,
+                    "baseline_label": "no influence"}],
+        **dict(attrs or {}),
+    }
+    if path.example is not None:
+        meta["example"] = int(path.example)
+    r.write_extras(name, {"units": np.asarray(path.units, dtype=np.int64), "influence": infl,
+                          "layer": np.arange(len(infl), dtype=np.float64)}, meta)
+    return name

@@ -9,7 +9,8 @@ Contrastive Activation Addition").
   moments, :class:`~neuronscope.summaries.groups.GroupMoments`);
   :func:`steering_vector_from_run` reads them from a run's ``label_moments`` with no pass.
 * :func:`steering_sweep` — the target as a function of the coefficient ``c`` of
-  ``y ← y + c·v`` (:func:`neuronscope.intervene.add`) at chosen positions; :func:`plot_sweep`.
+  ``y ← y + c·v`` (:func:`neuronscope.intervene.add`) at chosen positions; :func:`plot_sweep`;
+  :func:`save_steering_curve` stores it in a run (the atlas draws it as a curve page).
 
 Deactivating or activating whole neuron sets (e.g. one language's LAPE neurons across
 layers) is :func:`neuronscope.intervene.ablate` / :func:`~neuronscope.intervene.clamp` with
@@ -34,8 +35,8 @@ from neuronscope.intervene import add
 from neuronscope.summaries.groups import GroupMoments
 from neuronscope.summaries.moments import Moments
 
-__all__ = ["SteeringCurve", "SteeringVector", "plot_sweep", "steering_sweep", "steering_vector",
-           "steering_vector_from_labels", "steering_vector_from_run"]
+__all__ = ["SteeringCurve", "SteeringVector", "plot_sweep", "save_steering_curve", "steering_sweep",
+           "steering_vector", "steering_vector_from_labels", "steering_vector_from_run"]
 
 
 @dataclass
@@ -288,3 +289,31 @@ def plot_sweep(curve: SteeringCurve, file: str | Path, *, title: str | None = No
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def save_steering_curve(run: Any, curve: SteeringCurve, *, name: str | None = None, title: str | None = None,
+                        attrs: dict[str, Any] | None = None) -> str:
+    """Store a steering curve in ``run`` as ``extras/<name>`` (default ``steer-<site>``; an
+    earlier result of that name is replaced): arrays ``coefficients``, ``mean``, ``std``;
+    attrs the site, target, unsteered mean (``clean``), example count and a ``curves`` spec
+    (x = coefficient, y = mean target ± std, baseline = unsteered mean) that the atlas draws
+    as a line plot. Returns the extras name."""
+    from neuronscope.analyses.extras import check_extra_name
+    from neuronscope.store import Run, open_run
+
+    r = run if isinstance(run, Run) else open_run(Path(run))
+    name = check_extra_name(name or f"steer-{curve.site}".replace("*", "all"))
+    ylabel = f"mean {curve.target.get('target', 'target')}"
+    meta = {
+        "title": title or f"steering {curve.site}", "kind": "steering_curve", "site": curve.site,
+        "target": str(curve.target.get("target", "")), "clean": float(curve.clean), "count": int(curve.count),
+        "positions": curve.positions if isinstance(curve.positions, str | int) else str(curve.positions),
+        "curves": [{"title": title or f"steering {curve.site}", "x": "coefficients", "y": "mean", "err": "std",
+                    "xlabel": "steering coefficient c (y + c·v)", "ylabel": ylabel, "baseline": float(curve.clean),
+                    "baseline_label": "unsteered"}],
+        **dict(attrs or {}),
+    }
+    r.write_extras(name, {"coefficients": np.asarray(curve.coefficients, dtype=np.float64),
+                          "mean": np.asarray(curve.mean, dtype=np.float64),
+                          "std": np.asarray(curve.std, dtype=np.float64)}, meta)
+    return name

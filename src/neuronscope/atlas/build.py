@@ -6,8 +6,10 @@ streaming summaries: an index of sites with their characterization headline figu
 sortable table per site, one page per neuron (statistics, activation histogram, top-k
 examples with context coloured by activation, firing per label value, the label values the
 neuron is specific to, what it writes into the vocabulary), one page per label field (neurons
-specific to each value per site, probe accuracy against k) and heatmaps of
-comparison/matching results.
+specific to each value per site, probe accuracy against k), heatmaps of
+comparison/matching results, and the causal results saved into the run: per-neuron importance
+(mean |conductance|) as a column of the site table, a page per influential neuron path (its
+neurons per layer with their influence), per ablation and per steering curve (line plots).
 
 It opens from the file system: Chromium refuses ``fetch()`` on ``file://``, so every data file
 is a classic script ``data/<key>.js`` that assigns ``window.NS_DATA[key] = {...}`` and is loaded
@@ -246,6 +248,8 @@ def _pack_examples(examples: Sequence[Mapping[str, Any]], vocab: _Vocab
 #: Columns of ``characterize`` shipped to the atlas (in this order, those present).
 TABLE_COLUMNS = ("unit", "freq", "mean", "std", "mean_abs", "min", "max", "dead", "dormant_score",
                  "dormant", "positional_score", "positional", "token_score", "top_token", "hot_rank")
+#: Added to a site's table when the run holds them: ``module`` (``modules --save``) and
+#: ``importance`` (mean |conductance| per neuron, ``attribute --save``).
 #: Headline figures of ``site_summary`` shown on the index.
 SUMMARY_COLUMNS = ("samples", "pct_active_per_token", "dead_frac", "dormant_frac",
                    "powerlaw_exponent", "top20_share")
@@ -287,7 +291,82 @@ def extra_heatmaps(name: str, extra: Mapping[str, Any]) -> dict[str, Any]:
         })
     notes = {k: v for k, v in attrs.items()
              if k not in _RESERVED_EXTRA_ATTRS and isinstance(v, str | int | float | bool)}
-    return {"name": name, "title": str(attrs.get("title", name)), "notes": notes, "heatmaps": heatmaps}
+    return {"name": name, "title": str(attrs.get("title", name)), "notes": notes, "heatmaps": heatmaps,
+            "curves": extra_curves(arrays, attrs), "tables": extra_tables(attrs)}
+
+
+def extra_curves(arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Line plots of an extras result: each entry of ``attrs["curves"]`` names 1-D arrays
+    ``x``, ``y`` and optionally ``err`` (± band) of equal length, with ``title``, ``xlabel``,
+    ``ylabel``, an optional horizontal ``baseline`` (and ``baseline_label``) and ``note``
+    (e.g. a steering curve: target against coefficient; a path's joint influence by layer).
+    Entries naming missing or mismatched arrays are skipped."""
+    specs = attrs.get("curves")
+    out: list[dict[str, Any]] = []
+    if not isinstance(specs, Sequence) or isinstance(specs, str):
+        return out
+    for spec in specs:
+        if not isinstance(spec, Mapping):
+            continue
+        x, y = arrays.get(str(spec.get("x"))), arrays.get(str(spec.get("y")))
+        if x is None or y is None:
+            continue
+        x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+        if len(x) != len(y) or not len(x):
+            continue
+        err = arrays.get(str(spec.get("err"))) if spec.get("err") is not None else None
+        err = np.asarray(err, dtype=np.float64).ravel() if err is not None else None
+        base = spec.get("baseline")
+        out.append({
+            "title": str(spec.get("title", spec.get("y"))),
+            "x": _round_sig(x, 6), "y": _round_sig(y, 6),
+            "err": _round_sig(err, 4) if err is not None and len(err) == len(y) else None,
+            "xlabel": str(spec.get("xlabel", spec.get("x"))), "ylabel": str(spec.get("ylabel", spec.get("y"))),
+            "baseline": _jsonable(float(base)) if isinstance(base, int | float) else None,
+            "baseline_label": str(spec.get("baseline_label", "baseline")),
+            "note": str(spec["note"]) if spec.get("note") is not None else None,
+        })
+    return out
+
+
+def extra_tables(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Tables of an extras result: each entry of ``attrs["tables"]`` has a ``title``,
+    ``columns`` (header strings) and ``rows`` (lists of numbers, strings or null, one per
+    column) and optionally ``link`` = ``{"site": column, "unit": column}`` (a unit of a recorded
+    site links to its neuron page); e.g. the neurons of an influential path per layer with
+    their influence."""
+    specs = attrs.get("tables")
+    out: list[dict[str, Any]] = []
+    if not isinstance(specs, Sequence) or isinstance(specs, str):
+        return out
+    for spec in specs:
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("columns"), Sequence):
+            continue
+        cols = [str(c) for c in spec["columns"]]
+        rows = [[_jsonable(v) for v in row] for row in spec.get("rows", []) if isinstance(row, Sequence)
+                and not isinstance(row, str) and len(row) == len(cols)]
+        table: dict[str, Any] = {"title": str(spec.get("title", "")), "columns": cols, "rows": rows}
+        link = spec.get("link")
+        if isinstance(link, Mapping) and str(link.get("site")) in cols and str(link.get("unit")) in cols:
+            table["link"] = {"site": str(link["site"]), "unit": str(link["unit"])}
+        out.append(table)
+    return out
+
+
+def _importance(run: Any) -> dict[str, np.ndarray]:
+    """Per-neuron importance (mean |conductance|) per site from the run's conductance result
+    (``attribute --save``: ``extras/conductance``, else the first other extras of kind
+    ``conductance``)."""
+    names = [n for n in run.extra_names() if n == "conductance" or n.startswith("conductance")]
+    names.sort(key=lambda n: n != "conductance")
+    for name in names:
+        extra = run.extras(name) or {}
+        if dict(extra.get("attrs", {})).get("kind") != "conductance":
+            continue
+        arrays = extra.get("arrays", {})
+        return {k[: -len(".mean_abs")]: np.asarray(v, dtype=np.float64) for k, v in arrays.items()
+                if k.endswith(".mean_abs")}
+    return {}
 
 
 def _outside(res: Mapping[str, np.ndarray], side: str, n: int) -> np.ndarray:
@@ -373,6 +452,7 @@ def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto"
         advance(1, "characterized")
     sites = []
     thumbs: dict[int, str] = {}
+    importance = _importance(run)
     for si, (site, ss) in enumerate(summaries.items()):
         res = ss.result()
         examples_all = site_examples(res, samples, run.vocab, examples)
@@ -382,6 +462,8 @@ def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto"
         modules = run.extras(f"modules-{site}") if f"modules-{site}" in run.extra_names() else None
         if modules is not None and len(modules["arrays"].get("labels", ())) == ss.units:
             cols["module"] = np.asarray(modules["arrays"]["labels"])[units]  # -1: unassigned (dead / isolated)
+        if site in importance and len(importance[site]) == ss.units:
+            cols["importance"] = importance[site][units]  # mean |conductance| (attribute --save)
         head = heads.loc[site]
         counts = np.asarray(res["histogram.counts"])
         site_ex = [examples_all[u] for u in units]
@@ -428,7 +510,7 @@ def collect_atlas_data(run: Any, examples: int | None = 16, inputs: Any = "auto"
             if extra is None:
                 continue
         page = extra_heatmaps(name, extra)
-        if page["heatmaps"]:
+        if page["heatmaps"] or page["curves"] or page["tables"]:
             extras.append(page)
     label_pages = collect_label_data(run, summaries, sites)
     return {
@@ -598,7 +680,8 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
     ``hist_counts`` (units, n_bins), optional ``hist_under``/``hist_over`` (units,), and
     ``examples`` (per neuron, a list of ``top_examples`` dicts)) and ``extras`` (list of dicts
     with ``name``, ``title``, ``notes`` and ``heatmaps``: dicts of ``title``, 2-D ``matrix``,
-    optional ``rows``/``cols`` labels, ``vmin``/``vmax``, ``note``). Optional label data
+    optional ``rows``/``cols`` labels, ``vmin``/``vmax``, ``note``; optional ``curves``
+    (:func:`extra_curves`) and ``tables`` (:func:`extra_tables`)). Optional label data
     (:func:`collect_label_data`): ``label_pages`` and per site ``label_firing``
     (field -> ``values`` and ``prob`` (units, values)), ``badges`` (per neuron, a list of
     ``{field, method, values}``) and ``vocab`` (per neuron, the vocabulary projection).
@@ -679,7 +762,9 @@ def write_site(data: Mapping[str, Any], out: Path, advance: Callable[..., None] 
     for xi, extra in enumerate(data.get("extras", [])):
         key = f"extra-{xi}"
         obj = {"notes": {str(k): _jsonable(v) for k, v in dict(extra.get("notes", {})).items()},
-               "heatmaps": [_heatmap(h) for h in extra.get("heatmaps", [])]}
+               "heatmaps": [_heatmap(h) for h in extra.get("heatmaps", [])],
+               "curves": [_jsonable(c) for c in extra.get("curves", [])],
+               "tables": [_jsonable(t) for t in extra.get("tables", [])]}
         (ddir / f"{key}.js").write_text(_data_script(key, obj), encoding="utf-8")
         index_extras.append({"name": str(extra["name"]), "title": str(extra.get("title", extra["name"])),
                              "key": key})

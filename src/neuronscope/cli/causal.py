@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from neuronscope.cli.checks import PLOT_SUFFIXES, output_file, writable_run
+from neuronscope.cli.checks import PLOT_SUFFIXES, open_interval, output_file, writable_run
 from neuronscope.cli.output import console, emit_json
 from neuronscope.errors import NeuronscopeError
 
@@ -128,7 +128,7 @@ def attribute(
     batch_size: int = typer.Option(8, min=1, help="Documents per batch (each runs steps+1 path points)."),
     max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
     internal_batch_size: int = typer.Option(0, min=0, help="Cap on examples × path points per forward pass (0 = the whole path at once)."),
-    save: Path = typer.Option(None, "--save", help="Store per-neuron importance (mean and mean |conductance| per unit, per label) in this run as extras/conductance.", show_default=False),
+    save: Path = typer.Option(None, "--save", help="Store per-neuron importance (mean and mean |conductance| per unit, per label) in this run as extras/conductance; the atlas shows mean |conductance| as the importance column of the site tables.", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Conductance of every neuron of a site for a target, over a corpus (Dhamdhere et al.
@@ -191,7 +191,7 @@ def attribute(
 
 def ablate(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    site: str = typer.Option(..., "--site", help="The one module whose units to ablate (e.g. encoder.layer.3.intermediate)."),
+    site: str = typer.Option(..., "--site", help="The one module whose units to ablate (e.g. encoder.layer.3.intermediate); with --path, a glob of the sites in layer order (e.g. 'encoder.layer.*.intermediate')."),
     units: str = typer.Option(None, "--units", help="Comma-separated unit indices to ablate one at a time.", show_default=False),
     top: int = typer.Option(0, min=0, help="Instead of --units: the top-K units by importance (from --importance RUN, else by conductance computed here)."),
     importance: Path = typer.Option(None, "--importance", help="A run holding `attribute --save` results; --top reads its mean |conductance|.", show_default=False),
@@ -205,10 +205,20 @@ def ablate(
     batch_size: int = typer.Option(8, min=1, help="Documents per batch."),
     max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
     max_batch: int = typer.Option(256, min=1, help="Items per forward pass: each batch is copied once per ablated unit, this many at a time."),
+    path: bool = typer.Option(False, "--path", help="Influential neuron path (Wang et al. 2025): layer by layer over the --site glob, the unit whose ablation together with the units already chosen drops the target most; --top K restricts the candidates per layer to the top K by importance."),
+    save: Path = typer.Option(None, "--save", help="Store the result in this run for the atlas: ablation effects as extras/ablate-<site>, a path as extras/path-<sites> (a path page).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Effect on a target of ablating each listed (or top) neuron of a site, batched over
-    neurons: mean over documents of F(ablated) − F(unmodified)."""
+    neurons: mean over documents of F(ablated) − F(unmodified). With --path: the
+    influential neuron path across the sites of a glob, and its joint influence
+    F(x) − F(x; path ablated) after each layer."""
+    if path:
+        if units is not None or cumulative:
+            raise NeuronscopeError("--path searches every unit (or the --top K per layer); it takes no --units or --cumulative")
+        _ablate_path(model, site, top, importance, how, means_run, target, corpus, docs, steps, batch_size, max_tokens,
+                     max_batch, save, json_out)
+        return
     import numpy as np
 
     from neuronscope.analyses.attribute import (
@@ -232,6 +242,8 @@ def ablate(
             if not Path(given).exists():
                 raise NeuronscopeError(f"{option} {given} does not exist; give a run directory")
             open_run(given)
+    if save is not None:
+        writable_run(save, "--save")
     m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
     tgt = _target(target, m, tok)
     name = _one_site(m, site).name
@@ -251,6 +263,11 @@ def ablate(
         eff = ablation_effects(m, name, chosen, tgt, source, how=how, run=means_run, cumulative=cumulative,
                                max_batch=max_batch, progress=prog)
     doc = {"model": model, "target": tgt.describe(), "ranked_by": ranked_by, **eff.to_dict()}
+    if save is not None:
+        from neuronscope.analyses.attribute import save_ablation
+
+        doc["saved"] = {"run": str(save), "extras": save_ablation(
+            save, eff, attrs={"model": model, "target": str(tgt.describe().get("target")), "ranked_by": ranked_by})}
     if json_out:
         emit_json(doc)
         return
@@ -264,34 +281,133 @@ def ablate(
         t.add_row(label, f"{e:+.4g}", f"{a:.4g}")
     t.caption = f"unmodified mean target = {eff.clean:.4g}; effect = mean F(ablated) − F(unmodified)"
     console.print(t)
+    if save is not None:
+        console.print(f"saved into {save} (extras/{doc['saved']['extras']})")
+
+
+def _ablate_path(model: str, site: str, top: int, importance: Path | None, how: str, means_run: Path | None,
+                 target: str | None, corpus: str, docs: int, steps: int, batch_size: int, max_tokens: int,
+                 max_batch: int, save: Path | None, json_out: bool) -> None:
+    """``ablate --path``: :func:`neuronscope.analyses.attribute.influential_path` over the data."""
+    import numpy as np
+
+    from neuronscope.analyses.attribute import (
+        conductance_over,
+        influential_path,
+        load_importance,
+        save_path,
+    )
+    from neuronscope.sources.torch_sites import sites as resolve_sites
+    from neuronscope.store import open_run
+
+    if how == "mean" and means_run is None:
+        raise NeuronscopeError("--how mean needs --means-run RUN (a recorded run whose summaries hold the means)")
+    for option, given in (("--importance", importance), ("--means-run", means_run)):
+        if given is not None:
+            if not Path(given).exists():
+                raise NeuronscopeError(f"{option} {given} does not exist; give a run directory")
+            open_run(given)
+    if save is not None:
+        writable_run(save, "--save")
+    m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
+    tgt = _target(target, m, tok)
+    names = [s.name for s in resolve_sites(m, site)]
+    if len(names) < 2:
+        raise NeuronscopeError(f"--path needs a --site glob matching two or more layers; {site!r} matches {len(names)}")
+    candidates = None
+    ranked_by = "all units"
+    if top > 0:
+        if importance is not None:
+            imp = {n: load_importance(importance, n) for n in names}
+            ranked_by = f"top {top} per layer by mean |conductance| from {importance}"
+        else:
+            with _progress("conductance", len(source), not json_out) as prog:
+                summ = conductance_over(m, source, names, tgt, steps=steps, progress=prog)
+            imp = {n: summ[n].result()["mean_abs"] for n in names}
+            ranked_by = f"top {top} per layer by mean |conductance| ({steps} steps)"
+        candidates = {n: [int(u) for u in np.argsort(-imp[n], kind="stable")[:top]] for n in names}
+    with _progress("path", len(names), not json_out) as prog:
+        found = influential_path(m, names, tgt, source, how=how, run=means_run, candidates=candidates,
+                                 max_batch=max_batch, progress=prog)
+    doc = {"model": model, "target": tgt.describe(), "how": how, "candidates": ranked_by, "documents": len(source),
+           **found.to_dict()}
+    if save is not None:
+        doc["saved"] = {"run": str(save), "extras": save_path(
+            save, found, attrs={"model": model, "target": str(tgt.describe().get("target")), "how": how,
+                                "candidates": ranked_by})}
+    if json_out:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"influential neuron path of {model} for {tgt.name} ({len(source)} documents; {ranked_by})")
+    for col in ("layer", "site", "unit", "joint influence"):
+        t.add_column(col, justify="right")
+    for i, (s, u, v) in enumerate(zip(found.sites, found.units, found.influence, strict=True)):
+        t.add_row(str(i), s, str(u), f"{v:+.4g}")
+    t.caption = "joint influence = mean F(x) − F(x; path up to this layer ablated)"
+    console.print(t)
+    if save is not None:
+        console.print(f"saved into {save} (extras/{doc['saved']['extras']})")
 
 
 def steer(
-    model: str = typer.Argument(..., help=_MODEL_HELP),
-    site: str = typer.Option(..., "--site", help="The one module to steer (e.g. encoder.layer.3.intermediate)."),
-    positive: str = typer.Option(..., "--positive", help="Positive examples: a value of --label, or a .txt/.jsonl file."),
-    negative: str = typer.Option(..., "--negative", help="Negative examples: a value of --label, or a .txt/.jsonl file."),
-    label: str = typer.Option(None, "--label", help="Label field of --corpus whose values --positive/--negative name (e.g. lang).", show_default=False),
-    coefficients: str = typer.Option("-8,-4,-2,0,2,4,8", help="Comma-separated steering coefficients c of y + c·v."),
-    positions: str = typer.Option("all", help="Token positions averaged for the vector and steered: all, or last (each document's last real token)."),
-    target: str = typer.Option(None, "--target", help=_TARGET_HELP, show_default=False),
-    corpus: str = typer.Option("default", help=_CORPUS_HELP + " The vector comes from the whole corpus (with --label); the sweep runs on the first --docs documents."),
-    docs: int = typer.Option(32, min=1, help="Measure the target on the first N documents."),
-    batch_size: int = typer.Option(8, min=1, help="Documents per batch."),
+    model: str = typer.Argument(..., help=_MODEL_HELP + " Language steering (--deactivate/--activate) takes a causal LM whose forward pass returns next-token logits and numbers positions from the attention mask: the tiny LM, 'tinylm:SEED'."),
+    site: str = typer.Option(None, "--site", help="CAA: the one module to steer (e.g. encoder.layer.3.intermediate).", show_default=False),
+    positive: str = typer.Option(None, "--positive", help="CAA: positive examples, a value of --label or a .txt/.jsonl file.", show_default=False),
+    negative: str = typer.Option(None, "--negative", help="CAA: negative examples, a value of --label or a .txt/.jsonl file.", show_default=False),
+    label: str = typer.Option(None, "--label", help="CAA: label field of --corpus whose values --positive/--negative name (e.g. lang). Language steering: the language field of --lape-run (default lang).", show_default=False),
+    coefficients: str = typer.Option("-8,-4,-2,0,2,4,8", help="CAA: comma-separated steering coefficients c of y + c·v."),
+    positions: str = typer.Option("all", help="CAA: token positions averaged for the vector and steered: all, or last (each document's last real token)."),
+    target: str = typer.Option(None, "--target", help="CAA: " + _TARGET_HELP, show_default=False),
+    corpus: str = typer.Option("default", help="CAA: " + _CORPUS_HELP + " The vector comes from the whole corpus (with --label); the sweep runs on the first --docs documents."),
+    docs: int = typer.Option(32, min=1, help="CAA: measure the target on the first N documents."),
+    batch_size: int = typer.Option(8, min=1, help="Documents per batch (language steering: held-out texts or prompts per batch)."),
     max_tokens: int = typer.Option(64, min=1, help="Truncate each document to this many tokens."),
-    plot: Path = typer.Option(None, "--plot", help="Write the steering curve here (.png, .pdf or .svg).", show_default=False),
+    plot: Path = typer.Option(None, "--plot", help="CAA: write the steering curve here (.png, .pdf or .svg).", show_default=False),
+    deactivate: str = typer.Option(None, "--deactivate", help="Language steering (Tang et al. 2024): set the LAPE neurons of each listed language (comma-separated, or 'all' = every language with neurons) to 0, one language at a time, and measure every language's held-out loss and the language of generations.", show_default=False),
+    activate: str = typer.Option(None, "--activate", help="Language steering: clamp each listed language's LAPE neurons to their mean activation on that language (from --lape-run's per-label moments) instead.", show_default=False),
+    lape_run: Path = typer.Option(None, "--lape-run", help="Language steering: a run of the model recorded over a corpus with a language label (per-label firing and moments; `neuronscope record --corpus default`); its LAPE neurons are steered.", show_default=False),
+    top_rate: float = typer.Option(0.01, "--top-rate", help="Language steering: LAPE's selected fraction of all neurons (Tang et al.: 0.01).", callback=open_interval(0.0, 1.0)),
+    heldout: str = typer.Option("tinylm", "--heldout", help="Language steering: held-out texts with the language label, 'tinylm' (the tiny LM's held-out split) or a .jsonl file; prompts are their first --prompt-chars characters."),
+    prompts: int = typer.Option(8, min=0, help="Language steering: prompts per language to continue (0: held-out losses only)."),
+    prompt_chars: int = typer.Option(12, min=1, help="Language steering: characters of a held-out text used as a prompt."),
+    new_tokens: int = typer.Option(32, min=1, help="Language steering: tokens generated (greedily) per prompt."),
+    save: Path = typer.Option(None, "--save", help="Store the result in this run for the atlas: a CAA steering curve as extras/steer-<site> (a curve page), language steering as extras/langsteer-<mode> (heatmaps of loss change and generated-language probability).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Contrastive activation addition (Rimsky et al. 2023): the steering vector is the mean
     of the site's activations on positive minus negative examples; add c·v for each
-    coefficient and measure the target."""
+    coefficient and measure the target.
+
+    Language steering (Tang et al. 2024, "Language-Specific Neurons"): with --deactivate or
+    --activate LANGS and --lape-run RUN, the LAPE neurons of each language are set to 0 (or
+    to their mean on that language); reported per steered language and per language: the
+    change of held-out loss and the language-identifier probability / share of greedy
+    generations (a naive Bayes character 1–3-gram identifier trained on the bundled corpus)."""
     from neuronscope.analyses.steer import (
         plot_sweep,
+        save_steering_curve,
         steering_sweep,
         steering_vector,
         steering_vector_from_labels,
     )
 
+    if deactivate is not None or activate is not None:
+        caa = [o for o, v in (("--site", site), ("--positive", positive), ("--negative", negative),
+                              ("--target", target), ("--plot", plot)) if v is not None]
+        if caa:
+            raise NeuronscopeError(f"{', '.join(caa)} belong to CAA steering; language steering (--deactivate/--activate) does not take them")
+        _steer_languages(model, deactivate, activate, lape_run, label or "lang", top_rate, heldout, prompts,
+                         prompt_chars, new_tokens, batch_size, max_tokens, save, json_out)
+        return
+    missing = [o for o, v in (("--site", site), ("--positive", positive), ("--negative", negative)) if v is None]
+    if missing:
+        raise NeuronscopeError(f"CAA steering needs {', '.join(missing)} (or language steering: --deactivate/--activate LANGS --lape-run RUN)")
+    if lape_run is not None:
+        raise NeuronscopeError("--lape-run goes with --deactivate or --activate (language steering)")
+    if save is not None:
+        writable_run(save, "--save")
     if positions not in ("all", "last"):
         raise NeuronscopeError(f"--positions must be all or last, not {positions!r}")
     coefs = _floats(coefficients, "--coefficients")
@@ -332,6 +448,11 @@ def steer(
     doc = {"model": model, "vector": {k: v for k, v in sv.to_dict().items() if k != "vector"}, **curve.to_dict()}
     if plot is not None:
         doc["plot"] = str(plot)
+    if save is not None:
+        saved = save_steering_curve(save, curve, title=f"steering {curve.site} along {positive} − {negative}",
+                                    attrs={"model": model, "positive": positive, "negative": negative,
+                                           "vector_norm": sv.norm})
+        doc["saved"] = {"run": str(save), "extras": saved}
     if json_out:
         emit_json(doc)
         return
@@ -347,3 +468,86 @@ def steer(
     console.print(t)
     if plot is not None:
         console.print(f"wrote {plot}")
+    if save is not None:
+        console.print(f"saved the steering curve into {save} (extras/{doc['saved']['extras']})")
+
+
+def _steer_languages(model_name: str, deactivate: str | None, activate: str | None, lape_run: Path | None,
+                     label: str, top_rate: float, heldout: str, prompts: int, prompt_chars: int, new_tokens: int,
+                     batch_size: int, max_tokens: int, save: Path | None, json_out: bool) -> None:
+    """``steer --deactivate/--activate``: :func:`neuronscope.analyses.langsteer.language_steering`."""
+    from neuronscope.analyses.langsteer import language_steering, save_language_steering
+    from neuronscope.analyses.locate import lape
+    from neuronscope.specs import load_model
+    from neuronscope.store import open_run
+
+    if deactivate is not None and activate is not None:
+        raise NeuronscopeError("give --deactivate or --activate, not both")
+    mode, langs = ("deactivate", deactivate) if deactivate is not None else ("activate", activate)
+    wanted = [v for v in str(langs).replace(" ", "").split(",") if v]
+    if not wanted:
+        raise NeuronscopeError(f"--{mode} is empty; list languages (e.g. ko,tr) or 'all'")
+    if lape_run is None:
+        raise NeuronscopeError(f"--{mode} needs --lape-run RUN (a run recorded over a corpus with a {label!r} label)")
+    if not Path(lape_run).exists():
+        raise NeuronscopeError(f"--lape-run {lape_run} does not exist; give a run directory")
+    if save is not None:
+        writable_run(save, "--save")
+    if heldout == "tinylm":
+        from neuronscope.testing.tinylm import tinylm_corpus
+
+        texts = tinylm_corpus("heldout")
+    else:
+        from neuronscope.sources.text import load_corpus
+
+        if not Path(heldout).is_file():
+            raise NeuronscopeError(f"--heldout {heldout} is not a file; give 'tinylm' or a .jsonl corpus with a {label!r} label")
+        texts = load_corpus(heldout)
+    if label not in texts.labels:
+        raise NeuronscopeError(f"--heldout has no {label!r} label; give a .jsonl corpus with a {label!r} field")
+    run = open_run(lape_run)
+    res = lape(run, label, top_rate=top_rate)  # a run without the label fails here, before the model loads
+    if wanted == ["all"]:
+        steered = None
+    else:
+        unknown = [v for v in wanted if v not in res.labels]
+        if unknown:
+            raise NeuronscopeError(f"--{mode}: no language {', '.join(unknown)} in the run's {label!r} label; values: {', '.join(res.labels)}")
+        steered = wanted
+    m, tok = load_model(model_name)
+    if tok is None:
+        raise NeuronscopeError("language steering needs a causal language model with a tokenizer (e.g. tinylm:0)")
+    n_steer = len(steered) if steered is not None else sum(
+        1 for v in res.labels if sum(len(u) for u in res.units_for(v).values()))
+    with _progress(f"language steering ({mode})", 1 + n_steer, not json_out) as prog:
+        out = language_steering(m, tok, res, steered, mode=mode, run=run, heldout=texts, n_prompts=prompts,
+                                prompt_chars=prompt_chars, max_new_tokens=new_tokens, max_tokens=max_tokens,
+                                batch_size=batch_size, progress=prog)
+    doc = {"model": model_name, "lape": {"run": str(lape_run), "top_rate": top_rate, "selected": res.info["selected"]},
+           **out.to_dict()}
+    if save is not None:
+        doc["saved"] = {"run": str(save), "extras": save_language_steering(save, out, attrs={"model": model_name})}
+    if json_out:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"language steering of {model_name}: {mode} each language's LAPE neurons "
+                    f"(top {top_rate:g} of neurons; {res.info['selected']} selected)")
+    for col in ("language", "neurons", "Δ loss (own)", "max Δ loss (other)", "own rank",
+                "P(own) clean", "P(own) steered", "share clean", "share steered"):
+        t.add_column(col, justify="right")
+
+    def f(x: Any, spec: str = ".3f") -> str:
+        return "–" if x is None or x != x else format(x, spec)
+
+    for row in out.summary().to_dict("records"):
+        t.add_row(row["steered"], str(row["neurons"]), f(row["loss_change"], "+.4f"),
+                  f"{f(row['other_max_loss_change'], '+.4f')} ({row['other_max_language']})", str(row["loss_rank"]),
+                  f(row["prob_clean"]), f(row["prob"]), f(row["share_clean"]), f(row["share"]))
+    t.caption = (f"loss: nats per token on each language's held-out texts ({out.info['heldout_texts']} texts); "
+                 f"P(own): mean identifier probability of the language for greedy continuations of its "
+                 f"{prompts} prompts; share: fraction of all {out.info['prompts']} continuations identified as it")
+    console.print(t)
+    if save is not None:
+        console.print(f"saved into {save} (extras/{doc['saved']['extras']})")

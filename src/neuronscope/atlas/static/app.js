@@ -378,7 +378,7 @@
       append(main, ul);
     }
     if (idx.extras.length) {
-      append(main, el("h2", { text: "Comparisons and matchings" }));
+      append(main, el("h2", { text: "Comparisons, matchings and causal results" }));
       const ul = el("ul", { id: "extras" });
       idx.extras.forEach((x) => ul.appendChild(el("li", null,
         el("a", { href: "#/compare/" + enc(x.name), text: x.title || x.name }))));
@@ -388,7 +388,7 @@
 
   /* Columns of the site table (a subset) and of a neuron's statistics (all known ones). */
   const TABLE_COLS = ["unit", "freq", "mean", "std", "max", "dead", "dormant_score", "dormant",
-    "positional_score", "token_score", "top_token", "hot_rank"];
+    "positional_score", "token_score", "top_token", "hot_rank", "importance"];
 
   /* Token columns mean nothing for images, items or stimuli: shown for text runs only. */
   const TOKEN_COLS = ["token_score", "top_token"];
@@ -399,7 +399,7 @@
       unit: "unit", freq: "freq", mean: "mean", std: "std", mean_abs: "mean |a|", min: "min",
       max: "max", dead: "dead", dormant_score: "dormant score", dormant: "dormant",
       positional_score: "positional score", positional: "positional", token_score: "token score",
-      top_token: "top token", hot_rank: "hot rank", module: "module",
+      top_token: "top token", hot_rank: "hot rank", module: "module", importance: "importance",
     };
     return site.columns.filter((c) => has(labels, c) && (!tableOnly || TABLE_COLS.includes(c)) &&
       (text || !TOKEN_COLS.includes(c)))
@@ -647,11 +647,88 @@
     append(main, list);
   }
 
+  /* A line plot of y against x (an extras curve: a steering curve, a path's influence by layer),
+     with an optional ± err band and a dashed horizontal baseline; every label is a text node. */
+  function linePlot(c) {
+    const W = 560, H = 300, box = [64, 14, W - 16, H - 44];
+    const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, class: "plot line-plot", role: "img" });
+    svg.appendChild(sv("title", {}, c.title));
+    const pts = [];
+    c.x.forEach((x, i) => { if (x !== null && c.y[i] !== null) pts.push([x, c.y[i], c.err ? c.err[i] : null]); });
+    if (!pts.length) return svg;
+    let ylo = Infinity, yhi = -Infinity;
+    for (const [, y, e] of pts) {
+      const d = e === null ? 0 : e;
+      ylo = Math.min(ylo, y - d); yhi = Math.max(yhi, y + d);
+    }
+    if (c.baseline !== null && c.baseline !== undefined) { ylo = Math.min(ylo, c.baseline); yhi = Math.max(yhi, c.baseline); }
+    if (yhi - ylo < 1e-12) { ylo -= 0.5; yhi += 0.5; }
+    const pad = 0.05 * (yhi - ylo);
+    ylo -= pad; yhi += pad;
+    const xlo = Math.min(...pts.map((p) => p[0])), xhi = Math.max(...pts.map((p) => p[0]));
+    const xPos = (v) => box[0] + (xhi > xlo ? (v - xlo) / (xhi - xlo) : 0.5) * (box[2] - box[0]);
+    const yPos = (v) => box[3] - (v - ylo) / (yhi - ylo) * (box[3] - box[1]);
+    const integral = pts.every((p) => Number.isInteger(p[0])) && xhi - xlo <= 24;
+    const xTicks = integral ? pts.map((p) => p[0]) : (xhi > xlo ? linTicks(xlo, xhi, 6) : [xlo]);
+    axes(svg, box, xTicks, linTicks(ylo, yhi, 5), xPos, yPos, c.xlabel, c.ylabel);
+    if (c.err) {
+      const up = pts.map((p) => xPos(p[0]).toFixed(1) + "," + yPos(p[1] + (p[2] || 0)).toFixed(1));
+      const down = pts.slice().reverse().map((p) => xPos(p[0]).toFixed(1) + "," + yPos(p[1] - (p[2] || 0)).toFixed(1));
+      svg.appendChild(sv("polygon", { points: up.concat(down).join(" "), fill: PALETTE[0], "fill-opacity": 0.18,
+        stroke: "none", class: "band" }));
+    }
+    if (c.baseline !== null && c.baseline !== undefined) {
+      const b = sv("line", { x1: box[0], x2: box[2], y1: yPos(c.baseline), y2: yPos(c.baseline), stroke: "#888",
+        "stroke-dasharray": "4 3", class: "baseline" });
+      b.appendChild(sv("title", {}, c.baseline_label + " = " + fmt(c.baseline, 4)));
+      svg.appendChild(b);
+    }
+    svg.appendChild(sv("polyline", { points: pts.map((p) => xPos(p[0]).toFixed(1) + "," + yPos(p[1]).toFixed(1)).join(" "),
+      fill: "none", stroke: PALETTE[0], "stroke-width": 2, class: "curve" }));
+    for (const [x, y, e] of pts) {
+      const dot = sv("circle", { cx: xPos(x).toFixed(1), cy: yPos(y).toFixed(1), r: 3, fill: PALETTE[0], class: "point",
+        "data-x": x, "data-y": y });
+      dot.appendChild(sv("title", {}, c.xlabel + " = " + fmt(x, 4) + ": " + c.ylabel + " = " + fmt(y, 4) +
+        (e === null ? "" : " ± " + fmt(e, 3))));
+      svg.appendChild(dot);
+    }
+    return svg;
+  }
+
+  /* A plain table of an extras result (e.g. a path's neurons per layer); cells are text nodes.
+     With tbl.link = {site, unit} (column names), a unit of a site of this atlas links to its page. */
+  function resultTable(tbl, idx) {
+    const t = el("table", { cls: "grid result-table" });
+    t.appendChild(el("thead", null, el("tr", null, tbl.columns.map((h) => el("th", { text: h })))));
+    const tb = el("tbody");
+    const known = new Set((idx.sites || []).map((s) => s.name));
+    const sc = tbl.link ? tbl.columns.indexOf(tbl.link.site) : -1, uc = tbl.link ? tbl.columns.indexOf(tbl.link.unit) : -1;
+    for (const row of tbl.rows) {
+      tb.appendChild(el("tr", null, row.map((v, j) => {
+        const text = typeof v === "number" ? fmt(v, 4) : (v === null ? "–" : String(v));
+        const linked = j === uc && sc >= 0 && Number.isInteger(v) && known.has(String(row[sc]));
+        return el("td", { cls: typeof v === "number" ? "num" : null },
+          linked ? el("a", { href: neuronHref(String(row[sc]), v), cls: "unit-link", text: text }) : text);
+      })));
+    }
+    t.appendChild(tb);
+    return t;
+  }
+
   function pageExtra(main, idx, info, x) {
     document.title = "neuronscope atlas · " + (info.title || info.name);
     append(main, crumbs([{ text: "atlas", href: "#/" }, { text: info.title || info.name }]));
     append(main, el("h1", { text: info.title || info.name }));
     if (x.notes && Object.keys(x.notes).length) append(main, kvTable(x.notes));
+    for (const tbl of x.tables || []) {
+      append(main, el("h2", { text: tbl.title }));
+      append(main, resultTable(tbl, idx));
+    }
+    for (const c of x.curves || []) {
+      append(main, el("h2", { text: c.title }));
+      if (c.note) append(main, el("p", { cls: "note", text: c.note }));
+      append(main, el("div", { cls: "plotbox" }, linePlot(c)));
+    }
     for (const hm of x.heatmaps) {
       append(main, el("h2", { text: hm.title }));
       if (hm.note) append(main, el("p", { cls: "note", text: hm.note }));
