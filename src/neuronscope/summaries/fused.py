@@ -2,7 +2,8 @@
 
 :meth:`SiteSummaries.update <neuronscope.summaries.site.SiteSummaries.update>` calls
 :func:`fused_update`. Per value ``a = acts[i, u]`` the kernel (``numba``, ``cache=True``,
-parallel over blocks of neurons) accumulates, in one read of the batch:
+``nogil``; blocks of 64 neurons, split over :func:`threads` threads) accumulates, in one
+read of the batch:
 
 * moments: ``Σa``, ``Σa²``, ``Σ|a|`` (float64), ``min``, ``max`` (float32);
 * firing: ``#{a > 0}``, ``#{|a| > t_j}`` per neuron and ``#{u: a_u > 0}`` per row;
@@ -22,7 +23,9 @@ any part changes; ±Inf are values like any other (as in the numpy parts).
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,28 +38,37 @@ if TYPE_CHECKING:
 
 #: neurons per parallel task: 64 float32 = four cache lines of a row per task.
 BLOCK = 64
-#: numba's workqueue threading layer must not be entered from two threads at once.
-_LOCK = threading.Lock()
+#: below this many values per thread a batch runs on one thread (thread hand-off ~20 µs).
+_MIN_VALUES_PER_THREAD = 1 << 16
 _KERNEL = None
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of at least ``n`` threads for the kernel's block ranges."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="neuronscope-summaries")
+        return _POOL
 
 
 def _build():
     """Compile (or load from numba's on-disk cache) the kernel."""
     import numba
-    from numba import prange
 
-    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=False, boundscheck=False)
+    @numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
     def kernel(acts, thr_abs, h_scale, h_shift, h_top, h_rows,
                k_thr, k_kth_s, sample, cap,
                fkeys, skeys, n_sq,
                s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist, row_pos,
-               ftab, stab, sqtab, cand_n, cand_rows, block):
+               ftab, stab, sqtab, cand_n, cand_rows, block, b_first, b_stop):
         n, units = acts.shape
         n_t = thr_abs.shape[0]
         n_f = fkeys.shape[1]
         n_s = skeys.shape[1]
-        n_blocks = (units + block - 1) // block
-        for bi in prange(n_blocks):
+        for bi in range(b_first, b_stop):
             j0 = bi * block
             w = min(block, units - j0)
             # per-block accumulators, one 2-D array per dtype: the row loops below vectorize
@@ -152,6 +164,16 @@ def kernel():
     if _KERNEL is None:
         _KERNEL = _build()
     return _KERNEL
+
+
+def threads() -> int:
+    """Threads the kernel runs on: the machine's cores (``os.cpu_count()``, or
+    ``NEURONSCOPE_SUMMARY_THREADS``), capped by ``OMP_NUM_THREADS`` when set — Dask's
+    single-threaded workers set it to 1, so two workers on two cores do not oversubscribe
+    them."""
+    n = int(os.environ.get("NEURONSCOPE_SUMMARY_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(n, int(omp))) if omp.isdigit() else n
 
 
 def _group_keys(codes: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,14 +290,21 @@ def fused_update(site: SiteSummaries, b: Batch) -> None:
     def keys2d(cols: list[np.ndarray]) -> np.ndarray:
         return np.ascontiguousarray(np.stack(cols, axis=1)) if cols else np.zeros((n, 0), dtype=np.int32)
 
-    with _LOCK:
-        kernel()(
-            b.acts, thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
-            k_thr, k_kth_s, np.ascontiguousarray(sample), cap,
-            keys2d(fkeys), keys2d(skeys), n_sq,
-            s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out, row_pos,
-            ftab, stab, sqtab, cand_n, cand_rows, BLOCK,
-        )
+    args = (
+        b.acts, thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
+        k_thr, k_kth_s, np.ascontiguousarray(sample), cap,
+        keys2d(fkeys), keys2d(skeys), n_sq,
+        s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out, row_pos,
+        ftab, stab, sqtab, cand_n, cand_rows, BLOCK,
+    )
+    run = kernel()
+    n_threads = min(threads(), n_blocks, max(1, n * units // _MIN_VALUES_PER_THREAD))
+    if n_threads <= 1:
+        run(*args, 0, n_blocks)
+    else:
+        # the kernel releases the GIL (nogil): each thread takes a contiguous range of blocks
+        cuts = np.linspace(0, n_blocks, n_threads + 1).round().astype(int).tolist()
+        list(_pool(n_threads).map(lambda lo_hi: run(*args, *lo_hi), zip(cuts[:-1], cuts[1:], strict=True)))
     # Σ|a| is NaN only if some a is NaN (±Inf give +Inf)
     if np.isnan(sabs).any():
         raise NeuronscopeError(
