@@ -87,6 +87,12 @@ def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, 
         acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
     rows = run.rows(start, stop)
     samples = {"sample": rows, **{k: v[rows] for k, v in run.samples.items() if k != "sample"}}
+    for field, cats in cfg.get("label_fields", {}).items():
+        v = samples.get(field)
+        if v is not None and v.dtype.kind in "OUS":  # Run.samples decodes labels: back to codes
+            names, inv = np.unique(v.astype(str), return_inverse=True)
+            code = {c: i for i, c in enumerate(cats)}
+            samples[field] = np.array([code.get(x, -1) for x in names.tolist()], dtype=np.int64)[inv.reshape(-1)]
     ss = SiteSummaries.create(acts.shape[1], SummaryConfig.from_dict(cfg), calibration)
     ss.update(acts, samples)
     return ss.state()
