@@ -133,8 +133,6 @@ def part_times(batches, cfg: SummaryConfig) -> dict[str, float]:
 
 
 def in_memory(repeats: int) -> str:
-    import numba
-
     from neuronscope.summaries.fused import threads
 
     compiled, loaded = compile_times()
@@ -166,8 +164,8 @@ def in_memory(repeats: int) -> str:
     prow += [f"| {k} | {v / values * 1e9:.2f} |" for k, v in parts.items()]
     return (
         f"(A) {TOKENS} tokens x {UNITS} float32 units, batches of {BATCH}, best of {repeats}, "
-        f"process CPU time (all threads) and wall time; fused kernel on {threads()} numba threads "
-        f"({numba.threading_layer()} layer); load average {load0:.1f} before, {load1:.1f} after "
+        f"process CPU time (all threads) and wall time; fused kernel on {threads()} threads; "
+        f"load average {load0:.1f} before, {load1:.1f} after "
         "(2 cores, shared):\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prow)
         + f"\n\nnumba kernel: first update in a fresh process {compiled:.1f} s with an empty cache "
         f"(compile, once per machine: `cache=True`), {loaded:.1f} s with the cache (load).\n\n"
