@@ -77,6 +77,7 @@ def _build():
             mm[0] = np.inf
             mm[1] = -np.inf
             cnt = np.zeros((1 + n_t, w), dtype=np.int32)
+            hb_buf = np.empty(w, dtype=np.int32)
             kt = k_thr[j0 : j0 + w]
             for i in range(n):
                 row = acts[i, j0 : j0 + w]
@@ -106,14 +107,15 @@ def _build():
                     for c in range(w):
                         cnt[1 + t, c] += np.int32(abs(row[c]) > th)
                 if h_rows[i]:
+                    hb = hb_buf
                     for c in range(w):
                         x = row[c] * h_scale
                         x = x + h_shift
-                        if x < 0:
-                            x = np.float32(0)
-                        elif x > h_top:
-                            x = h_top
-                        hist[j0 + c, int(x)] += 1
+                        # clip to [0, n_bins + 1]; NaN -> 0 (the batch is rejected later)
+                        x = x if x > 0 else np.float32(0)
+                        hb[c] = np.int32(x if x < h_top else h_top)
+                    for c in range(w):
+                        hist[j0 + c, hb[c]] += 1
                 for f in range(n_f):
                     g = fkeys[i, f]
                     if g >= 0:
