@@ -263,3 +263,20 @@ def test_int32_counts_widen_instead_of_wrapping():
     t = TopK(2, k=2, window=0)
     t.update(a, {"sample": np.arange(10) + INT32_MAX})
     assert t.sample.dtype == np.int64 and t.result()["sample"][0].tolist() == [INT32_MAX, INT32_MAX + 1]
+
+
+@pytest.mark.parametrize("n_threads", ["1", "3"])
+def test_block_ranges_on_threads_equal_reference(monkeypatch, n_threads):
+    """Blocks of neurons split over threads (forced on a small batch) give the same result."""
+    from neuronscope.summaries import fused
+
+    monkeypatch.setenv("NEURONSCOPE_SUMMARY_THREADS", n_threads)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(fused, "_MIN_VALUES_PER_THREAD", 1)
+    assert fused.threads() == int(n_threads)
+    rng = np.random.default_rng(13)
+    units = 64 * 4 + 7  # five blocks, the last one partial
+    batches = _stream(rng, units, [50, 70, 9])
+    cfg = _cfg(k=3, window=1)
+    _assert_same(_run(batches, cfg, units).result(), _run(batches, cfg, units, fused=False).result(),
+                 exact_floats=True)
