@@ -36,7 +36,7 @@ from neuronscope.summaries.kernels import Batch
 if TYPE_CHECKING:
     from neuronscope.summaries.site import SiteSummaries
 
-#: neurons per parallel task: 64 float32 = four cache lines of a row per task.
+#: neurons per block (a row's 64 float32 are four cache lines); threads take block ranges.
 BLOCK = 64
 #: below this many values per thread a batch runs on one thread (thread hand-off ~20 µs).
 _MIN_VALUES_PER_THREAD = 1 << 16
@@ -197,6 +197,7 @@ def fused_update(site: SiteSummaries, b: Batch) -> None:
     from neuronscope.summaries.groups import GroupFiring, GroupMoments
     from neuronscope.summaries.histogram import Histogram
     from neuronscope.summaries.moments import Moments
+    from neuronscope.summaries.site import _NEEDS
     from neuronscope.summaries.tokens import TokenMeans
     from neuronscope.summaries.topk import TopK
 
@@ -212,7 +213,7 @@ def fused_update(site: SiteSummaries, b: Batch) -> None:
     other = []
     n_f = n_s = 0
     for name, part in site.parts.items():
-        needs = {"position": "pos", "tokens": "token_id"}.get(name)
+        needs = _NEEDS.get(name)
         if needs is not None and needs not in b.samples:
             continue
         if type(part) is Moments and moments is None:
