@@ -112,7 +112,8 @@ def summarize_run(
     cluster, tree-merged: ``{site: SiteSummaries}``.
 
     Chunks never split a document (top-k context needs whole documents). ``chunk_rows``
-    defaults to an even share of the rows per worker, at most 32,768 rows (~200 MB of
+    defaults to an even share of the rows per ``ceil(workers / sites)`` chunks of each site
+    (the sites' chunks together fill the workers), at most 32,768 rows (~200 MB of
     float32 for 1,536 units): every task ships a full summary state (~7 MB per MiniLM
     site with float16 storage, whose top-k context is then kept in float16) to the merge
     tree, so fewer, larger tasks scale better. Histogram bins come from the same
@@ -138,7 +139,10 @@ def summarize_run(
     calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
     def go(c: Any) -> dict[str, SiteSummaries]:
         n_workers = max(len(c.scheduler_info().get("workers", {})), 1)
-        rows_per = chunk_rows or min(32768, -(-len(ids) // n_workers))
+        # enough tasks to fill the workers, counting every site's chunks: each task has a
+        # fixed cost (open the run, read its sample coordinates, ship a state) and merges
+        per_site = -(-n_workers // max(len(names), 1))
+        rows_per = chunk_rows or min(32768, -(-len(ids) // per_site))
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait
