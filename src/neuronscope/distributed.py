@@ -76,7 +76,9 @@ def _doc_aligned_chunks(doc: np.ndarray, target: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calibration: np.ndarray) -> State:
+def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calib_rows: int) -> State:
+    """The summary state of rows ``[start, stop)`` of ``site``; histogram bins from the
+    site's first ``calib_rows`` rows (read here, in parallel with the other tasks)."""
     from neuronscope.recording import finite_or_zero
     from neuronscope.store import open_run
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
@@ -85,6 +87,10 @@ def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, 
     z = run.activations(site)
     with run._reading(f"sites/{site}/activations"):
         acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
+        if start == 0 and stop >= calib_rows:
+            calibration = acts[:calib_rows]
+        else:
+            calibration, _ = finite_or_zero(np.asarray(z[:calib_rows], dtype=np.float32))
     rows = run.rows(start, stop)
     samples = {"sample": rows, **{k: v[rows] for k, v in run.samples.items() if k != "sample"}}
     for field, cats in cfg.get("label_fields", {}).items():
@@ -120,7 +126,6 @@ def summarize_run(
     calibration rows as ``record`` (the first batch of the source), so with float32
     storage the result equals the summaries computed while recording.
     """
-    from neuronscope.recording import finite_or_zero
     from neuronscope.store import Run, open_run
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
@@ -146,10 +151,8 @@ def summarize_run(
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait
-            with run._reading(f"sites/{s}/activations"):
-                cal, _ = finite_or_zero(np.asarray(run.activations(s)[: max(calib_rows, 1)], dtype=np.float32))
-            cal_f = c.scatter([cal], broadcast=True)[0]
-            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal_f, pure=False) for a, b in chunks]
+            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, max(calib_rows, 1), pure=False)
+                    for a, b in chunks]
             roots[s] = tree_future(c, futs)
         return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}
 
