@@ -80,7 +80,9 @@ def _doc_aligned_chunks(doc: np.ndarray, target: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calibration: np.ndarray) -> State:
+def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calib_rows: int) -> State:
+    """The summary state of rows ``[start, stop)`` of ``site``; histogram bins from the
+    site's first ``calib_rows`` rows (read here, in parallel with the other tasks)."""
     from neuronscope.recording import finite_or_zero
     from neuronscope.store import open_run
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
@@ -89,6 +91,10 @@ def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, 
     z = run.activations(site)
     with run._reading(f"sites/{site}/activations"):
         acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
+        if start == 0 and stop >= calib_rows:
+            calibration = acts[:calib_rows]
+        else:
+            calibration, _ = finite_or_zero(np.asarray(z[:calib_rows], dtype=np.float32))
     rows = run.rows(start, stop)
     samples = {"sample": rows}  # label coordinates as stored (category codes), not decoded
     for k in run.attrs.get("sample_coords", []):
@@ -113,13 +119,14 @@ def summarize_run(
     cluster, tree-merged: ``{site: SiteSummaries}``.
 
     Chunks never split a document (top-k context needs whole documents). ``chunk_rows``
-    defaults to an even share of the rows per worker, at most 32,768 rows (~200 MB of
-    float32 for 1,536 units): every task ships a full summary state (~11 MB per MiniLM
-    site) to the merge tree, so fewer, larger tasks scale better. Histogram bins
-    come from the same calibration rows as ``record`` (the first batch of the source), so
-    with float32 storage the result equals the summaries computed while recording.
+    defaults to an even share of the rows per ``ceil(workers / sites)`` chunks of each site
+    (the sites' chunks together fill the workers), at most 32,768 rows (~200 MB of
+    float32 for 1,536 units): every task ships a full summary state (~7 MB per MiniLM
+    site with float16 storage, whose top-k context is then kept in float16) to the merge
+    tree, so fewer, larger tasks scale better. Histogram bins come from the same
+    calibration rows as ``record`` (the first batch of the source), so with float32
+    storage the result equals the summaries computed while recording.
     """
-    from neuronscope.recording import finite_or_zero
     from neuronscope.store import Run, open_run
     from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
@@ -129,6 +136,8 @@ def summarize_run(
     names = run._site_names(sites)
     cfg = dict(run.config.get("summary_config") or summary_config or SummaryConfig().to_dict())
     cfg["label_fields"] = run.label_categories
+    if run.config.get("dtype") == "float16":
+        cfg["context_dtype"] = "float16"  # the stored activations are float16: no loss
     rows = run.rows()
     src = run.config.get("source", {})
     key = "doc" if "doc" in run.samples else "item"
@@ -136,14 +145,15 @@ def summarize_run(
     calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
     def go(c: Any) -> dict[str, SiteSummaries]:
         n_workers = max(len(c.scheduler_info().get("workers", {})), 1)
-        rows_per = chunk_rows or min(32768, -(-len(ids) // n_workers))
+        # enough tasks to fill the workers, counting every site's chunks: each task has a
+        # fixed cost (open the run, read its sample coordinates, ship a state) and merges
+        per_site = -(-n_workers // max(len(names), 1))
+        rows_per = chunk_rows or min(32768, -(-len(ids) // per_site))
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait
-            with run._reading(f"sites/{s}/activations"):
-                cal, _ = finite_or_zero(np.asarray(run.activations(s)[: max(calib_rows, 1)], dtype=np.float32))
-            cal_f = c.scatter([cal], broadcast=True)[0]
-            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, cal_f, pure=False) for a, b in chunks]
+            futs = [c.submit(_summarize_rows, str(run.path), s, a, b, cfg, max(calib_rows, 1), pure=False)
+                    for a, b in chunks]
             roots[s] = tree_future(c, futs)
         return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import Samples
-from neuronscope.summaries.kernels import Batch, as_batch, col_count
+from neuronscope.summaries.kernels import Batch, add_counts, as_batch, col_count, compact_counts
 
 
 class Firing:
@@ -28,7 +28,8 @@ class Firing:
       figure) is ``active_frac_sum / tokens``; plus ``frac_hist``, a histogram of
       ``f`` over ``frac_bins`` equal bins of [0, 1] (``f = 1`` in the last bin).
 
-    All counts are integers, so merge is exact in any order.
+    All counts are integers, so merge is exact in any order. Counts are int32 while the
+    number of tokens stays below ``2**31`` and are widened to int64 past it (never wrap).
     """
 
     kind = "firing"
@@ -41,8 +42,8 @@ class Firing:
         self.frac_bins = int(frac_bins)
         if self.frac_bins < 1:
             raise NeuronscopeError("frac_bins must be >= 1")
-        self.pos_count = np.zeros(self.units, dtype=np.int64)
-        self.abs_count = np.zeros((len(self.thresholds), self.units), dtype=np.int64)
+        self.pos_count = np.zeros(self.units, dtype=np.int32)
+        self.abs_count = np.zeros((len(self.thresholds), self.units), dtype=np.int32)
         self.active_frac_sum = 0.0
         self.tokens = 0
         self.frac_hist = np.zeros(self.frac_bins, dtype=np.int64)
@@ -52,14 +53,20 @@ class Firing:
         b = as_batch(acts, samples, self.units)
         if b.n == 0:
             return
-        self.pos_count += col_count(b.pos_mask)
-        if len(self.thresholds):
-            absa = b.abs
-            for j, t in enumerate(self.thresholds.astype(np.float32)):
-                self.abs_count[j] += col_count(absa > t)
-        per_row = b.pos_row_count
+        absa = b.abs
+        abs_count = np.zeros((len(self.thresholds), self.units), dtype=np.int64)
+        for j, t in enumerate(self.thresholds.astype(np.float32)):
+            abs_count[j] = col_count(absa > t)
+        self.fold(b.n, col_count(b.pos_mask), abs_count, b.pos_row_count)
+
+    def fold(self, n: int, pos_count: np.ndarray, abs_count: np.ndarray, per_row: np.ndarray) -> None:
+        """Fold in a batch of ``n`` rows given ``#{a_u > 0}`` and ``#{|a_u| > t_j}`` per neuron
+        and ``#{u: a_u > 0}`` per row (``per_row``, int64 ``(n,)``)."""
+        tokens = self.tokens + n
+        self.pos_count = add_counts(self.pos_count, pos_count, tokens)
+        self.abs_count = add_counts(self.abs_count, abs_count, tokens)
         self.active_frac_sum += float(per_row.sum()) / self.units
-        self.tokens += b.n
+        self.tokens = tokens
         bins = np.minimum(per_row * self.frac_bins // self.units, self.frac_bins - 1)
         self.frac_hist += np.bincount(bins, minlength=self.frac_bins)
 
@@ -69,10 +76,11 @@ class Firing:
             raise NeuronscopeError("cannot merge firing counts with different units or thresholds")
         if other.frac_bins != self.frac_bins:
             raise NeuronscopeError("cannot merge firing counts with different frac_bins")
-        self.pos_count += other.pos_count
-        self.abs_count += other.abs_count
+        tokens = self.tokens + other.tokens
+        self.pos_count = add_counts(self.pos_count, other.pos_count, tokens)
+        self.abs_count = add_counts(self.abs_count, other.abs_count, tokens)
         self.active_frac_sum += other.active_frac_sum
-        self.tokens += other.tokens
+        self.tokens = tokens
         self.frac_hist += other.frac_hist
         return self
 
@@ -81,8 +89,8 @@ class Firing:
         ``active_frac_sum`` (), ``tokens`` (), ``frac_hist`` (frac_bins,), ``frac_edges``."""
         return {
             "thresholds": self.thresholds.copy(),
-            "pos_count": self.pos_count.copy(),
-            "abs_count": self.abs_count.copy(),
+            "pos_count": self.pos_count.astype(np.int64),
+            "abs_count": self.abs_count.astype(np.int64),
             "active_frac_sum": np.float64(self.active_frac_sum),
             "tokens": np.int64(self.tokens),
             "frac_hist": self.frac_hist.copy(),
@@ -90,7 +98,8 @@ class Firing:
         }
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Count arrays plus ``active_frac_sum``/``tokens`` as (1,) arrays; attrs hold config."""
+        """Count arrays (int32 while they fit) plus ``active_frac_sum``/``tokens`` as (1,)
+        arrays; attrs hold config."""
         arrays = {
             "pos_count": self.pos_count,
             "abs_count": self.abs_count,
@@ -110,11 +119,11 @@ class Firing:
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state`."""
         self = cls(int(attrs["units"]), attrs["thresholds"], int(attrs["frac_bins"]))
-        self.pos_count = np.array(arrays["pos_count"], dtype=np.int64)
-        self.abs_count = np.array(arrays["abs_count"], dtype=np.int64).reshape(
-            len(self.thresholds), self.units
-        )
         self.active_frac_sum = float(np.asarray(arrays["active_frac_sum"]).reshape(-1)[0])
         self.tokens = int(np.asarray(arrays["tokens"]).reshape(-1)[0])
+        self.pos_count = compact_counts(arrays["pos_count"], self.tokens)
+        self.abs_count = compact_counts(arrays["abs_count"], self.tokens).reshape(
+            len(self.thresholds), self.units
+        )
         self.frac_hist = np.array(arrays["frac_hist"], dtype=np.int64)
         return self

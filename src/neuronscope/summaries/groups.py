@@ -17,7 +17,14 @@ import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import Samples
-from neuronscope.summaries.kernels import Batch, as_batch, group_sum
+from neuronscope.summaries.kernels import (
+    INT32_MAX,
+    Batch,
+    add_counts,
+    as_batch,
+    compact_counts,
+    group_sum,
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,8 @@ class GroupFiring:
     so ``count[g, u] / n[g]`` is neuron ``u``'s activation probability in group ``g``:
     per language for LAPE (Tang et al., *Language-Specific Neurons*), per position for
     positional neurons (Voita et al., *Neurons in LLMs: Dead, N-gram, Positional*; see
-    ``analyses.characterize.positional_scores``). Integer counts: merge is exact in any order.
+    ``analyses.characterize.positional_scores``). Integer counts: merge is exact in any order;
+    ``count`` is int32 while every group holds fewer than ``2**31`` samples, int64 past that.
     """
 
     kind = "group_firing"
@@ -100,7 +108,7 @@ class GroupFiring:
     def __init__(self, units: int, grouping: Grouping) -> None:
         self.units = int(units)
         self.grouping = grouping
-        self.count = np.zeros((grouping.size, self.units), dtype=np.int64)
+        self.count = np.zeros((grouping.size, self.units), dtype=np.int32)
         self.n = np.zeros(grouping.size, dtype=np.int64)
 
     @classmethod
@@ -120,8 +128,19 @@ class GroupFiring:
         if b.n == 0:
             return
         groups, sums = group_sum(b.pos_mask_f32, g, self.grouping.size)
-        self.count[groups] += sums.astype(np.int64)
-        self.n += np.bincount(g[g >= 0], minlength=self.grouping.size)
+        n_g = np.bincount(g[g >= 0], minlength=self.grouping.size)
+        self.fold(groups, n_g[groups], sums.astype(np.int64))
+
+    def fold(self, groups: np.ndarray, n_g: np.ndarray, counts: np.ndarray) -> None:
+        """Add a batch's ``counts[i, u] = #{samples in group groups[i]: a_u > 0}`` and its
+        ``n_g[i]`` samples per group (``groups`` distinct, ascending)."""
+        if not len(groups):
+            return
+        self.n[groups] += n_g
+        bound = int(self.n.max())
+        if self.count.dtype == np.int32 and bound > INT32_MAX:
+            self.count = self.count.astype(np.int64)
+        self.count[groups] += counts
 
     def merge(self, other: Self) -> Self:
         """Add the counts of a summary of disjoint samples."""
@@ -129,13 +148,13 @@ class GroupFiring:
             raise NeuronscopeError(
                 f"cannot merge group counts of {self.grouping.key!r}: units, groups or categories differ"
             )
-        self.count += other.count
         self.n += other.n
+        self.count = add_counts(self.count, other.count, int(self.n.max(initial=0)))
         return self
 
     def result(self) -> dict[str, np.ndarray]:
         """``count`` (groups, units) int64 and ``n`` (groups,) int64."""
-        return {"count": self.count.copy(), "n": self.n.copy()}
+        return {"count": self.count.astype(np.int64), "n": self.n.copy()}
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays ``count``, ``n`` up to the last group with samples (trailing empty groups are
@@ -149,8 +168,9 @@ class GroupFiring:
         """Rebuild from :meth:`state`."""
         self = cls(int(attrs["units"]), Grouping.from_attrs(attrs))
         n = np.asarray(arrays["n"], dtype=np.int64)
-        self.count[: len(n)] = np.asarray(arrays["count"], dtype=np.int64).reshape(len(n), self.units)
         self.n[: len(n)] = n
+        self.count = compact_counts(self.count, int(n.max(initial=0)))
+        self.count[: len(n)] = np.asarray(arrays["count"]).reshape(len(n), self.units)
         return self
 
 
@@ -225,11 +245,23 @@ class GroupMoments:
         bounds = [*starts.tolist(), len(a)]
         for gi, lo, hi in zip(groups.tolist(), bounds[:-1], bounds[1:], strict=True):
             rows = a[lo:hi]
-            n_b = hi - lo
-            sum_b = rows.sum(axis=0, dtype=np.float64)
-            mean_b = sum_b / n_b
-            m2_b = np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
-            m2_b -= sum_b * mean_b
+            self.fold(
+                np.array([gi]),
+                np.array([hi - lo]),
+                rows.sum(axis=0, dtype=np.float64)[None],
+                np.einsum("ij,ij->j", rows, rows, dtype=np.float64)[None],
+            )
+
+    def fold(self, groups: np.ndarray, n_g: np.ndarray, sums: np.ndarray, sumsq: np.ndarray) -> None:
+        """Fold in a batch given, per group ``groups[i]``, its ``n_g[i]`` samples and per-neuron
+        ``Σa`` / ``Σa²`` (float64 rows of ``sums`` / ``sumsq``): ``m_b = Σa / n_b``,
+        ``M2_b = max(Σa² - Σa m_b, 0)``, then the parallel update per group."""
+        for i, gi in enumerate(groups.tolist()):
+            n_b = int(n_g[i])
+            if n_b == 0:
+                continue
+            mean_b = sums[i] / n_b
+            m2_b = sumsq[i] - sums[i] * mean_b
             np.maximum(m2_b, 0.0, out=m2_b)
             self._combine(gi, n_b, mean_b, m2_b)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import Samples
-from neuronscope.summaries.kernels import Batch, as_batch
+from neuronscope.summaries.kernels import Batch, add_counts, as_batch, compact_counts
 
 #: fewest neurons per bincount call (a 64 x (n_bins + 2) int64 table stays in cache).
 _BLOCK = 64
@@ -39,7 +39,8 @@ class Histogram:
     choice depends on the global sample id only, so merge stays exact. One pass per
     batch: bin index ``floor((a - e_0) / w)`` in float32 then ``np.bincount`` over
     ``unit * (n_bins + 2) + bin``, a block of neurons per call (float32 rounding may put a value within ~1e-7
-    relative of an edge into the neighbouring bin). Memory: ``units * (n_bins + 2)`` int64.
+    relative of an edge into the neighbouring bin). Memory: ``units * (n_bins + 2)`` int32
+    counts, widened to int64 once more than ``2**31 - 1`` samples were counted (never wrap).
     """
 
     kind = "histogram"
@@ -57,7 +58,12 @@ class Histogram:
             raise NeuronscopeError("histogram stride must be >= 1")
         self.n_bins = len(self.edges) - 1
         # bucket 0 = underflow, 1..n_bins = bins, n_bins + 1 = overflow
-        self.counts = np.zeros((self.units, self.n_bins + 2), dtype=np.int64)
+        self.counts = np.zeros((self.units, self.n_bins + 2), dtype=np.int32)
+
+    @property
+    def counted(self) -> int:
+        """Samples counted so far (every neuron counts each one once: ``Σ_j counts[0, j]``)."""
+        return int(self.counts[0].sum(dtype=np.int64)) if self.units else 0
 
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
         """Fold in a float32 ``(n, units)`` batch."""
@@ -73,6 +79,7 @@ class Histogram:
         # ~256k values per bincount call, at least 64 neurons (table in cache) per call
         block = int(min(max(_BLOCK, (1 << 18) // a.shape[0]), 512))
         offsets = np.arange(block, dtype=np.intp) * nb2
+        counts = np.zeros_like(self.counts, dtype=np.int64)
         # column blocks keep bincount's table in cache (~1.5x faster than one call)
         for j in range(0, self.units, block):
             t = np.multiply(a[:, j : j + block], scale)
@@ -81,9 +88,12 @@ class Histogram:
             idx = t.astype(np.intp)
             width = idx.shape[1]
             idx += offsets[:width]
-            self.counts[j : j + width] += np.bincount(
-                idx.ravel(), minlength=width * nb2
-            ).reshape(width, nb2)
+            counts[j : j + width] = np.bincount(idx.ravel(), minlength=width * nb2).reshape(width, nb2)
+        self.fold(counts, a.shape[0])
+
+    def fold(self, counts: np.ndarray, n: int) -> None:
+        """Add a batch's bucket counts ``(units, n_bins + 2)`` of ``n`` counted samples."""
+        self.counts = add_counts(self.counts, counts, self.counted + n)
 
     def merge(self, other: Self) -> Self:
         """Add the counts of a summary of disjoint samples (same edges and stride)."""
@@ -93,16 +103,16 @@ class Histogram:
             or not np.array_equal(other.edges, self.edges)
         ):
             raise NeuronscopeError("cannot merge histograms with different edges, stride or units")
-        self.counts += other.counts
+        self.counts = add_counts(self.counts, other.counts, self.counted + other.counted)
         return self
 
     def result(self) -> dict[str, np.ndarray]:
         """``edges`` (n_bins+1,), ``counts`` (units, n_bins) int64, ``under``/``over`` (units,)."""
         return {
             "edges": self.edges.copy(),
-            "counts": self.counts[:, 1:-1].copy(),
-            "under": self.counts[:, 0].copy(),
-            "over": self.counts[:, -1].copy(),
+            "counts": self.counts[:, 1:-1].astype(np.int64),
+            "under": self.counts[:, 0].astype(np.int64),
+            "over": self.counts[:, -1].astype(np.int64),
         }
 
     def quantiles(
@@ -170,5 +180,5 @@ class Histogram:
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state`."""
         self = cls(int(attrs["units"]), np.asarray(arrays["edges"]), int(attrs["stride"]))
-        self.counts = np.array(arrays["counts"], dtype=np.int64)
+        self.counts = compact_counts(arrays["counts"])
         return self

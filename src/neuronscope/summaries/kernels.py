@@ -21,6 +21,35 @@ _U8_CHUNK = 255
 _F32_EXACT = 1 << 24
 
 
+#: largest count an int32 count array holds; past it the array is widened to int64.
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def count_dtype(bound: int) -> np.dtype:
+    """The compact dtype for counts that never exceed ``bound``: int32 if ``bound <= 2**31 - 1``
+    else int64."""
+    return np.dtype(np.int32) if int(bound) <= INT32_MAX else np.dtype(np.int64)
+
+
+def compact_counts(arr: np.ndarray, bound: int | None = None) -> np.ndarray:
+    """``arr`` as int32 when every value (or the given upper ``bound``) fits, else int64 —
+    the loaded form of a stored count array (old runs stored int64). Never wraps."""
+    arr = np.asarray(arr)
+    if bound is None:
+        bound = int(np.abs(arr).max()) if arr.size else 0
+    return np.array(arr, dtype=count_dtype(bound))
+
+
+def add_counts(acc: np.ndarray, delta: np.ndarray, bound: int) -> np.ndarray:
+    """``acc + delta`` in place, for counts known to stay ``<= bound`` (e.g. the number of
+    samples seen after the add). An int32 ``acc`` is widened to int64 first when ``bound``
+    exceeds ``2**31 - 1``, so a count never wraps. Returns the (possibly new) array."""
+    if acc.dtype == np.int32 and int(bound) > INT32_MAX:
+        acc = acc.astype(np.int64)
+    acc += delta
+    return acc
+
+
 def col_count(mask: np.ndarray) -> np.ndarray:
     """Number of True entries per column of a 2-D bool array, as int64 ``(units,)``.
 

@@ -44,17 +44,36 @@ class Moments:
         if b.n == 0:
             return
         a = b.acts
-        n = b.n
-        sum_b = a.sum(axis=0, dtype=np.float64)
+        self.fold(
+            b.n,
+            a.sum(axis=0, dtype=np.float64),
+            np.einsum("ij,ij->j", a, a, dtype=np.float64),
+            b.abs.sum(axis=0, dtype=np.float64),
+            a.min(axis=0),
+            a.max(axis=0),
+        )
+
+    def fold(
+        self,
+        n: int,
+        sum_b: np.ndarray,
+        sumsq_b: np.ndarray,
+        sum_abs_b: np.ndarray,
+        min_b: np.ndarray,
+        max_b: np.ndarray,
+    ) -> None:
+        """Fold in a batch of ``n`` rows given its per-neuron ``Σa``, ``Σa²``, ``Σ|a|`` (float64),
+        min and max: ``m_b = Σa / n``, ``M2_b = max(Σa² - Σa m_b, 0)``, then the parallel update."""
+        if n == 0:
+            return
         mean_b = sum_b / n
         # M2_b = sum a^2 - n mean_b^2 in float64 (one pass fewer than a shifted sum)
-        m2_b = np.einsum("ij,ij->j", a, a, dtype=np.float64)
-        m2_b -= sum_b * mean_b
+        m2_b = sumsq_b - sum_b * mean_b
         np.maximum(m2_b, 0.0, out=m2_b)
         self._combine(n, mean_b, m2_b)
-        np.minimum(self.min, a.min(axis=0), out=self.min)
-        np.maximum(self.max, a.max(axis=0), out=self.max)
-        self.sum_abs += b.abs.sum(axis=0, dtype=np.float64)
+        np.minimum(self.min, min_b, out=self.min)
+        np.maximum(self.max, max_b, out=self.max)
+        self.sum_abs += sum_abs_b
 
     def _combine(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         n_a = self.count

@@ -37,6 +37,8 @@ class SummaryConfig:
     * ``max_pos``: position buckets (``pos >= max_pos`` -> last); 0 disables.
     * ``token_slots``: token-id slots of the per-token mean table; 0 disables.
     * ``frac_bins``: bins of the per-token active-fraction histogram.
+    * ``context_dtype``: dtype of the top-k context windows, ``float32`` or ``float16``
+      (for a run that stores float16 activations: halves the largest part of the state).
     """
 
     thresholds: tuple[float, ...] = (0.1, 0.5, 1.0)
@@ -50,13 +52,16 @@ class SummaryConfig:
     max_pos: int = 512
     token_slots: int = 512
     frac_bins: int = 20
+    context_dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (tuples become lists)."""
+        """JSON-able dict (tuples become lists; ``context_dtype`` only when not float32)."""
         d = asdict(self)
         d["thresholds"] = [float(t) for t in self.thresholds]
         d["hist_range"] = None if self.hist_range is None else [float(x) for x in self.hist_range]
         d["label_fields"] = {k: [str(c) for c in v] for k, v in self.label_fields.items()}
+        if d["context_dtype"] == "float32":
+            del d["context_dtype"]  # the default: configs of runs recorded before it stay equal
         return d
 
     @classmethod
@@ -130,7 +135,7 @@ class SiteSummaries:
             parts[f"labels.{name}"] = GroupFiring.by_label(units, name, cats)
             parts[f"label_moments.{name}"] = GroupMoments.by_label(units, name, cats)
         parts["histogram"] = Histogram(units, edges, cfg.hist_stride)
-        parts["topk"] = TopK(units, cfg.k, cfg.window)
+        parts["topk"] = TopK(units, cfg.k, cfg.window, cfg.context_dtype)
         if cfg.max_pos > 0:
             parts["position"] = GroupFiring.by_position(units, cfg.max_pos)
         if cfg.token_slots > 0:
@@ -139,17 +144,30 @@ class SiteSummaries:
 
     def update(self, acts: np.ndarray, samples: Samples) -> None:
         """Fold a float32 ``(n, units)`` batch into every part (position / token parts only
-        when ``samples`` has ``pos`` / ``token_id``)."""
+        when ``samples`` has ``pos`` / ``token_id``) with the fused kernel
+        (:func:`~neuronscope.summaries.fused.fused_update`: one compiled pass over the batch).
+        Values may be ±Inf; a NaN raises before any part changes."""
+        from neuronscope.summaries.fused import fused_update
+
+        fused_update(self, self._batch(acts, samples))
+
+    def update_numpy(self, acts: np.ndarray, samples: Samples) -> None:
+        """:meth:`update` through each part's own numpy ``update`` (one or more passes per
+        part): the reference the fused kernel is tested against."""
+        b = self._batch(acts, samples)
+        for name, part in self.parts.items():
+            needs = _NEEDS.get(name)
+            if needs is None or needs in b.samples:
+                part.update(b)
+
+    def _batch(self, acts: np.ndarray, samples: Samples) -> Batch:
         b = Batch(acts, samples)
         if b.acts.shape[1] != self.units:
             raise NeuronscopeError(
                 f"batch has {b.acts.shape[1]} units, site has {self.units}: pass acts of shape "
                 f"(n, {self.units})"
             )
-        for name, part in self.parts.items():
-            needs = _NEEDS.get(name)
-            if needs is None or needs in b.samples:
-                part.update(b)
+        return b
 
     def merge(self, other: Self) -> Self:
         """Merge every part with ``other``'s (disjoint samples, same config)."""

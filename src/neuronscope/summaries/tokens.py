@@ -15,10 +15,11 @@ from neuronscope.summaries.kernels import Batch, as_batch, group_sum
 class TokenMeans:
     """Per-token-id mean activation of every neuron, for token detectors (Voita et al.).
 
-    Memory bound: ``slots`` token ids, each with a count and a float64 sum per neuron
-    — ``slots * (units + 2) * 8`` bytes plus one "other" row — whatever the corpus.
-    A batch is summed per slot in one ``index_add_`` pass (float32 within the batch,
-    float64 across batches).
+    Memory bound: ``slots`` token ids, each with a count and a float32 sum per neuron
+    — ``slots * (units * 4 + 16)`` bytes plus one float64 "other" row — whatever the
+    corpus. A batch is summed per slot (float64 in the fused kernel, float32 in the numpy
+    reference) and added to the float32 sums with one rounding per batch, so a mean's
+    relative error is at most ``(batches holding the token) * 2**-24`` of ``Σ|a| / Σa``.
 
     Slot policy: a token id keeps its slot once assigned. New ids take free slots
     (smallest id first). When more ids arrive than there are free slots, the slots
@@ -41,7 +42,7 @@ class TokenMeans:
             raise NeuronscopeError("token slots must be >= 1 (or disable the token summary)")
         self.ids = np.full(self.slots, -1, dtype=np.int64)
         self.count = np.zeros(self.slots, dtype=np.int64)
-        self.sums = np.zeros((self.slots, self.units), dtype=np.float64)
+        self.sums = np.zeros((self.slots, self.units), dtype=np.float32)
         self.other_count = 0
         self.other_sum = np.zeros(self.units, dtype=np.float64)
 
@@ -66,10 +67,12 @@ class TokenMeans:
             winner[rank[: self.slots]] = True
             evict = used[~winner[: len(used)]]
             self.other_count += int(self.count[evict].sum())
-            self.other_sum += self.sums[evict].sum(axis=0)
+            self.other_sum += self.sums[evict].sum(axis=0, dtype=np.float64)
             self.ids[evict] = -1
             self.count[evict] = 0
             self.sums[evict] = 0.0
+            # an evicted id of this batch goes to "other" too, not to its slot's next owner
+            slot_of[np.isin(slot_of, evict)] = -1
             new = new[winner[len(used) :]]
             free = np.flatnonzero(self.ids < 0)
         new = new[np.argsort(ids[new], kind="stable")]
@@ -99,6 +102,20 @@ class TokenMeans:
         self.count += per_key[: self.slots]
         self.other_count += int(per_key[self.slots])
 
+    def fold(self, ids: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> None:
+        """Fold in a batch given its distinct token ``ids`` (ascending), their ``counts`` and
+        per-neuron sums ``sums[i] = Σ_{samples with token ids[i]} a`` (float64): slots are
+        assigned as in :meth:`update`; ids without a slot go to ``other``."""
+        if not len(ids):
+            return
+        slot_of = self._assign(ids, counts)
+        mine = slot_of >= 0
+        self.sums[slot_of[mine]] += sums[mine]
+        self.count[slot_of[mine]] += counts[mine]
+        if not mine.all():
+            self.other_sum += sums[~mine].sum(axis=0)
+            self.other_count += int(counts[~mine].sum())
+
     def merge(self, other: Self) -> Self:
         """Fold in a summary of disjoint samples (exact while within the slot bound)."""
         if other.units != self.units or other.slots != self.slots:
@@ -109,7 +126,7 @@ class TokenMeans:
         self.count[slot_of[mine]] += other.count[theirs[mine]]
         self.sums[slot_of[mine]] += other.sums[theirs[mine]]
         self.other_count += other.other_count + int(other.count[theirs[~mine]].sum())
-        self.other_sum += other.other_sum + other.sums[theirs[~mine]].sum(axis=0)
+        self.other_sum += other.other_sum + other.sums[theirs[~mine]].sum(axis=0, dtype=np.float64)
         return self
 
     def result(self) -> dict[str, np.ndarray]:
@@ -149,7 +166,7 @@ class TokenMeans:
         ids = np.asarray(arrays["ids"], dtype=np.int64)
         self.ids[: len(ids)] = ids
         self.count[: len(ids)] = np.asarray(arrays["count"], dtype=np.int64)
-        self.sums[: len(ids)] = np.asarray(arrays["sums"], dtype=np.float64).reshape(len(ids), self.units)
+        self.sums[: len(ids)] = np.asarray(arrays["sums"]).reshape(len(ids), self.units)
         self.other_count = int(np.asarray(arrays["other_count"]).reshape(-1)[0])
         self.other_sum = np.array(arrays["other_sum"], dtype=np.float64)
         return self

@@ -9,7 +9,7 @@ import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import Samples
-from neuronscope.summaries.kernels import Batch, as_batch, col_count
+from neuronscope.summaries.kernels import INT32_MAX, Batch, as_batch, col_count, compact_counts
 
 _EMPTY_KEY = np.iinfo(np.int64).max
 
@@ -45,24 +45,29 @@ class TopK:
     by ``np.partition``. Candidates are ranked against the kept examples by a binary
     search on an int64 (neuron, -activation) key and among themselves by one sort
     (see ``_absorb``); only moved or new examples are written. Memory:
-    ``units * k * (5 + 2W + 1)`` numbers, independent of the number of batches.
+    ``units * k * (5 + 2W + 1)`` numbers, independent of the number of batches: the ids
+    are int32 until one exceeds ``2**31 - 1`` (then that array becomes int64, never wraps);
+    ``context`` is stored in ``context_dtype`` (float16 for a float16 run: the stored
+    activations have no more precision).
     """
 
     kind = "topk"
 
-    def __init__(self, units: int, k: int = 32, window: int = 8) -> None:
+    def __init__(self, units: int, k: int = 32, window: int = 8, context_dtype: str = "float32") -> None:
         self.units = int(units)
         self.k = int(k)
         self.window = int(window)
         if self.k < 1 or self.window < 0:
             raise NeuronscopeError("top-k needs k >= 1 and window >= 0")
+        if context_dtype not in ("float16", "float32"):
+            raise NeuronscopeError(f"context_dtype must be float16 or float32, not {context_dtype!r}")
         shape = (self.units, self.k)
         self.values = np.full(shape, -np.inf, dtype=np.float32)
-        self.sample = np.full(shape, -1, dtype=np.int64)
-        self.doc = np.full(shape, -1, dtype=np.int64)
-        self.pos = np.full(shape, -1, dtype=np.int64)
-        self.token_id = np.full(shape, -1, dtype=np.int64)
-        self.context = np.full((*shape, 2 * self.window + 1), np.nan, dtype=np.float32)
+        self.sample = np.full(shape, -1, dtype=np.int32)
+        self.doc = np.full(shape, -1, dtype=np.int32)
+        self.pos = np.full(shape, -1, dtype=np.int32)
+        self.token_id = np.full(shape, -1, dtype=np.int32)
+        self.context = np.full((*shape, 2 * self.window + 1), np.nan, dtype=context_dtype)
 
     # -- update -----------------------------------------------------------------
     def update(self, acts: np.ndarray | Batch, samples: Samples | None = None) -> None:
@@ -87,7 +92,26 @@ class TopK:
             rows, cols = np.concatenate([rows, r]), np.concatenate([cols, tie_cols[c]])
             row_major = False
         per_col = np.bincount(cols, minlength=units)
-        pre = ~full | (per_col > max(4 * self.k, n // 8))
+        self._finish(b, rows, cols, ~full | (per_col > max(4 * self.k, n // 8)), row_major)
+
+    def fold(self, b: Batch, cand_n: np.ndarray, cand_rows: np.ndarray, cap: int) -> None:
+        """Fold in a batch given its candidates per neuron from the fused kernel: ``cand_n[u]``
+        rows of neuron ``u`` beat its full top-k (``a > kth``, or ``a == kth`` with a smaller
+        sample id), the first ``min(cand_n[u], cap)`` of them in ``cand_rows[u]`` (in row
+        order). Neurons not yet full, or with more than ``cap`` candidates, get the batch's
+        exact top-k instead, as in :meth:`update`."""
+        if b.n == 0:
+            return
+        pre = (self.sample[:, -1] < 0) | (cand_n > cap)
+        take = (np.arange(cap) < np.where(pre, 0, cand_n)[:, None]) if cap else np.zeros((self.units, 0), bool)
+        cols, idx = np.nonzero(take)
+        rows = cand_rows[cols, idx].astype(np.int64)
+        self._finish(b, rows, cols.astype(np.int64), pre, False)
+
+    def _finish(self, b: Batch, rows: np.ndarray, cols: np.ndarray, pre: np.ndarray, row_major: bool) -> None:
+        """Add the exact batch top-k of the ``pre`` neurons to the candidates, then absorb."""
+        a, units = b.acts, self.units
+        sample = b.coord("sample")
         if pre.any():
             keep = ~pre[cols]
             rows, cols = rows[keep], cols[keep]
@@ -183,6 +207,9 @@ class TopK:
         }
         for name, value in batch_vals.items():
             arr = getattr(self, name)
+            if arr.dtype == np.int32 and np.size(value) and int(np.max(value)) > INT32_MAX:
+                arr = arr.astype(np.int64)  # widen, never wrap
+                setattr(self, name, arr)
             arr[move_col, move_to] = arr[move_col, move_from]
             arr[cols, new_rank] = value
 
@@ -221,7 +248,7 @@ class TopK:
             both = np.concatenate([getattr(self, name), getattr(other, name)], axis=1)
             setattr(self, name, np.take_along_axis(both, idx, axis=1))
         ctx = np.concatenate([self.context, other.context], axis=1)
-        self.context = np.take_along_axis(ctx, idx[:, :, None], axis=1)
+        self.context = np.take_along_axis(ctx, idx[:, :, None], axis=1).astype(self.context.dtype, copy=False)
         return self
 
     def result(self) -> dict[str, np.ndarray]:
@@ -229,24 +256,31 @@ class TopK:
         (units, k) int64 (-1 empty), ``context`` (units, k, 2W+1) float32 (NaN outside)."""
         return {
             "values": self.values.copy(),
-            "sample": self.sample.copy(),
-            "doc": self.doc.copy(),
-            "pos": self.pos.copy(),
-            "token_id": self.token_id.copy(),
-            "context": self.context.copy(),
+            "sample": self.sample.astype(np.int64),
+            "doc": self.doc.astype(np.int64),
+            "pos": self.pos.astype(np.int64),
+            "token_id": self.token_id.astype(np.int64),
+            "context": self.context.astype(np.float32),
         }
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The result arrays; attrs ``units``, ``k``, ``window``."""
-        attrs = {"kind": self.kind, "units": self.units, "k": self.k, "window": self.window}
-        return self.result(), attrs
+        """The arrays as kept (ids int32 while they fit, ``context`` in ``context_dtype``);
+        attrs ``units``, ``k``, ``window``, ``context_dtype``."""
+        attrs = {
+            "kind": self.kind, "units": self.units, "k": self.k, "window": self.window,
+            "context_dtype": self.context.dtype.name,
+        }
+        arrays = {n: getattr(self, n) for n in ("values", "sample", "doc", "pos", "token_id", "context")}
+        return arrays, attrs
 
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> Self:
-        """Rebuild from :meth:`state`."""
-        self = cls(int(attrs["units"]), int(attrs["k"]), int(attrs["window"]))
+        """Rebuild from :meth:`state` (states of older runs, int64 ids and float32 context
+        without ``context_dtype``, load too; ids that fit become int32)."""
+        self = cls(int(attrs["units"]), int(attrs["k"]), int(attrs["window"]),
+                   str(attrs.get("context_dtype", "float32")))
         self.values = np.array(arrays["values"], dtype=np.float32)
         for name in ("sample", "doc", "pos", "token_id"):
-            setattr(self, name, np.array(arrays[name], dtype=np.int64))
-        self.context = np.array(arrays["context"], dtype=np.float32)
+            setattr(self, name, compact_counts(arrays[name]))
+        self.context = np.array(arrays["context"], dtype=self.context.dtype)
         return self

@@ -1,0 +1,334 @@
+"""The fused summary kernel: one compiled pass over a batch feeds every part of a site.
+
+:meth:`SiteSummaries.update <neuronscope.summaries.site.SiteSummaries.update>` calls
+:func:`fused_update`. Per value ``a = acts[i, u]`` the kernel (``numba``, ``cache=True``,
+``nogil``; blocks of 64 neurons, split over :func:`threads` threads) accumulates, in one
+read of the batch:
+
+* moments: ``Σa``, ``Σa²``, ``Σ|a|`` (float64), ``min``, ``max`` (float32);
+* firing: ``#{a > 0}``, ``#{|a| > t_j}`` per neuron and ``#{u: a_u > 0}`` per row;
+* histogram: bucket ``clip(floor(a * s + h), 0, n_bins + 1)`` in float32, exactly the
+  arithmetic of :class:`~neuronscope.summaries.histogram.Histogram` (rows with
+  ``sample % stride == 0`` only);
+* per group (labels, positions): ``#{a > 0}``; per label group and per distinct token id
+  of the batch: ``Σa`` (and ``Σa²`` for label moments), float64;
+* top-k candidates: the rows with ``a > kth`` (or ``a == kth`` and a smaller sample id)
+  of every neuron whose top-k is full, up to a cap per neuron.
+
+Each part then folds these batch aggregates with the same code its numpy ``update`` uses,
+so integer results (counts, histograms, top-k sets) equal the numpy reference exactly and
+float sums differ only by summation order. NaN is rejected (``NeuronscopeError``) before
+any part changes; ±Inf are values like any other (as in the numpy parts).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.summaries.kernels import Batch
+
+if TYPE_CHECKING:
+    from neuronscope.summaries.site import SiteSummaries
+
+#: neurons per block (a row's 64 float32 are four cache lines); threads take block ranges.
+BLOCK = 64
+#: below this many values per thread a batch runs on one thread (thread hand-off ~20 µs).
+_MIN_VALUES_PER_THREAD = 1 << 16
+_KERNEL = None
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of at least ``n`` threads for the kernel's block ranges."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="neuronscope-summaries")
+        return _POOL
+
+
+def _build():
+    """Compile (or load from numba's on-disk cache) the kernel."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
+    def kernel(acts, thr_abs, h_scale, h_shift, h_top, h_rows,
+               k_thr, k_kth_s, sample, cap,
+               fkeys, skeys, n_sq,
+               s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist, row_pos,
+               ftab, stab, sqtab, cand_n, cand_rows, block, b_first, b_stop):
+        n, units = acts.shape
+        n_t = thr_abs.shape[0]
+        n_f = fkeys.shape[1]
+        n_s = skeys.shape[1]
+        for bi in range(b_first, b_stop):
+            j0 = bi * block
+            w = min(block, units - j0)
+            # per-block accumulators, one 2-D array per dtype: the row loops below vectorize
+            acc = np.zeros((3, w))
+            mm = np.empty((2, w), dtype=np.float32)
+            mm[0] = np.inf
+            mm[1] = -np.inf
+            cnt = np.zeros((1 + n_t, w), dtype=np.int32)
+            hb_buf = np.empty(w, dtype=np.int32)
+            kt = k_thr[j0 : j0 + w]
+            for i in range(n):
+                row = acts[i, j0 : j0 + w]
+                l1 = acc[0]
+                l2 = acc[1]
+                la = acc[2]
+                lmin = mm[0]
+                lmax = mm[1]
+                lpos = cnt[0]
+                active = 0
+                reach = 0
+                for c in range(w):
+                    a = row[c]
+                    a64 = np.float64(a)
+                    l1[c] += a64
+                    l2[c] += a64 * a64
+                    la[c] += abs(a64)
+                    lmin[c] = min(lmin[c], a)
+                    lmax[c] = max(lmax[c], a)
+                    p = np.int32(a > 0)
+                    lpos[c] += p
+                    active += p
+                    reach += np.int32(a >= kt[c])
+                row_pos[bi, i] = active
+                for t in range(n_t):
+                    th = thr_abs[t]
+                    for c in range(w):
+                        cnt[1 + t, c] += np.int32(abs(row[c]) > th)
+                if h_rows[i]:
+                    hb = hb_buf
+                    for c in range(w):
+                        x = row[c] * h_scale
+                        x = x + h_shift
+                        # clip to [0, n_bins + 1]; NaN -> 0 (the batch is rejected later)
+                        x = x if x > 0 else np.float32(0)
+                        hb[c] = np.int32(x if x < h_top else h_top)
+                    for c in range(w):
+                        hist[j0 + c, hb[c]] += 1
+                for f in range(n_f):
+                    g = fkeys[i, f]
+                    if g >= 0:
+                        fr = ftab[g, j0 : j0 + w]
+                        for c in range(w):
+                            fr[c] += np.int32(row[c] > 0)
+                for s in range(n_s):
+                    g = skeys[i, s]
+                    if g >= 0:
+                        sr = stab[g, j0 : j0 + w]
+                        if s < n_sq:
+                            qr = sqtab[g, j0 : j0 + w]
+                            for c in range(w):
+                                a64 = np.float64(row[c])
+                                sr[c] += a64
+                                qr[c] += a64 * a64
+                        else:
+                            for c in range(w):
+                                sr[c] += np.float64(row[c])
+                # top-k candidates (rare once the top-k is full): only rows reaching a threshold
+                if reach:
+                    si = sample[i]
+                    for c in range(w):
+                        a = row[c]
+                        t = kt[c]
+                        if a > t or (a == t and si < k_kth_s[j0 + c]):
+                            j = j0 + c
+                            m = cand_n[j]
+                            if m < cap:
+                                cand_rows[j, m] = i
+                            cand_n[j] = m + 1
+            for c in range(w):
+                s1[j0 + c] = acc[0, c]
+                s2[j0 + c] = acc[1, c]
+                sabs[j0 + c] = acc[2, c]
+                vmin[j0 + c] = mm[0, c]
+                vmax[j0 + c] = mm[1, c]
+                pos_count[j0 + c] = cnt[0, c]
+                for t in range(n_t):
+                    abs_count[t, j0 + c] = cnt[1 + t, c]
+
+    return kernel
+
+
+def kernel():
+    """The compiled kernel (compiled on first use, then loaded from numba's cache)."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build()
+    return _KERNEL
+
+
+def threads() -> int:
+    """Threads the kernel runs on: the machine's cores (``os.cpu_count()``, or
+    ``NEURONSCOPE_SUMMARY_THREADS``), capped by ``OMP_NUM_THREADS`` when set — Dask's
+    single-threaded workers set it to 1, so two workers on two cores do not oversubscribe
+    them."""
+    n = int(os.environ.get("NEURONSCOPE_SUMMARY_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(n, int(omp))) if omp.isdigit() else n
+
+
+def _group_keys(codes: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(groups, counts, keys)``: the distinct codes ``>= 0`` (ascending), their row counts,
+    and each row's key ``offset + index of its code in groups`` (-1 for codes < 0)."""
+    ok = codes >= 0
+    groups, inv, cnt = np.unique(codes[ok], return_inverse=True, return_counts=True)
+    keys = np.full(len(codes), -1, dtype=np.int32)
+    keys[ok] = inv.reshape(-1) + offset
+    return groups, cnt, keys
+
+
+def fused_update(site: SiteSummaries, b: Batch) -> None:
+    """Fold batch ``b`` into every part of ``site`` through one kernel pass.
+
+    Parts the kernel does not know (custom kinds) get their own ``update(b)``.
+    """
+    from neuronscope.summaries.firing import Firing
+    from neuronscope.summaries.groups import GroupFiring, GroupMoments
+    from neuronscope.summaries.histogram import Histogram
+    from neuronscope.summaries.moments import Moments
+    from neuronscope.summaries.site import _NEEDS
+    from neuronscope.summaries.tokens import TokenMeans
+    from neuronscope.summaries.topk import TopK
+
+    n, units = b.acts.shape
+    if n == 0:
+        return
+    sample = b.coord("sample")
+    moments = firing = hist = topk = tokens = None
+    fparts: list[tuple[GroupFiring, np.ndarray, np.ndarray, int]] = []
+    mparts: list[tuple[GroupMoments, np.ndarray, np.ndarray, int]] = []
+    fkeys: list[np.ndarray] = []
+    skeys: list[np.ndarray] = []
+    other = []
+    n_f = n_s = 0
+    for name, part in site.parts.items():
+        needs = _NEEDS.get(name)
+        if needs is not None and needs not in b.samples:
+            continue
+        if type(part) is Moments and moments is None:
+            moments = part
+        elif type(part) is Firing and firing is None:
+            firing = part
+        elif type(part) is Histogram and hist is None:
+            hist = part
+        elif type(part) is TopK and topk is None:
+            topk = part
+        elif type(part) is GroupFiring:
+            groups, cnt, keys = _group_keys(part.grouping.codes(b), n_f)
+            fparts.append((part, groups, cnt, n_f))
+            fkeys.append(keys)
+            n_f += len(groups)
+        elif type(part) is GroupMoments:
+            mparts.append((part, None, None, 0))
+        elif type(part) is TokenMeans and tokens is None:
+            tokens = part
+        else:
+            other.append(part)
+    # label-moment groups first: their rows also get Σa² (the first n_sq key columns)
+    for i, (part, _, _, _) in enumerate(mparts):
+        groups, cnt, keys = _group_keys(part.grouping.codes(b), n_s)
+        mparts[i] = (part, groups, cnt, n_s)
+        skeys.append(keys)
+        n_s += len(groups)
+    n_sq_rows = n_s
+    n_sq = len(skeys)
+    tok_info = None
+    if tokens is not None:
+        tok = b.coord("token_id")
+        if tok is None:
+            raise NeuronscopeError(
+                "samples lack 'token_id'; set SummaryConfig(token_slots=0) for non-text sources"
+            )
+        uniq, inv, cnt = np.unique(tok, return_inverse=True, return_counts=True)
+        skeys.append(inv.reshape(-1).astype(np.int32) + n_s)
+        tok_info = (uniq, cnt, n_s)
+        n_s += len(uniq)
+
+    thr_abs = (firing.thresholds if firing is not None else np.zeros(0)).astype(np.float32)
+    if hist is not None:
+        h_scale = np.float32(hist.n_bins / (hist.edges[-1] - hist.edges[0]))
+        h_shift = np.float32(1.0 - hist.edges[0] * float(h_scale))
+        h_top = np.float32(hist.n_bins + 1)
+        h_rows = (sample % hist.stride == 0) if hist.stride > 1 else np.ones(n, dtype=np.bool_)
+        hist_out = np.zeros((units, hist.n_bins + 2), dtype=np.int32)
+    else:
+        h_scale = h_shift = h_top = np.float32(0)
+        h_rows = np.zeros(n, dtype=np.bool_)
+        hist_out = np.zeros((units, 2), dtype=np.int32)
+    if topk is not None:
+        # a neuron whose top-k is not full takes no candidates (threshold +Inf, no ties)
+        k_thr = np.where(topk.sample[:, -1] >= 0, topk.values[:, -1], np.inf).astype(np.float32)
+        k_kth_s = topk.sample[:, -1].astype(np.int64)
+        cap = max(4 * topk.k, n // 8)
+    else:
+        k_thr = np.full(units, np.inf, dtype=np.float32)
+        k_kth_s = np.zeros(units, dtype=np.int64)
+        cap = 0
+    n_blocks = (units + BLOCK - 1) // BLOCK
+    s1 = np.zeros(units)
+    s2 = np.zeros(units)
+    sabs = np.zeros(units)
+    vmin = np.full(units, np.inf, dtype=np.float32)
+    vmax = np.full(units, -np.inf, dtype=np.float32)
+    pos_count = np.zeros(units, dtype=np.int32)
+    abs_count = np.zeros((len(thr_abs), units), dtype=np.int32)
+    row_pos = np.zeros((n_blocks, n), dtype=np.int32)
+    ftab = np.zeros((n_f, units), dtype=np.int32)
+    stab = np.zeros((n_s, units))
+    sqtab = np.zeros((n_sq_rows, units))
+    cand_n = np.zeros(units, dtype=np.int64)
+    cand_rows = np.empty((units, cap), dtype=np.int32)
+
+    def keys2d(cols: list[np.ndarray]) -> np.ndarray:
+        return np.ascontiguousarray(np.stack(cols, axis=1)) if cols else np.zeros((n, 0), dtype=np.int32)
+
+    args = (
+        b.acts, thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
+        k_thr, k_kth_s, np.ascontiguousarray(sample), cap,
+        keys2d(fkeys), keys2d(skeys), n_sq,
+        s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out, row_pos,
+        ftab, stab, sqtab, cand_n, cand_rows, BLOCK,
+    )
+    run = kernel()
+    n_threads = min(threads(), n_blocks, max(1, n * units // _MIN_VALUES_PER_THREAD))
+    if n_threads <= 1:
+        run(*args, 0, n_blocks)
+    else:
+        # the kernel releases the GIL (nogil): each thread takes a contiguous range of blocks
+        cuts = np.linspace(0, n_blocks, n_threads + 1).round().astype(int).tolist()
+        list(_pool(n_threads).map(lambda lo_hi: run(*args, *lo_hi), zip(cuts[:-1], cuts[1:], strict=True)))
+    # Σ|a| is NaN only if some a is NaN (±Inf give +Inf)
+    if np.isnan(sabs).any():
+        raise NeuronscopeError(
+            "batch contains NaN: summaries take finite or ±Inf values (record replaces "
+            "non-finite activations by 0 and counts them)"
+        )
+    # -- fold (no part has changed before this point) -------------------------------
+    if moments is not None:
+        moments.fold(n, s1, s2, sabs, vmin, vmax)
+    if firing is not None:
+        firing.fold(n, pos_count, abs_count, row_pos.sum(axis=0, dtype=np.int64))
+    if hist is not None:
+        hist.fold(hist_out, int(np.count_nonzero(h_rows)))
+    for part, groups, cnt, off in fparts:
+        part.fold(groups, cnt, ftab[off : off + len(groups)])
+    for part, groups, cnt, off in mparts:
+        part.fold(groups, cnt, stab[off : off + len(groups)], sqtab[off : off + len(groups)])
+    if tokens is not None and tok_info is not None:
+        uniq, cnt, off = tok_info
+        tokens.fold(uniq, cnt, stab[off : off + len(uniq)])
+    if topk is not None:
+        topk.fold(b, cand_n, cand_rows, cap)
+    for part in other:
+        part.update(b)
