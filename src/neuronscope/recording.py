@@ -472,18 +472,33 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
             t0 = time.perf_counter()
             run_pass(model, source, site_list, recorder, start=writer.items_committed, conv=conv, overlap=overlap,
                      progress=progress)
-            recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])})
+            recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or []),
+                             **batching_info(source)})
     return open_run(out)
 
 
 def resume_message(source: Any, samples: int, items: int) -> str:
     """What ``record`` prints (on stderr) when it continues an unfinished run: ``resuming from
     sample N (document D)`` — D is the document id (its line in the corpus file) of the first
-    document not yet recorded — or ``(item I)`` for sources without document ids."""
+    document not yet recorded, in the source's batching order — or ``(item I)`` for sources
+    without document ids."""
+    nxt = getattr(source, "next_document", None)
     corpus = getattr(source, "corpus", None)
-    ids = corpus.ids() if callable(getattr(corpus, "ids", None)) else None
-    where = f"document {ids[items]}" if ids is not None and 0 <= items < len(ids) else f"item {items}"
+    if callable(nxt):
+        doc = nxt(items)
+    else:
+        ids = corpus.ids() if callable(getattr(corpus, "ids", None)) else None
+        doc = ids[items] if ids is not None and 0 <= items < len(ids) else None
+    where = f"document {doc}" if doc is not None else f"item {items}"
     return f"resuming from sample {samples} ({where})"
+
+
+def batching_info(source: Any) -> dict[str, Any]:
+    """``{"batching": source.stats()}`` for sources that report batching statistics
+    (:meth:`~neuronscope.sources.text.TextSource.stats`: padding fraction, batches, tokens),
+    stored with a finished run and shown by ``neuronscope info``; else ``{}``."""
+    stats = getattr(source, "stats", None)
+    return {"batching": stats()} if callable(stats) else {}
 
 
 def summarize_model(
