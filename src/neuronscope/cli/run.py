@@ -45,6 +45,11 @@ def record(
     check_record_options(keep, dtype, sample_rate)  # option, path and corpus errors come
     check_batching("pack" if pack is not None else batching, max_tokens, max_batch_tokens or None, window, pack,
                    batch_size)
+    if pack is not None and (workers or scheduler):
+        from neuronscope.errors import NeuronscopeError
+
+        raise NeuronscopeError("record --workers shards documents and --pack splits them across contexts; "
+                               "drop --workers or drop --pack")
     output_dir(out, "--out")  # before the seconds of loading a model
     docs = load_corpus(corpus)
     if labels is not None:
