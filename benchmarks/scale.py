@@ -111,9 +111,21 @@ def main() -> None:
     from _results import write_section
 
     load0 = load()
-    single = {n: run_child(n, "single") for n in args.tokens}
     dask_sizes = args.tokens if args.dask_tokens is None else args.dask_tokens
-    dask = {n: run_child(n, "dask") for n in dask_sizes}
+    single: dict[int, dict] = {}
+    dask: dict[int, dict] = {}
+    # the section is rewritten after every run, so an interrupted scale run keeps what it measured
+    for n in sorted(set(args.tokens) | set(dask_sizes)):
+        if n in args.tokens:
+            single[n] = run_child(n, "single")
+            report(single, dask, load0, write_section)
+        if n in dask_sizes:
+            dask[n] = run_child(n, "dask")
+            report(single, dask, load0, write_section)
+
+
+def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_section) -> None:
+    """Write the ``scale`` section of RESULTS.md from the runs so far."""
     rows = ["| run | tokens | documents (passes) | padding | seconds | tokens/s | × best bare forward | peak RSS MB |",
             "|---|---|---|---|---|---|---|---|"]
     for r in single.values():
@@ -127,6 +139,8 @@ def main() -> None:
         rows.append(f"| record --workers 2 (LocalCluster) | {r['tokens']:,} | {r['documents']:,} ({r['passes']}) | "
                     f"{r['padding']:.1%} | {r['seconds']:.1f} | {r['tokens'] / r['seconds']:,.0f} | | "
                     f"{r['peak_rss_mb']:,.0f} (driver) |")
+    if not single:
+        return
     big = single[max(single)]
     proj = 1e7 * big["seconds"] / big["tokens"]
     lines = [f"* projected time for 10^7 tokens (1 process, per-token cost of the {big['tokens']:,}-token run): "

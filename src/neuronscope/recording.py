@@ -404,6 +404,7 @@ def record(
     model_id: str | None = None,
     overlap: bool = True,
     interventions: Sequence[Any] = (),
+    threads: int | None = None,
 ) -> Run:
     """Record the neurons of ``model`` at ``sites`` over ``source`` into a run at ``out``.
 
@@ -424,13 +425,22 @@ def record(
       from its last commit (every ``commit_seconds`` or ``commit_every`` batches); a
       different configuration is refused unless ``overwrite``. A commit checkpoints the
       summaries, so commits are spaced to at least 20× their own cost (≤ 5% overhead).
+    * ``threads``: torch intra-op threads for the forward passes during the recording
+      (restored afterwards); None keeps torch's setting (one per core). The summaries run
+      on one more thread beside them. Measured on the 2-core development machine
+      (``benchmarks/record.py``, RESULTS.md ``record-2852-docs``): see there which is faster;
+      torch's default stays the default.
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
     summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
     check_record_options(keep, dtype, sample_rate)
     if out is None:
         raise NeuronscopeError("give out= (a run directory); for summaries in memory use summarize_model")
+    if threads is not None and threads < 1:
+        raise NeuronscopeError(f"threads must be a positive number of torch threads, not {threads}")
     with contextlib.ExitStack() as stack:
+        if threads is not None:
+            stack.enter_context(torch_threads(threads))
         for iv in interventions:
             stack.enter_context(iv)
         return _record(model, source, sites, out, keep, dtype=dtype, sample_rate=sample_rate,
@@ -475,6 +485,17 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
             recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or []),
                              **batching_info(source)})
     return open_run(out)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resume_message(source: Any, samples: int, items: int) -> str:

@@ -28,6 +28,7 @@ def record(
     max_batch_tokens: int = typer.Option(0, min=0, help="Token budget of one forward pass (documents × longest document, padding included); 0 = batch-size × max-tokens (4096 by default). Must be at least --max-tokens."),
     window: int = typer.Option(2048, min=1, help="With --batching bucket: documents are sorted by length only within windows of this many consecutive documents."),
     pack: int = typer.Option(None, help="Pack the corpus into contexts of this many tokens (documents' tokens, each followed by the separator token, concatenated and cut, as TransformerLens' tokenize_and_concatenate): no padding; samples keep doc and pos (the position in the document) and gain ctx (the context). Items and resume count contexts. Not with --workers."),
+    threads: int = typer.Option(0, min=0, help="Torch intra-op threads for the forward passes in process (0 = torch's default, one per core; --workers use 1 each); the summaries run on one more thread beside them. benchmarks/RESULTS.md (record) compares 1 thread with the default on 2 cores."),
     sample_rate: float = typer.Option(1.0, callback=open_interval(0.0, 1.0), help="Store activations of this deterministic fraction of samples, in (0, 1] (summaries see all)."),
     workers: int = typer.Option(0, min=0, help="Shard the corpus over a local Dask cluster with this many workers (summaries only; 0 = in process)."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler to shard the corpus over (summaries only)."),
@@ -75,7 +76,7 @@ def record(
     else:
         run = record_run(
             m, source, sites, out=out, keep=keep, dtype=dtype, sample_rate=sample_rate,
-            overwrite=overwrite, progress=progress and not json_out,
+            overwrite=overwrite, progress=progress and not json_out, threads=threads or None,
         )
     if json_out:
         emit_json(run.info())
