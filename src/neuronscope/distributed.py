@@ -222,7 +222,10 @@ def record_distributed(
     client: Any = None,
 ) -> Run:
     """Shard a text recording over a Dask cluster (summaries only): each worker records a
-    contiguous range of documents, the per-site summaries are tree-merged, and the driver
+    contiguous range of the source's batches (its batching plan,
+    :meth:`~neuronscope.sources.text.TextSource.plan`: the same length-bucketed batches, sample
+    ids and calibration as a single-process ``record``; packed sources are refused), the
+    per-site summaries are tree-merged, and the driver
     writes a ``keep='summaries'`` run whose summaries equal a single-process recording.
 
     ``model`` is a model name/path that each worker loads (``minilm``), or a
