@@ -7,10 +7,11 @@ References, all measured in the same run with alternating repeats (medians):
 * the **best** bare forward pass: length-bucketed batches under a token budget, for each
   budget of ``--budgets`` — the fastest is the reference the targets are measured against.
 
-Then ``record`` itself: ``--batching docs`` (today's record before issue 16) and the default
-bucketed batching, for each ``--keep``; and ``--threads``: the default bucketed
-summaries-only record with that many torch intra-op threads (the summary work runs on one
-extra Python thread beside the forward pass).
+Then ``record`` itself: ``--batching docs`` with torch's default threads (``record`` before
+issue 16) and the defaults (bucketed batching, ``default_threads()`` torch threads), for each
+``--keep``; and for each of ``--threads``: the bucketed bare forward and summaries-only record
+with that many torch intra-op threads (the summary work runs on one more thread beside the
+forward pass). The best bare forward is the fastest of all bare rows.
 
 Targets (issue 16): summaries-only record ≤ 1.10× the best bare forward; end-to-end tokens/s
 of ``record`` ≥ 2.5× the corpus-order record.
@@ -51,12 +52,12 @@ def bare(model, source) -> float:
     return time.perf_counter() - t
 
 
-def recorded(model, source, keep: str, tmp: Path) -> float:
+def recorded(model, source, keep: str, tmp: Path, threads: int | None = None) -> float:
     """Seconds of ``ns.record`` end to end (tokenizing, planning and storing included)."""
     out = tmp / f"run-{keep}.zarr"
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    ns.record(model, source, SITES, out=out, keep=keep, dtype="float16", progress=False)
+    ns.record(model, source, SITES, out=out, keep=keep, dtype="float16", progress=False, threads=threads)
     dt = time.perf_counter() - t
     shutil.rmtree(out, ignore_errors=True)
     return dt
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", nargs="+", default=["summaries", "both"])
     ap.add_argument("--budgets", nargs="+", type=int, default=[2048, 4096, 8192])
-    ap.add_argument("--threads", nargs="*", type=int, default=[1])
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     args = ap.parse_args()
     model, tok = ns.load_model("minilm")
     corpus = load_corpus("default").head(args.docs)
@@ -96,15 +97,18 @@ def main() -> None:
             add("bare docs", bare(model, docs))
             for b, src in budgets.items():
                 add(f"bare bucket {b}", bare(model, src))
-            for k in args.keep:
-                add(f"record docs {k}", recorded(model, docs, k, Path(d)))
-                add(f"record bucket {k}", recorded(model, bucket, k, Path(d)))
             for n in args.threads:
                 torch.set_num_threads(n)
                 try:
-                    add(f"record bucket summaries threads={n}", recorded(model, bucket, "summaries", Path(d)))
+                    add(f"bare bucket 4096 threads={n}", bare(model, bucket))
                 finally:
                     torch.set_num_threads(default_threads)
+            for k in args.keep:
+                # before issue 16: corpus-order batches, torch's default threads
+                add(f"record docs {k}", recorded(model, docs, k, Path(d), threads=default_threads))
+                add(f"record bucket {k}", recorded(model, bucket, k, Path(d)))
+            for n in args.threads:
+                add(f"record bucket summaries threads={n}", recorded(model, bucket, "summaries", Path(d), threads=n))
     med = {k: statistics.median(v) for k, v in times.items()}
     best_key = min((k for k in med if k.startswith("bare bucket")), key=med.__getitem__)
     best = med[best_key]
@@ -115,16 +119,21 @@ def main() -> None:
 
     def row(label: str, key: str, padding: float | None, target: str = "") -> None:
         pad = "" if padding is None else f"{padding:.1%}"
+        label += " **(best: the reference)**" if key == best_key else ""
         rows.append(f"| {label} | {pad} | {med[key]:.2f} | {tokens / med[key]:,.0f} | {med[key] / best:.2f}× | {target} |")
 
     row("bare forward, corpus order, 32 documents per batch", "bare docs", docs.stats()["padding"])
     for b, src in budgets.items():
-        mark = " **(best: the reference)**" if f"bare bucket {b}" == best_key else ""
-        row(f"bare forward, bucketed, {b}-token budget{mark}", f"bare bucket {b}", src.stats()["padding"])
+        row(f"bare forward, bucketed, {b}-token budget", f"bare bucket {b}", src.stats()["padding"])
     for k in args.keep:
-        row(f"record keep={k}, `--batching docs` (before issue 16)", f"record docs {k}", docs.stats()["padding"])
-        row(f"record keep={k}, default bucketed batching (4,096-token budget)", f"record bucket {k}",
+        row(f"record keep={k}, `--batching docs`, {default_threads} torch threads (before issue 16)",
+            f"record docs {k}", docs.stats()["padding"])
+        row(f"record keep={k}, defaults: bucketed (4,096-token budget), {ns.recording.default_threads()} torch thread(s)",
+            f"record bucket {k}",
             bucket.stats()["padding"], "≤ 1.10×" if k == "summaries" else "")
+    for n in args.threads:
+        row(f"bare forward, bucketed, 4096-token budget, {n} torch thread(s)", f"bare bucket 4096 threads={n}",
+            bucket.stats()["padding"])
     for n in args.threads:
         row(f"record keep=summaries, bucketed, {n} torch thread(s)", f"record bucket summaries threads={n}",
             bucket.stats()["padding"])

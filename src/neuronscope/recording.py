@@ -426,10 +426,12 @@ def record(
       different configuration is refused unless ``overwrite``. A commit checkpoints the
       summaries, so commits are spaced to at least 20× their own cost (≤ 5% overhead).
     * ``threads``: torch intra-op threads for the forward passes during the recording
-      (restored afterwards); None keeps torch's setting (one per core). The summaries run
-      on one more thread beside them. Measured on the 2-core development machine
-      (``benchmarks/record.py``, RESULTS.md ``record-2852-docs``): see there which is faster;
-      torch's default stays the default.
+      (restored afterwards). Default (None): :func:`default_threads` — with ``overlap``, one
+      fewer than torch's setting (one per core), so the summary thread has a core of its
+      own: on 2 cores, torch's 2 threads plus the summary thread oversubscribe the cores and
+      the OpenMP barriers of every operator wait on a descheduled thread; 1 forward thread
+      recorded 2.9× faster than 2 on the shared 2-core development machine
+      (``benchmarks/record.py``, RESULTS.md).
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
     summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
@@ -439,8 +441,7 @@ def record(
     if threads is not None and threads < 1:
         raise NeuronscopeError(f"threads must be a positive number of torch threads, not {threads}")
     with contextlib.ExitStack() as stack:
-        if threads is not None:
-            stack.enter_context(torch_threads(threads))
+        stack.enter_context(torch_threads(threads or default_threads(overlap)))
         for iv in interventions:
             stack.enter_context(iv)
         return _record(model, source, sites, out, keep, dtype=dtype, sample_rate=sample_rate,
@@ -485,6 +486,14 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
             recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or []),
                              **batching_info(source)})
     return open_run(out)
+
+
+def default_threads(overlap: bool = True) -> int:
+    """Torch intra-op threads for a recording's forward passes: with ``overlap`` (the
+    summaries on a thread of their own), ``max(1, torch.get_num_threads() - 1)`` — one core
+    for the summaries, the rest for the forward pass; without, ``torch.get_num_threads()``."""
+    n = torch.get_num_threads()
+    return max(1, n - 1) if overlap else n
 
 
 @contextlib.contextmanager
@@ -536,8 +545,10 @@ def summarize_model(
 ) -> dict[str, SiteSummaries]:
     """The streaming summaries of ``model``'s ``sites`` over ``source``, in memory: the pass of
     :func:`record` (same NaN policy, hook, overlap and interventions) without a run; nothing
-    is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no batch)."""
+    is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no batch).
+    Forward passes use :func:`default_threads` torch threads, as in :func:`record`."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_threads(default_threads(overlap)))
         for iv in interventions:
             stack.enter_context(iv)
         site_list = _site_list(model, sites)
