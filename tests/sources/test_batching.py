@@ -204,3 +204,17 @@ def test_record_stores_batching_and_padding(tmp_path, tok, small_corpus):
 def test_bad_batching_options_are_one_line_errors(tok, kw, match):
     with pytest.raises(NeuronscopeError, match=match):
         TextSource(["a b c"], tok, max_tokens=64, **kw)
+
+
+def test_record_threads_default_leaves_a_core_for_the_summaries(tmp_path, tok, small_corpus):
+    import torch
+
+    from neuronscope.recording import default_threads
+
+    before = torch.get_num_threads()
+    assert default_threads(overlap=True) == max(1, before - 1) and default_threads(overlap=False) == before
+    src = TextSource(small_corpus, tok, max_tokens=32)
+    ns.record(TinyText(), src, "ff", out=tmp_path / "t.zarr", keep="summaries", progress=False)
+    assert torch.get_num_threads() == before  # restored
+    with pytest.raises(NeuronscopeError, match="threads must be a positive number"):
+        ns.record(TinyText(), src, "ff", out=tmp_path / "u.zarr", threads=0, progress=False)
