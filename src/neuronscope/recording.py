@@ -429,9 +429,10 @@ def record(
       (restored afterwards). Default (None): :func:`default_threads` — with ``overlap``, one
       fewer than torch's setting (one per core), so the summary thread has a core of its
       own: on 2 cores, torch's 2 threads plus the summary thread oversubscribe the cores and
-      the OpenMP barriers of every operator wait on a descheduled thread; 1 forward thread
-      recorded 2.9× faster than 2 on the shared 2-core development machine
-      (``benchmarks/record.py``, RESULTS.md).
+      the OpenMP barriers of every operator wait on a descheduled thread. On the 2-core
+      development machine (``benchmarks/record.py``, RESULTS.md ``record-400-docs`` and
+      ``record-1000-docs``) 1 forward thread recorded 3.4× faster than 2 under load from
+      other jobs, and as fast (5.70 s vs 5.85 s) on an idle machine.
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
     summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
