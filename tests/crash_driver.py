@@ -151,7 +151,8 @@ class Scenarios:
         self.tok = ns.load_model("minilm")[1]
 
     def source(self) -> Any:
-        return ns.TextSource(self.corpus, self.tok, batch_size=4, max_tokens=32)
+        # length-bucketed batches (the default batching) under a small budget: several commits
+        return ns.TextSource(self.corpus, self.tok, max_tokens=32, max_batch_tokens=32)
 
     def record(self, out: Path, keep: str = "both") -> None:
         ns.record(TinyText(), self.source(), "ff,act", out=out, keep=keep, dtype="float32", chunk_rows=16,

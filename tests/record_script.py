@@ -28,7 +28,7 @@ def main() -> int:
     keep = sys.argv[5] if len(sys.argv) > 5 else "activations"
     _, tok = load_model("minilm")
     model = TinyText(delay=delay)
-    source = TextSource(corpus, tok, batch_size=4, max_tokens=32)
+    source = TextSource(corpus, tok, max_tokens=32, max_batch_tokens=64)  # bucketed, many batches
     calls = []
     if limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # main thread only; on_batch runs on a worker

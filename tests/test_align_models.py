@@ -51,7 +51,9 @@ def token_acts(pair):
         for batch, a in forward_batches(models[m], sources[m], SITES[m]):
             acts.append(a[SITES[m]])
             samples.append(batch.samples)
-        out[m] = (np.concatenate(acts), {k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+        coords = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+        order = np.lexsort((coords["pos"], coords["doc"]))  # corpus order, whatever the batching
+        out[m] = (np.concatenate(acts)[order], {k: v[order] for k, v in coords.items()})
     return out
 
 

@@ -51,7 +51,7 @@ def _direct_ffn(model, tok, texts, batch_size, max_tokens, site_names):
 
 def test_minilm_ffn_sites_equal_direct_forward(minilm, small_corpus, tmp_path):
     model, tok = minilm
-    src = ns.TextSource(small_corpus, tok, batch_size=16, max_tokens=64)
+    src = ns.TextSource(small_corpus, tok, batch_size=16, max_tokens=64, batching="docs")  # the same batches
     run32 = ns.record(model, src, "encoder.layer.*.intermediate", out=tmp_path / "f32.zarr", keep="activations", dtype="float32", progress=False)
     run16 = ns.record(model, src, "encoder.layer.*.intermediate", out=tmp_path / "f16.zarr", keep="activations", dtype="float16", progress=False)
     names = [f"encoder.layer.{i}.intermediate" for i in range(6)]
@@ -412,7 +412,7 @@ def test_resume_says_from_which_sample_and_document(tmp_path, minilm, capsys):
     path = tmp_path / "c.txt"
     lines = [f"line {i} " + "word " * (i % 5) if i % 3 else "" for i in range(40)]  # every third is blank
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    src = ns.TextSource(path, minilm[1], batch_size=3, max_tokens=16)
+    src = ns.TextSource(path, minilm[1], batch_size=3, max_tokens=16, batching="docs")
     assert src.corpus.ids()[:4] == [1, 2, 4, 5]
     run = _partial_run(tmp_path / "r.zarr", TinyText(), src, "act", keep="activations")
     n, items = run.n_samples, int(run.attrs["items_committed"])
@@ -433,10 +433,10 @@ def test_resume_says_from_which_sample_and_document(tmp_path, minilm, capsys):
 def test_cli_record_json_resume_message_on_stderr(tmp_path, small_corpus, minilm):
     out = tmp_path / "r.zarr"
     site = "encoder.layer.0.intermediate"
-    src = ns.TextSource(small_corpus, minilm[1], batch_size=4, max_tokens=16)
+    src = ns.TextSource(small_corpus, minilm[1], batch_size=4, max_tokens=16, batching="docs")
     run = _partial_run(out, minilm[0], src, site, keep="summaries")
     p = _cli("record", "--corpus", str(small_corpus), "--sites", site, "--out", str(out), "--keep", "summaries",
-             "--batch-size", "4", "--max-tokens", "16", "--json")
+             "--batch-size", "4", "--max-tokens", "16", "--batching", "docs", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["status"] == "complete"
     assert f"resuming from sample {run.n_samples} (document 8)" in p.stderr

@@ -84,7 +84,7 @@ def test_sharded_recording_on_localcluster_equals_single_process(tmp_path, tok, 
     assert sharded.info()["nonfinite"] == {"ff": 0, "act": 0}
     for k, v in single.samples.items():
         np.testing.assert_array_equal(sharded.samples[k], v)
-    assert list(dict.fromkeys(single.samples["doc"].tolist())) == src.corpus.ids() != list(range(70))
+    assert sorted(set(single.samples["doc"].tolist())) == src.corpus.ids() != list(range(70))
     for s in ("ff", "act"):
         assert_same_summaries(single.summaries(s), sharded.summaries(s))
 

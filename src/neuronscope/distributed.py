@@ -142,7 +142,11 @@ def summarize_run(
     src = run.config.get("source", {})
     key = "doc" if "doc" in run.samples else "item"
     ids = run.samples[key][rows]
-    calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
+    first = (run.attrs.get("batching") or {}).get("first_batch_samples")
+    if first is not None:  # the first batch of a bucketed or packed recording
+        calib_rows = int(first)
+    else:
+        calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
     def go(c: Any) -> dict[str, SiteSummaries]:
         n_workers = max(len(c.scheduler_info().get("workers", {})), 1)
         # enough tasks to fill the workers, counting every site's chunks: each task has a
@@ -179,10 +183,13 @@ class _ModelBlob:
 
 
 def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], doc_ids: list[int], sample0: int,
-                  sites: str, batch_size: int, max_tokens: int, cfg: dict[str, Any],
+                  sites: str, options: dict[str, Any], sizes: list[int], cfg: dict[str, Any],
                   calibration: dict[str, np.ndarray]) -> tuple[dict[str, State], dict[str, int]]:
-    """One shard of documents through a :class:`~neuronscope.recording.Recorder` without a
-    store: ``({site: summary state}, {site: non-finite count})``."""
+    """One shard through a :class:`~neuronscope.recording.Recorder` without a store:
+    ``({site: summary state}, {site: non-finite count})``. ``texts`` are the shard's
+    documents in batching order and ``sizes`` its batches' document counts, so the shard
+    runs exactly the batches of the single-process recording (``options``:
+    :meth:`TextSource.options` of the source)."""
     import torch
 
     from neuronscope.recording import Recorder, forward_batches
@@ -196,8 +203,9 @@ def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], do
     else:
         model, tok = model.load()
     conf = SummaryConfig.from_dict(cfg)
-    src = TextSource(Corpus(texts, labels, doc_ids=doc_ids), tok, batch_size=batch_size, max_tokens=max_tokens,
-                     label_categories=conf.label_fields)
+    src = TextSource(Corpus(texts, labels, doc_ids=doc_ids), tok, label_categories=conf.label_fields, **options)
+    bounds = np.r_[0, np.cumsum(sizes)]
+    src = src.with_plan([np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     units = {s: int(a.shape[1]) for s, a in calibration.items()}
     rec = Recorder(units, conf, calibration=calibration, first_sample=sample0)
     for batch, acts in forward_batches(model, src, sites):
@@ -231,7 +239,10 @@ def record_distributed(
     client: Any = None,
 ) -> Run:
     """Shard a text recording over a Dask cluster (summaries only): each worker records a
-    contiguous range of documents, the per-site summaries are tree-merged, and the driver
+    contiguous range of the source's batches (its batching plan,
+    :meth:`~neuronscope.sources.text.TextSource.plan`: the same length-bucketed batches, sample
+    ids and calibration as a single-process ``record``; packed sources are refused), the
+    per-site summaries are tree-merged, and the driver
     writes a ``keep='summaries'`` run whose summaries equal a single-process recording.
 
     ``model`` is a model name/path that each worker loads (``minilm``), or a
@@ -260,6 +271,9 @@ def record_distributed(
         )
     if not isinstance(source, TextSource):
         raise NeuronscopeError("distributed recording shards text corpora; record tensor sources in one process")
+    if source.batching == "pack":
+        raise NeuronscopeError("record --workers shards documents and --pack splits them across contexts; "
+                               "drop --workers or drop --pack")
     import time
 
     t0 = time.perf_counter()
@@ -288,44 +302,43 @@ def _record_shards(writer: Any, model: Any, local_model: Any, tok: Any, source: 
     commits once, with every item: a run interrupted after that commit only finishes."""
     import time
 
+    from neuronscope.recording import batching_info
+
     if writer.items_committed == len(source):
-        writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})
+        writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3), **batching_info(source)})
         return
     # sample coordinates of the whole corpus (tokenizing is cheap; no forward pass)
-    lengths = []
-    doc_ids, done = np.asarray(source.corpus.ids(), dtype=np.int64), 0
+    plan = source.plan()
+    batch_samples = []
     for b in source.batches():
         writer.append(b.samples, np.zeros(0, dtype=np.int64), None)
-        ids = doc_ids[done : done + b.items]
-        order = np.argsort(ids)  # each token's document -> its index in the batch
-        lengths.append(np.bincount(order[np.searchsorted(ids, b.samples["doc"], sorter=order)], minlength=b.items))
-        done += b.items
-    doc_tokens = np.concatenate(lengths)
-    offsets = np.r_[0, np.cumsum(doc_tokens)]
+        batch_samples.append(len(b.samples["doc"]))
+    offsets = np.r_[0, np.cumsum(batch_samples)]
     n_docs = len(source)
-    bs = source.batch_size
+    options = type(source).options(source.describe())
 
     def go(c: Any) -> tuple[dict[str, SiteSummaries], dict[str, int]]:
         from neuronscope.summaries.site import SiteSummaries
 
         nw = len(c.scheduler_info().get("workers", {})) or 1
         k = shards or 2 * nw
-        # shard boundaries on batch boundaries, so batches match the single-process run
-        n_batches = -(-n_docs // bs)
-        cuts = sorted({round(i * n_batches / k) * bs for i in range(k + 1)} | {n_docs})
-        cuts = [min(x, n_docs) for x in cuts]
+        # shard boundaries on batch boundaries of the plan, so batches match the single-process run
+        n_batches = len(plan)
+        cuts = sorted({round(i * n_batches / k) for i in range(k + 1)})
         # Ship a Python model as one opaque blob: Dask's own torch serializer rebuilds modules
         # with plain-dict hook tables that no longer accept forward hooks.
         payload = model if isinstance(model, str) else c.scatter([_ModelBlob(local_model, tok)], broadcast=True)[0]
         calib = c.scatter([calibration], broadcast=True)[0]  # sent once, not with every task
+        ids = source.corpus.ids()
         futs = []
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             if b <= a:
                 continue
-            labels = {f: v[a:b] for f, v in source.corpus.labels.items()}
-            futs.append(c.submit(_record_shard, payload, source.corpus.texts[a:b], labels, source.corpus.ids()[a:b],
-                                 int(offsets[a]), sites,
-                                 bs, source.max_tokens, cfg.to_dict(), calib, pure=False))
+            docs = [int(i) for i in np.concatenate(plan[a:b])]
+            labels = {f: [v[i] for i in docs] for f, v in source.corpus.labels.items()}
+            futs.append(c.submit(_record_shard, payload, [source.corpus.texts[i] for i in docs], labels,
+                                 [ids[i] for i in docs], int(offsets[a]), sites, options,
+                                 [len(x) for x in plan[a:b]], cfg.to_dict(), calib, pure=False))
         if progress:
             from distributed import progress as dask_progress
 
@@ -342,4 +355,4 @@ def _record_shards(writer: Any, model: Any, local_model: Any, tok: Any, source: 
             merged, nonfinite = go(c)
     states = {s: merged[s].state() for s in units}
     writer.commit(n_docs, nonfinite, states)
-    writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3)})
+    writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3), **batching_info(source)})

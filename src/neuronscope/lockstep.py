@@ -208,7 +208,28 @@ def _same_tokenization(a: Any, b: Any) -> bool:
     """Sources that certainly tokenize alike: one object, or one tokenizer over one corpus."""
     same = ("tokenizer", "corpus")
     return a is b or (all(getattr(a, k) is getattr(b, k) for k in same)
-                      and all(getattr(a, k, None) == getattr(b, k, None) for k in ("max_tokens", "batch_size")))
+                      and all(getattr(a, k, None) == getattr(b, k, None) for k in _BATCHING_ATTRS))
+
+
+#: Source attributes that decide how a text source batches its corpus.
+_BATCHING_ATTRS = ("max_tokens", "batch_size", "batching", "max_batch_tokens", "window", "pack")
+
+
+def share_plan(names: list[str], sources: Mapping[str, Any]) -> dict[str, Any]:
+    """Text sources of the same corpus with different tokenizers batch by the first model's
+    plan (:meth:`~neuronscope.sources.text.TextSource.with_plan`): length bucketing sorts by
+    each tokenizer's own lengths, and lockstep needs the same documents in every batch."""
+    out = dict(sources)
+    first = sources[names[0]]
+    if not (_is_text(first) and callable(getattr(first, "with_plan", None))) or getattr(first, "batching", "") == "pack":
+        return out
+    for m in names[1:]:
+        src = sources[m]
+        if (src is first or not callable(getattr(src, "with_plan", None)) or getattr(src, "batching", "") == "pack"
+                or _same_tokenization(first, src) or src.corpus.fingerprint() != first.corpus.fingerprint()):
+            continue
+        out[m] = src.with_plan(first.plan())
+    return out
 
 
 def _check_vocab(name: str, model: Any, source: Any) -> None:
@@ -264,6 +285,15 @@ def check_lockstep_sources(models: Mapping[str, Any], sources: Mapping[str, Any]
         if src.batch_size != first.batch_size:
             raise NeuronscopeError(f"the sources of {names[0]!r} and {m!r} batch {first.batch_size} and "
                                    f"{src.batch_size} documents; give every source the same batch_size")
+        mine = {k: getattr(first, k, None) for k in _BATCHING_ATTRS}
+        theirs = {k: getattr(src, k, None) for k in _BATCHING_ATTRS}
+        if mine != theirs:
+            diff = next(k for k in _BATCHING_ATTRS if mine[k] != theirs[k])
+            raise NeuronscopeError(f"the sources of {names[0]!r} and {m!r} batch differently ({diff}: {mine[diff]} vs "
+                                   f"{theirs[diff]}); give every source the same batching options")
+        if getattr(src, "batching", None) == "pack" and not _same_tokenization(first, src):
+            raise NeuronscopeError(f"packed contexts of {names[0]!r} and {m!r} hold different tokens (different "
+                                   "tokenizers); record lockstep with bucket or docs batching")
     if align in ("word", "char-span"):
         for m in names:
             if not getattr(sources[m], "offsets", False):
@@ -343,6 +373,7 @@ def record_lockstep(
     site_globs = {m: (sites[m] if isinstance(sites, Mapping) else sites) for m in names}
     sources = {m: (source[m] if isinstance(source, Mapping) else source) for m in names}
     site_lists = {m: resolve_sites(models[m], site_globs[m]) for m in names}
+    sources = share_plan(names, sources)
     check_lockstep_sources(models, sources, align)
     # each forward_batches generator holds torch.inference_mode() open while suspended and
     # the generators end in interleaved order; one outer context restores the caller's mode

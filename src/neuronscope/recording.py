@@ -404,6 +404,7 @@ def record(
     model_id: str | None = None,
     overlap: bool = True,
     interventions: Sequence[Any] = (),
+    threads: int | None = None,
 ) -> Run:
     """Record the neurons of ``model`` at ``sites`` over ``source`` into a run at ``out``.
 
@@ -424,13 +425,24 @@ def record(
       from its last commit (every ``commit_seconds`` or ``commit_every`` batches); a
       different configuration is refused unless ``overwrite``. A commit checkpoints the
       summaries, so commits are spaced to at least 20× their own cost (≤ 5% overhead).
+    * ``threads``: torch intra-op threads for the forward passes during the recording
+      (restored afterwards). Default (None): :func:`default_threads` — with ``overlap``, one
+      fewer than torch's setting (one per core), so the summary thread has a core of its
+      own: on 2 cores, torch's 2 threads plus the summary thread oversubscribe the cores and
+      the OpenMP barriers of every operator wait on a descheduled thread. On the 2-core
+      development machine (``benchmarks/record.py``, RESULTS.md ``record-400-docs`` and
+      ``record-1000-docs``) 1 forward thread recorded 3.4× faster than 2 under load from
+      other jobs, and as fast (5.70 s vs 5.85 s) on an idle machine.
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
     summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
     check_record_options(keep, dtype, sample_rate)
     if out is None:
         raise NeuronscopeError("give out= (a run directory); for summaries in memory use summarize_model")
+    if threads is not None and threads < 1:
+        raise NeuronscopeError(f"threads must be a positive number of torch threads, not {threads}")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_threads(threads or default_threads(overlap)))
         for iv in interventions:
             stack.enter_context(iv)
         return _record(model, source, sites, out, keep, dtype=dtype, sample_rate=sample_rate,
@@ -472,18 +484,52 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
             t0 = time.perf_counter()
             run_pass(model, source, site_list, recorder, start=writer.items_committed, conv=conv, overlap=overlap,
                      progress=progress)
-            recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or [])})
+            recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or []),
+                             **batching_info(source)})
     return open_run(out)
+
+
+def default_threads(overlap: bool = True) -> int:
+    """Torch intra-op threads for a recording's forward passes: with ``overlap`` (the
+    summaries on a thread of their own), ``max(1, torch.get_num_threads() - 1)`` — one core
+    for the summaries, the rest for the forward pass; without, ``torch.get_num_threads()``."""
+    n = torch.get_num_threads()
+    return max(1, n - 1) if overlap else n
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resume_message(source: Any, samples: int, items: int) -> str:
     """What ``record`` prints (on stderr) when it continues an unfinished run: ``resuming from
     sample N (document D)`` — D is the document id (its line in the corpus file) of the first
-    document not yet recorded — or ``(item I)`` for sources without document ids."""
+    document not yet recorded, in the source's batching order — or ``(item I)`` for sources
+    without document ids."""
+    nxt = getattr(source, "next_document", None)
     corpus = getattr(source, "corpus", None)
-    ids = corpus.ids() if callable(getattr(corpus, "ids", None)) else None
-    where = f"document {ids[items]}" if ids is not None and 0 <= items < len(ids) else f"item {items}"
+    if callable(nxt):
+        doc = nxt(items)
+    else:
+        ids = corpus.ids() if callable(getattr(corpus, "ids", None)) else None
+        doc = ids[items] if ids is not None and 0 <= items < len(ids) else None
+    where = f"document {doc}" if doc is not None else f"item {items}"
     return f"resuming from sample {samples} ({where})"
+
+
+def batching_info(source: Any) -> dict[str, Any]:
+    """``{"batching": source.stats()}`` for sources that report batching statistics
+    (:meth:`~neuronscope.sources.text.TextSource.stats`: padding fraction, batches, tokens),
+    stored with a finished run and shown by ``neuronscope info``; else ``{}``."""
+    stats = getattr(source, "stats", None)
+    return {"batching": stats()} if callable(stats) else {}
 
 
 def summarize_model(
@@ -500,8 +546,10 @@ def summarize_model(
 ) -> dict[str, SiteSummaries]:
     """The streaming summaries of ``model``'s ``sites`` over ``source``, in memory: the pass of
     :func:`record` (same NaN policy, hook, overlap and interventions) without a run; nothing
-    is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no batch)."""
+    is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no batch).
+    Forward passes use :func:`default_threads` torch threads, as in :func:`record`."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_threads(default_threads(overlap)))
         for iv in interventions:
             stack.enter_context(iv)
         site_list = _site_list(model, sites)

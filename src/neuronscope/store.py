@@ -1480,6 +1480,7 @@ class Run:
             "summaries": "summaries" in self.group,
             "extras": self.extra_names(),
             "seconds": self.attrs.get("seconds"),
+            "batching": self.attrs.get("batching"),
             "problems": [p for p, _ in self.problems],
         }
 

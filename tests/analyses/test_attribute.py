@@ -165,7 +165,9 @@ def test_dataset_conductance_summary_streams_and_merges(minilm, small_corpus) ->
     for batch in src.batches():
         r = conductance(model, site, batch.inputs, embedding_readout(w), steps=4)
         per_doc.append(r.conductance[site])
-        langs.extend(src.corpus.labels["lang"][len(langs) : len(langs) + batch.items])
+        docs = batch.samples["doc"]
+        firsts = docs[np.r_[True, docs[1:] != docs[:-1]]]  # the batch's documents, in its order
+        langs.extend(src.corpus.labels["lang"][src.corpus.ids().index(int(d))] for d in firsts)
     c = np.concatenate(per_doc)
     res = summ.result()
     np.testing.assert_allclose(res["mean"], c.mean(0), atol=1e-9)

@@ -170,7 +170,7 @@ def test_plan_apply_on_document_slices_equals_whole() -> None:
 def test_segments_equal_brute_force_on_three_tokenizers(minilm, e5, small_corpus, level, max_tokens) -> None:
     texts = load_corpus(small_corpus).texts[:24] + TEXTS
     toks = [minilm[1], e5[1], ByteTokenizer()]
-    srcs = [TextSource(texts, t, batch_size=5, max_tokens=max_tokens) for t in toks]
+    srcs = [TextSource(texts, t, batch_size=5, max_tokens=max_tokens, batching="docs") for t in toks]  # rows in corpus order
     samples = [{k: np.concatenate([b.samples[k] for b in s.batches()]) for k in ("doc", "special", "char_start", "char_end")}
                for s in srcs]
     plans, coords = plan_alignment(samples, level, [max_tokens] * 3)

@@ -69,6 +69,10 @@ def print_info(info: dict[str, Any]) -> None:
     for key in ("path", "status", "model", "samples", "items", "activation_rows", "keep", "dtype", "sample_rate", "seconds"):
         head.add_row(f"[bold]{key}", str(info.get(key)))
     src = info.get("source") or {}
+    bst = info.get("batching")
+    if isinstance(bst, dict) and "padding" in bst:
+        head.add_row("[bold]batching", f"{bst.get('batching')}: {bst.get('batches')} forward passes, "
+                     f"{float(bst['padding']):.1%} padding ({bst.get('tokens')} tokens in {bst.get('padded_tokens')} slots)")
     head.add_row("[bold]corpus", f"{src.get('corpus') or src.get('name')} ({src.get('documents') or src.get('items')} items)")
     console.print(head)
     t = Table(title="sites")

@@ -22,8 +22,13 @@ def record(
     out: Path = typer.Option(..., help="Run directory to write (a Zarr v3 store); re-running into an unfinished run resumes it."),
     keep: str = typer.Option("both", help="What to keep: 'both' (activations + summaries), 'activations', or 'summaries' (no activations stored)."),
     dtype: str = typer.Option("float16", help="Storage dtype of activations: float16 or float32."),
-    batch_size: int = typer.Option(32, min=1, help="Documents per forward pass."),
+    batch_size: int = typer.Option(32, min=1, help="Documents per forward pass with --batching docs; otherwise sets the default token budget (batch-size × max-tokens)."),
     max_tokens: int = typer.Option(128, min=1, help="Truncate each document to this many tokens."),
+    batching: str = typer.Option("bucket", help="How documents become forward passes: 'bucket' (default: documents of similar length together, up to --max-batch-tokens padded tokens per pass, sorted by length within windows of --window documents; padding a few percent), 'docs' (--batch-size documents in corpus order, padded to the longest; the old way, 2-4x slower on short texts) or 'pack' (set by --pack). Part of the run's configuration."),
+    max_batch_tokens: int = typer.Option(0, min=0, help="Token budget of one forward pass (documents × longest document, padding included); 0 = batch-size × max-tokens (4096 by default). Must be at least --max-tokens."),
+    window: int = typer.Option(2048, min=1, help="With --batching bucket: documents are sorted by length only within windows of this many consecutive documents."),
+    pack: int = typer.Option(None, help="Pack the corpus into contexts of this many tokens (documents' tokens, each followed by the separator token, concatenated and cut, as TransformerLens' tokenize_and_concatenate): no padding; samples keep doc and pos (the position in the document) and gain ctx (the context). Items and resume count contexts. Not with --workers."),
+    threads: int = typer.Option(0, min=0, help="Torch intra-op threads for the forward passes in process (0 = one fewer than the cores, so the summary thread beside them has a core of its own: on 2 cores 1 thread recorded as fast as 2 when idle and 3.4x faster under load, benchmarks/RESULTS.md; --workers use 1 each)."),
     sample_rate: float = typer.Option(1.0, callback=open_interval(0.0, 1.0), help="Store activations of this deterministic fraction of samples, in (0, 1] (summaries see all)."),
     workers: int = typer.Option(0, min=0, help="Shard the corpus over a local Dask cluster with this many workers (summaries only; 0 = in process)."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler to shard the corpus over (summaries only)."),
@@ -35,10 +40,17 @@ def record(
     """Record the neurons of a model over a corpus into a resumable run."""
     from neuronscope.recording import check_record_options
     from neuronscope.recording import record as record_run
-    from neuronscope.sources.text import TextSource, load_corpus
+    from neuronscope.sources.text import TextSource, check_batching, load_corpus
     from neuronscope.specs import load_model
 
     check_record_options(keep, dtype, sample_rate)  # option, path and corpus errors come
+    check_batching("pack" if pack is not None else batching, max_tokens, max_batch_tokens or None, window, pack,
+                   batch_size)
+    if pack is not None and (workers or scheduler):
+        from neuronscope.errors import NeuronscopeError
+
+        raise NeuronscopeError("record --workers shards documents and --pack splits them across contexts; "
+                               "drop --workers or drop --pack")
     output_dir(out, "--out")  # before the seconds of loading a model
     docs = load_corpus(corpus)
     if labels is not None:
@@ -46,7 +58,9 @@ def record(
 
         read_doc_labels(labels)  # a bad labels file fails before the model loads
     m, tok = load_model(model)
-    source = TextSource(docs, tok, batch_size=batch_size, max_tokens=max_tokens)
+    source = TextSource(docs, tok, batch_size=batch_size, max_tokens=max_tokens,
+                        batching="pack" if pack is not None else batching, max_batch_tokens=max_batch_tokens or None,
+                        window=window, pack=pack)
     if labels is not None:
         from neuronscope.sources.labels import LabeledSource
 
@@ -62,7 +76,7 @@ def record(
     else:
         run = record_run(
             m, source, sites, out=out, keep=keep, dtype=dtype, sample_rate=sample_rate,
-            overwrite=overwrite, progress=progress and not json_out,
+            overwrite=overwrite, progress=progress and not json_out, threads=threads or None,
         )
     if json_out:
         emit_json(run.info())

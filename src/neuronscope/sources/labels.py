@@ -138,6 +138,16 @@ class LabeledSource:
     def vocab(self) -> list[str] | None:
         return self.source.vocab()
 
+    def stats(self) -> dict[str, Any] | None:
+        """The wrapped source's batching statistics (None if it has none)."""
+        f = getattr(self.source, "stats", None)
+        return f() if callable(f) else None
+
+    def next_document(self, items: int) -> int | None:
+        """The wrapped source's first document after ``items`` items (None if unknown)."""
+        f = getattr(self.source, "next_document", None)
+        return f(items) if callable(f) else None
+
     def describe(self) -> dict[str, Any]:
         """The wrapped source's description with the added label fields (their categories,
         per-document or per-token, and a fingerprint of their values; the labels file)."""

@@ -398,8 +398,7 @@ def replay_source(run: Any, model: str | None = None) -> tuple[Any, Any]:
         )
     net, tok = load_model(model or cfg["model"])
     own = {k: v for k, v in run.label_categories.items() if k not in added}
-    source: Any = TextSource(corpus, tok, batch_size=int(src.get("batch_size", 32)),
-                             max_tokens=int(src.get("max_tokens", 128)), label_categories=own)
+    source: Any = TextSource(corpus, tok, label_categories=own, **TextSource.options(src))
     if added:
         from neuronscope.sources.labels import LabeledSource
 
