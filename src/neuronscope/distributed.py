@@ -10,6 +10,7 @@ compute them from their own shard of the corpus.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,6 +280,8 @@ def record_distributed(
     t0 = time.perf_counter()
     local_model, tok = load_model(model) if isinstance(model, str) else model
     cfg = summary_config_for(source, summary_config)
+    if dtype == "float16":
+        cfg = dataclasses.replace(cfg, context_dtype="float16")  # as record and summarize_run
     # calibration and sample offsets: the same first batch as a single-process record
     calibration = {}
     for _b, acts in forward_batches(local_model, source, sites):

@@ -458,6 +458,8 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
     site_list = _site_list(model, sites)
     units = _site_units(model, source, site_list, conv)
     cfg = summary_config_for(source, summary_config) if keep in ("both", "summaries") else None
+    if cfg is not None and dtype == "float16":
+        cfg = dataclasses.replace(cfg, context_dtype="float16")  # as summarize_run: the run's own precision
     config = recording_config(model, source, units, model_id=model_id, keep=keep, dtype=dtype,
                               sample_rate=sample_rate, conv=conv, chunk_rows=chunk_rows, summary_config=cfg,
                               interventions=interventions)
