@@ -512,12 +512,17 @@ def test_text_source_records_one_sample_per_byte_token(lm):
     max_tokens = 48
     source = TextSource(corpus, tok, batch_size=8, max_tokens=max_tokens)
     acts = collections.defaultdict(list)
-    token_ids, docs = [], []
+    token_ids, docs, pos = [], [], []
     for batch, a in forward_batches(model, source, TINYLM_FFN_SITES):
         for k, v in a.items():
             acts[k].append(v)
         token_ids.append(batch.samples["token_id"])
         docs.append(batch.samples["doc"])
+        pos.append(batch.samples["pos"])
+    # batches are length-bucketed: compare in corpus order, rows sorted by (doc, pos)
+    order = np.lexsort((np.concatenate(pos), np.concatenate(docs)))
+    acts = {k: [np.concatenate(v)[order]] for k, v in acts.items()}
+    token_ids, docs = [np.concatenate(token_ids)[order]], [np.concatenate(docs)[order]]
     expected = [([BOS_ID] + list(t.encode()))[:max_tokens] for t in corpus.texts]
     n = sum(len(e) for e in expected)
     assert n == sum(min(len(t.encode()) + 1, max_tokens) for t in corpus.texts)
