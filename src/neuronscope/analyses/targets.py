@@ -27,6 +27,7 @@ vocabulary when ``model.get_output_embeddings()`` is not None (Hugging Face ``*F
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ def _token_id(token: int | str, tokenizer: Any) -> int:
 # --------------------------------------------------------------------------- targets
 
 
-class Target:
+class Target(abc.ABC):
     """Base of every target: ``target(outputs, batch) -> Tensor[batch]``.
 
     ``check(model)`` validates the model (vocabulary), ``prepare(model, batch)`` computes
@@ -225,15 +226,16 @@ class Target:
                 "(use embedding_cosine, embedding_readout, probe_score or output_unit)"
             )
 
-    def prepare(self, model: nn.Module, batch: ModelBatch) -> None:
+    def prepare(self, model: nn.Module, batch: ModelBatch) -> None:  # noqa: B027 - optional hook
         """Compute per-example references into ``batch.reference`` (default: nothing)."""
 
     @contextmanager
     def attach(self, model: nn.Module) -> Iterator[None]:
         yield
 
+    @abc.abstractmethod
     def __call__(self, outputs: Any, batch: ModelBatch) -> torch.Tensor:
-        raise NotImplementedError
+        """The target's value per example, shape ``(batch,)``, differentiable."""
 
     def describe(self) -> dict[str, Any]:
         return {"target": self.name}
