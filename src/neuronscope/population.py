@@ -37,11 +37,30 @@ ID_COORDS = ("stimulus", "item")
 
 __all__ = [
     "ID_COORDS", "ArrayLike", "align", "align_all", "average_repeats", "id_coord",
-    "order_by_ids", "paired", "select_sites", "split_repeats", "to_matrix",
+    "order_by_ids", "paired", "select_sites", "short_site_names", "split_repeats", "to_matrix",
 ]
 
 
 # --------------------------------------------------------------------------- sites
+
+
+def short_site_names(names: Sequence[str]) -> tuple[list[str], str]:
+    """Site names without their common dotted prefix and suffix, and the glob they share
+    (``encoder.layer.3.intermediate`` → ``layer.3`` under ``encoder.*.intermediate``)."""
+    parts = [n.split(".") for n in names]
+    if len(parts) < 2:
+        return list(names), ""
+    pre = 0
+    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
+        pre += 1
+    suf = 0
+    while all(len(p) > pre + suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
+        suf += 1
+    if not pre and not suf:
+        return list(names), ""
+    short = [".".join(p[pre : len(p) - suf]) for p in parts]
+    glob = ".".join([*parts[0][:pre], "*", *(parts[0][len(parts[0]) - suf :] if suf else [])])
+    return short, glob
 
 
 def select_sites(names: Iterable[str], pattern: str | Sequence[str] | None, where: str = "") -> list[str]:

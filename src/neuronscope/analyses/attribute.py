@@ -33,6 +33,7 @@ from torch import nn
 from neuronscope.analyses.targets import ModelBatch, Target, as_model_batch, as_target
 from neuronscope.errors import NeuronscopeError
 from neuronscope.intervene import SetAblation, _first_tensor, _means_from_run, _unit_axis
+from neuronscope.population import short_site_names
 from neuronscope.sources.torch_sites import Site
 from neuronscope.sources.torch_sites import sites as resolve_sites
 from neuronscope.summaries.base import register
@@ -931,22 +932,6 @@ def _check_cands(site: str, cu: np.ndarray, width: int) -> None:
         raise NeuronscopeError(f"unit {int(bad[0])} is out of range for site {site!r} with {width} units; use indices 0..{width - 1}")
 
 
-def _short_names(names: Sequence[str]) -> tuple[list[str], str]:
-    """Site names without their shared dotted prefix/suffix, and the glob they share."""
-    parts = [n.split(".") for n in names]
-    if len(parts) < 2:
-        return list(names), ""
-    pre = 0
-    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
-        pre += 1
-    suf = 0
-    while all(len(p) > pre + suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
-        suf += 1
-    short = [".".join(p[pre : len(p) - suf]) for p in parts]
-    glob = ".".join([*parts[0][:pre], "*", *parts[0][len(parts[0]) - suf :]]) if pre or suf else ""
-    return short, glob
-
-
 def plot_path(path: NeuronPath | Sequence[NeuronPath], file: str | Path, *, title: str | None = None) -> Path:
     """Draw influential path(s) across layers (matplotlib, Agg): x = layer (site), y = the
     chosen unit, each node annotated with the joint influence of the path up to it; a
@@ -959,7 +944,7 @@ def plot_path(path: NeuronPath | Sequence[NeuronPath], file: str | Path, *, titl
     paths = [path] if isinstance(path, NeuronPath) else list(path)
     if not paths:
         raise NeuronscopeError("no path to plot")
-    labels, glob = _short_names(paths[0].sites)
+    labels, glob = short_site_names(paths[0].sites)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 4.0))
     xs = np.arange(len(labels))
     alpha = 1.0 if len(paths) == 1 else max(0.15, 1.0 / np.sqrt(len(paths)))
@@ -1040,7 +1025,7 @@ def save_path(run: Any, path: NeuronPath, *, name: str | None = None, attrs: Map
     if not isinstance(path, NeuronPath):
         raise NeuronscopeError("save_path takes one NeuronPath (the dataset path); save per-example paths one by one")
     r = _open(run)
-    short, glob = _short_names(path.sites)
+    short, glob = short_site_names(path.sites)
     default = f"path-{glob}" if glob else f"path-{path.sites[0]}-to-{path.sites[-1]}"
     name = check_extra_name(name or default.replace("*", "all"))
     infl = np.asarray(path.influence, dtype=np.float64)

@@ -8,7 +8,8 @@
 * :func:`matrix_tables` / :func:`matrix_table` — a rows × columns metric matrix
   (``compare_all``'s result) with full labels: common prefixes moved to the caption, long
   column names numbered with a legend, wide matrices split into column groups.
-* :func:`site_table` and :func:`short_site_names` — the per-site characterization table.
+* :func:`site_table` — the per-site characterization table (site names shortened by
+  :func:`neuronscope.population.short_site_names`, re-exported here).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from neuronscope.population import short_site_names
 
 __all__ = [
     "console",
@@ -189,25 +192,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
-
-
-def short_site_names(names: list[str]) -> tuple[list[str], str]:
-    """Site names without their common dotted prefix and suffix, and the glob they share
-    (``encoder.layer.3.intermediate`` → ``layer.3`` under ``encoder.*.intermediate``)."""
-    parts = [n.split(".") for n in names]
-    if len(parts) < 2:
-        return list(names), ""
-    pre = 0
-    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
-        pre += 1
-    suf = 0
-    while all(len(p) > pre + suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
-        suf += 1
-    if not pre and not suf:
-        return list(names), ""
-    short = [".".join(p[pre : len(p) - suf]) for p in parts]
-    glob = ".".join([*parts[0][:pre], "*", *(parts[0][len(parts[0]) - suf :] if suf else [])])
-    return short, glob
 
 
 def site_table(sites: Any, neurons: Any) -> Table:

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.kernels import Batch
-
-if TYPE_CHECKING:
-    from neuronscope.summaries.site import SiteSummaries
 
 #: neurons per block (a row's 64 float32 are four cache lines); threads take block ranges.
 BLOCK = 64
@@ -188,8 +186,10 @@ def _group_keys(codes: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray,
     return groups, cnt, keys
 
 
-def fused_update(site: SiteSummaries, b: Batch) -> None:
-    """Fold batch ``b`` into every part of ``site`` through one kernel pass.
+def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str]) -> None:
+    """Fold batch ``b`` into every part of ``site`` (a
+    :class:`~neuronscope.summaries.site.SiteSummaries`) through one kernel pass;
+    ``needs_coord`` names the sample coordinate a part needs (skipped when ``b`` lacks it).
 
     Parts the kernel does not know (custom kinds) get their own ``update(b)``.
     """
@@ -197,7 +197,6 @@ def fused_update(site: SiteSummaries, b: Batch) -> None:
     from neuronscope.summaries.groups import GroupFiring, GroupMoments
     from neuronscope.summaries.histogram import Histogram
     from neuronscope.summaries.moments import Moments
-    from neuronscope.summaries.site import _NEEDS
     from neuronscope.summaries.tokens import TokenMeans
     from neuronscope.summaries.topk import TopK
 
@@ -213,7 +212,7 @@ def fused_update(site: SiteSummaries, b: Batch) -> None:
     other = []
     n_f = n_s = 0
     for name, part in site.parts.items():
-        needs = _NEEDS.get(name)
+        needs = needs_coord.get(name)
         if needs is not None and needs not in b.samples:
             continue
         if type(part) is Moments and moments is None:

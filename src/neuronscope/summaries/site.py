@@ -149,7 +149,7 @@ class SiteSummaries:
         Values may be ±Inf; a NaN raises before any part changes."""
         from neuronscope.summaries.fused import fused_update
 
-        fused_update(self, self._batch(acts, samples))
+        fused_update(self, self._batch(acts, samples), _NEEDS)
 
     def update_numpy(self, acts: np.ndarray, samples: Samples) -> None:
         """:meth:`update` through each part's own numpy ``update`` (one or more passes per
