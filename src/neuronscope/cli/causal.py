@@ -189,6 +189,21 @@ def attribute(
         console.print(f"saved per-neuron importance into {save} (extras/{saved})")
 
 
+def _check_ablate_runs(how: str, importance: Path | None, means_run: Path | None, save: Path | None) -> None:
+    """The runs ``ablate`` reads and writes, checked before the model loads."""
+    from neuronscope.store import open_run
+
+    if how == "mean" and means_run is None:
+        raise NeuronscopeError("--how mean needs --means-run RUN (a recorded run whose summaries hold the means)")
+    for option, given in (("--importance", importance), ("--means-run", means_run)):
+        if given is not None:
+            if not Path(given).exists():
+                raise NeuronscopeError(f"{option} {given} does not exist; give a run directory")
+            open_run(given)
+    if save is not None:
+        writable_run(save, "--save")
+
+
 def ablate(
     model: str = typer.Argument(..., help=_MODEL_HELP),
     site: str = typer.Option(..., "--site", help="The one module whose units to ablate (e.g. encoder.layer.3.intermediate); with --path, a glob of the sites in layer order (e.g. 'encoder.layer.*.intermediate')."),
@@ -233,17 +248,7 @@ def ablate(
     listed = _ints(units, "--units") if units is not None else None
     if listed is not None and not listed:
         raise NeuronscopeError("--units is empty; list at least one unit")
-    if how == "mean" and means_run is None:
-        raise NeuronscopeError("--how mean needs --means-run RUN (a recorded run whose summaries hold the means)")
-    for option, given in (("--importance", importance), ("--means-run", means_run)):
-        if given is not None:  # a mistyped run fails before the model loads
-            from neuronscope.store import open_run
-
-            if not Path(given).exists():
-                raise NeuronscopeError(f"{option} {given} does not exist; give a run directory")
-            open_run(given)
-    if save is not None:
-        writable_run(save, "--save")
+    _check_ablate_runs(how, importance, means_run, save)
     m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
     tgt = _target(target, m, tok)
     name = _one_site(m, site).name
@@ -298,17 +303,8 @@ def _ablate_path(model: str, site: str, top: int, importance: Path | None, how: 
         save_path,
     )
     from neuronscope.sources.torch_sites import sites as resolve_sites
-    from neuronscope.store import open_run
 
-    if how == "mean" and means_run is None:
-        raise NeuronscopeError("--how mean needs --means-run RUN (a recorded run whose summaries hold the means)")
-    for option, given in (("--importance", importance), ("--means-run", means_run)):
-        if given is not None:
-            if not Path(given).exists():
-                raise NeuronscopeError(f"{option} {given} does not exist; give a run directory")
-            open_run(given)
-    if save is not None:
-        writable_run(save, "--save")
+    _check_ablate_runs(how, importance, means_run, save)
     m, tok, source, _ = _setup(model, corpus, docs, batch_size, max_tokens)
     tgt = _target(target, m, tok)
     names = [s.name for s in resolve_sites(m, site)]

@@ -27,15 +27,22 @@ N_TRAIN = 1300
 
 
 @functools.lru_cache(maxsize=1)
-def _data() -> tuple[np.ndarray, np.ndarray]:
+def raw_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shuffled raw pixels (0–16), labels, and the training split's per-pixel mean and
+    standard deviation (1 where a pixel is constant): the networks see ``(raw - mu) / sd``."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     order = np.random.default_rng(12345).permutation(len(d.target))
-    x = d.data[order]
-    mu, sd = x[:N_TRAIN].mean(0), x[:N_TRAIN].std(0)
-    x = ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
-    return x, d.target[order].astype(np.int64)
+    raw = d.data[order]
+    mu, sd = raw[:N_TRAIN].mean(0), raw[:N_TRAIN].std(0)
+    return raw, d.target[order].astype(np.int64), mu, np.where(sd > 0, sd, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    raw, y, mu, sd = raw_digits()
+    return ((raw - mu) / sd).astype(np.float32), y
 
 
 def digits_images() -> np.ndarray:

@@ -32,7 +32,7 @@ from torch import nn
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.sources.snn import SpikingNetwork
-from neuronscope.testing.digits import N_TRAIN, digits_data
+from neuronscope.testing.digits import digits_data, raw_digits
 
 __all__ = ["BETA", "STEPS", "build_snn", "snn_accuracy", "snn_model", "train_snn"]
 
@@ -45,13 +45,7 @@ BETA = 0.9
 @functools.lru_cache(maxsize=1)
 def _intensity_map() -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) with pixel/16 = x·scale + shift for the standardized digits x."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    order = np.random.default_rng(12345).permutation(len(d.target))
-    raw = d.data[order]
-    mu, sd = raw[:N_TRAIN].mean(0), raw[:N_TRAIN].std(0)
-    sd = np.where(sd > 0, sd, 1.0)
+    _, _, mu, sd = raw_digits()
     return (sd / 16.0).astype(np.float32), (mu / 16.0).astype(np.float32)
 
 
