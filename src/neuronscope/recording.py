@@ -34,6 +34,7 @@ from neuronscope.sources.torch_sites import Site, SiteCapture
 from neuronscope.sources.torch_sites import sites as resolve_sites
 from neuronscope.store import Run, RunWriter, open_run
 from neuronscope.summaries.base import State
+from neuronscope.summaries.fused import update_sites
 from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 
 KEEP = ("both", "activations", "summaries")
@@ -276,8 +277,7 @@ class Recorder:
             if self.summaries is None:
                 cal = self.calibration if self.calibration is not None else clean
                 self.summaries = {s: SiteSummaries.create(self.units[s], self.cfg, cal[s]) for s in self.units}
-            for s in self.units:
-                self.summaries[s].update(clean[s], samples)
+            update_sites(self.summaries, clean, samples)
         if self.on_batch is not None:
             for s in self.units:
                 self.on_batch(s, clean[s], samples)

@@ -24,9 +24,13 @@ LABELS = {"lang": ["a", "b", "c"]}
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 
-def _stream(rng: np.random.Generator, units: int, sizes: list[int], inf_rate: float = 0.0, doc_len: int = 7):
-    """Batches of values on a coarse grid (many ties), documents of ``doc_len`` rows."""
+def _stream(rng: np.random.Generator, units: int, sizes: list[int], inf_rate: float = 0.0, doc_len: int = 7,
+            shuffle_ids: bool = False):
+    """Batches of values on a coarse grid (many ties), documents of ``doc_len`` rows; with
+    ``shuffle_ids`` the global sample ids are a random permutation (not increasing within
+    or across batches, so ties are broken against kept examples with larger ids too)."""
     out, start = [], 0
+    ids = rng.permutation(sum(sizes)) if shuffle_ids else np.arange(sum(sizes))
     for n in sizes:
         a = (rng.integers(-4, 5, (n, units)) * 0.5).astype(np.float32)
         if inf_rate:
@@ -34,7 +38,7 @@ def _stream(rng: np.random.Generator, units: int, sizes: list[int], inf_rate: fl
             a[bad] = np.where(rng.random(int(bad.sum())) < 0.5, np.inf, -np.inf)
         s = np.arange(start, start + n, dtype=np.int64)
         samples = {
-            "sample": s, "doc": s // doc_len, "pos": s % doc_len,
+            "sample": ids[start : start + n].astype(np.int64), "doc": s // doc_len, "pos": s % doc_len,
             "token_id": rng.integers(0, 9, n), "lang": rng.integers(-1, 4, n),
         }
         out.append((a, samples))
@@ -78,10 +82,11 @@ def _run(batches, cfg, units, fused=True) -> SiteSummaries:
     stride=st.sampled_from([1, 3]),
     slots=st.sampled_from([4, 16]),
     inf=st.sampled_from([0.0, 0.02]),
+    shuffle_ids=st.booleans(),
 )
-def test_fused_equals_numpy_reference(seed, units, sizes, k, window, stride, slots, inf):
+def test_fused_equals_numpy_reference(seed, units, sizes, k, window, stride, slots, inf, shuffle_ids):
     rng = np.random.default_rng(seed)
-    batches = _stream(rng, units, sizes, inf)
+    batches = _stream(rng, units, sizes, inf, shuffle_ids=shuffle_ids)
     cfg = _cfg(k, window, stride, slots)
     fused = _run(batches, cfg, units).result()
     ref = _run(batches, cfg, units, fused=False).result()

@@ -12,8 +12,12 @@ read of the batch:
   ``sample % stride == 0`` only);
 * per group (labels, positions): ``#{a > 0}``; per label group and per distinct token id
   of the batch: ``Σa`` (and ``Σa²`` for label moments), float64;
-* top-k candidates: the rows with ``a > kth`` (or ``a == kth`` and a smaller sample id)
-  of every neuron whose top-k is full, up to a cap per neuron.
+* top-k: each value that beats its neuron's k-th kept example (``a > kth``, or
+  ``a == kth`` and a smaller sample id; every value while fewer than ``k`` are kept) is
+  inserted in place into a copy of the sorted kept values and ids; the part then gathers
+  the inserted examples' coordinates and context (:meth:`TopK.fold
+  <neuronscope.summaries.topk.TopK.fold>`). No sort, no ``np.partition``: a neuron's
+  insertions over a stream of ``N`` values average ``k (1 + ln(N / k))``.
 
 Each part then folds these batch aggregates with the same code its numpy ``update`` uses,
 so integer results (counts, histograms, top-k sets) equal the numpy reference exactly and
@@ -58,52 +62,62 @@ def _build():
 
     @numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
     def kernel(acts, thr_abs, h_scale, h_shift, h_top, h_rows,
-               k_thr, k_kth_s, sample, cap,
+               sample, tk_vals, tk_samp, tk_src, tk_n,
                fkeys, skeys, n_sq,
                s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist, row_pos,
-               ftab, stab, sqtab, cand_n, cand_rows, block, b_first, b_stop):
+               ftab, stab, sqtab, block, b_first, b_stop):
         n, units = acts.shape
         n_t = thr_abs.shape[0]
         n_f = fkeys.shape[1]
         n_s = skeys.shape[1]
+        k = tk_vals.shape[1]
         for bi in range(b_first, b_stop):
             j0 = bi * block
             w = min(block, units - j0)
             # per-block accumulators, one 2-D array per dtype: the row loops below vectorize
-            acc = np.zeros((3, w))
-            mm = np.empty((2, w), dtype=np.float32)
-            mm[0] = np.inf
-            mm[1] = -np.inf
             cnt = np.zeros((1 + n_t, w), dtype=np.int32)
             hb_buf = np.empty(w, dtype=np.int32)
-            kt = k_thr[j0 : j0 + w]
+            hit = np.empty(w + 1, dtype=np.int32)
+            # a value enters the top-k when it reaches kt (the k-th kept value; -inf while
+            # fewer than k are kept) and then beats the k-th by (value desc, sample asc)
+            kt = np.empty(w, dtype=np.float32)
+            for c in range(w):
+                kt[c] = tk_vals[j0 + c, k - 1] if tk_n[j0 + c] == k else -np.inf
+            l1 = np.zeros(w)
+            l2 = np.zeros(w)
+            la = np.zeros(w)
+            lmin = np.full(w, np.inf, dtype=np.float32)
+            lmax = np.full(w, -np.inf, dtype=np.float32)
+            lpos = np.zeros(w, dtype=np.int32)
             for i in range(n):
                 row = acts[i, j0 : j0 + w]
-                l1 = acc[0]
-                l2 = acc[1]
-                la = acc[2]
-                lmin = mm[0]
-                lmax = mm[1]
-                lpos = cnt[0]
-                active = 0
-                reach = 0
+                # one short loop per accumulator: few arrays per loop, so each vectorizes
                 for c in range(w):
-                    a = row[c]
-                    a64 = np.float64(a)
+                    a64 = np.float64(row[c])
                     l1[c] += a64
                     l2[c] += a64 * a64
-                    la[c] += abs(a64)
-                    lmin[c] = min(lmin[c], a)
-                    lmax[c] = max(lmax[c], a)
-                    p = np.int32(a > 0)
+                for c in range(w):
+                    la[c] += abs(np.float64(row[c]))
+                for c in range(w):
+                    a = row[c]
+                    lmin[c] = a if a < lmin[c] else lmin[c]
+                    lmax[c] = a if a > lmax[c] else lmax[c]
+                active = 0
+                for c in range(w):
+                    p = np.int32(row[c] > 0)
                     lpos[c] += p
                     active += p
-                    reach += np.int32(a >= kt[c])
+                # top-k reach per group of 8 neurons: the insertion loop below visits only
+                # the groups where some value reaches its neuron's k-th
+                reach = 0
+                for c in range(w):
+                    reach += np.int32(row[c] >= kt[c])
                 row_pos[bi, i] = active
                 for t in range(n_t):
                     th = thr_abs[t]
+                    ct = cnt[1 + t]
                     for c in range(w):
-                        cnt[1 + t, c] += np.int32(abs(row[c]) > th)
+                        ct[c] += np.int32(abs(row[c]) > th)
                 if h_rows[i]:
                     hb = hb_buf
                     for c in range(w):
@@ -133,25 +147,46 @@ def _build():
                         else:
                             for c in range(w):
                                 sr[c] += np.float64(row[c])
-                # top-k candidates (rare once the top-k is full): only rows reaching a threshold
+                # top-k insertion (rare once the top-k is full): only rows reaching a threshold
                 if reach:
                     si = sample[i]
+                    # branch-free compaction of the reaching neurons, then one visit each
+                    nh = 0
                     for c in range(w):
+                        hit[nh] = c
+                        nh += np.int32(row[c] >= kt[c])
+                    for h in range(nh):
+                        c = hit[h]
                         a = row[c]
-                        t = kt[c]
-                        if a > t or (a == t and si < k_kth_s[j0 + c]):
-                            j = j0 + c
-                            m = cand_n[j]
-                            if m < cap:
-                                cand_rows[j, m] = i
-                            cand_n[j] = m + 1
+                        j = j0 + c
+                        m = tk_n[j]
+                        if m == k and not (a > tk_vals[j, k - 1] or si < tk_samp[j, k - 1]):
+                            continue
+                        # the new rank: after every kept example that beats (a, si)
+                        q = m if m < k else k - 1
+                        while q > 0 and (a > tk_vals[j, q - 1]
+                                         or (a == tk_vals[j, q - 1] and si < tk_samp[j, q - 1])):
+                            q -= 1
+                        last = m if m < k else k - 1
+                        for r in range(last, q, -1):
+                            tk_vals[j, r] = tk_vals[j, r - 1]
+                            tk_samp[j, r] = tk_samp[j, r - 1]
+                            tk_src[j, r] = tk_src[j, r - 1]
+                        tk_vals[j, q] = a + np.float32(0)  # -0.0 -> +0.0, as the numpy part
+                        tk_samp[j, q] = si
+                        tk_src[j, q] = k + i
+                        if m < k:
+                            m += 1
+                            tk_n[j] = m
+                        if m == k:
+                            kt[c] = tk_vals[j, k - 1]
             for c in range(w):
-                s1[j0 + c] = acc[0, c]
-                s2[j0 + c] = acc[1, c]
-                sabs[j0 + c] = acc[2, c]
-                vmin[j0 + c] = mm[0, c]
-                vmax[j0 + c] = mm[1, c]
-                pos_count[j0 + c] = cnt[0, c]
+                s1[j0 + c] = l1[c]
+                s2[j0 + c] = l2[c]
+                sabs[j0 + c] = la[c]
+                vmin[j0 + c] = lmin[c]
+                vmax[j0 + c] = lmax[c]
+                pos_count[j0 + c] = lpos[c]
                 for t in range(n_t):
                     abs_count[t, j0 + c] = cnt[1 + t, c]
 
@@ -186,10 +221,11 @@ def _group_keys(codes: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray,
     return groups, cnt, keys
 
 
-def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str]) -> None:
+def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads: int | None = None) -> None:
     """Fold batch ``b`` into every part of ``site`` (a
     :class:`~neuronscope.summaries.site.SiteSummaries`) through one kernel pass;
     ``needs_coord`` names the sample coordinate a part needs (skipped when ``b`` lacks it).
+    The kernel splits the neuron blocks over ``n_threads`` threads (default :func:`threads`).
 
     Parts the kernel does not know (custom kinds) get their own ``update(b)``.
     """
@@ -266,14 +302,18 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str]) -> None:
         h_rows = np.zeros(n, dtype=np.bool_)
         hist_out = np.zeros((units, 2), dtype=np.int32)
     if topk is not None:
-        # a neuron whose top-k is not full takes no candidates (threshold +Inf, no ties)
-        k_thr = np.where(topk.sample[:, -1] >= 0, topk.values[:, -1], np.inf).astype(np.float32)
-        k_kth_s = topk.sample[:, -1].astype(np.int64)
-        cap = max(4 * topk.k, n // 8)
+        # the kernel works on copies (values, int64 ids, each slot's source): a batch
+        # rejected for NaN leaves the part as it was
+        tk_vals = topk.values.copy()
+        tk_samp = topk.sample.astype(np.int64)
+        tk_src = np.broadcast_to(np.arange(topk.k, dtype=np.int32), tk_vals.shape).copy()
+        tk_n = np.count_nonzero(topk.sample >= 0, axis=1).astype(np.int32)
     else:
-        k_thr = np.full(units, np.inf, dtype=np.float32)
-        k_kth_s = np.zeros(units, dtype=np.int64)
-        cap = 0
+        tk_vals = np.zeros((units, 1), dtype=np.float32)
+        tk_samp = np.zeros((units, 1), dtype=np.int64)
+        tk_src = np.zeros((units, 1), dtype=np.int32)
+        tk_n = np.ones(units, dtype=np.int32)
+        tk_vals[:] = np.inf  # nothing reaches it
     n_blocks = (units + BLOCK - 1) // BLOCK
     s1 = np.zeros(units)
     s2 = np.zeros(units)
@@ -286,21 +326,19 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str]) -> None:
     ftab = np.zeros((n_f, units), dtype=np.int32)
     stab = np.zeros((n_s, units))
     sqtab = np.zeros((n_sq_rows, units))
-    cand_n = np.zeros(units, dtype=np.int64)
-    cand_rows = np.empty((units, cap), dtype=np.int32)
 
     def keys2d(cols: list[np.ndarray]) -> np.ndarray:
         return np.ascontiguousarray(np.stack(cols, axis=1)) if cols else np.zeros((n, 0), dtype=np.int32)
 
     args = (
         b.acts, thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
-        k_thr, k_kth_s, np.ascontiguousarray(sample), cap,
+        np.ascontiguousarray(sample), tk_vals, tk_samp, tk_src, tk_n,
         keys2d(fkeys), keys2d(skeys), n_sq,
         s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out, row_pos,
-        ftab, stab, sqtab, cand_n, cand_rows, BLOCK,
+        ftab, stab, sqtab, BLOCK,
     )
     run = kernel()
-    n_threads = min(threads(), n_blocks, max(1, n * units // _MIN_VALUES_PER_THREAD))
+    n_threads = min(n_threads or threads(), n_blocks, max(1, n * units // _MIN_VALUES_PER_THREAD))
     if n_threads <= 1:
         run(*args, 0, n_blocks)
     else:
@@ -328,6 +366,20 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str]) -> None:
         uniq, cnt, off = tok_info
         tokens.fold(uniq, cnt, stab[off : off + len(uniq)])
     if topk is not None:
-        topk.fold(b, cand_n, cand_rows, cap)
+        topk.fold(b, tk_vals, tk_samp, tk_src)
     for part in other:
         part.update(b)
+
+
+def update_sites(sites: Mapping[str, Any], acts: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray]) -> None:
+    """``sites[s].update(acts[s], samples)`` for every site, the sites spread over
+    :func:`threads` threads (each site's kernel on one): with several sites per batch
+    (MiniLM's six FFN layers) this also runs the parts' numpy folds side by side, where
+    splitting one site's neuron blocks would leave them serial."""
+    names = list(sites)
+    n = min(threads(), len(names))
+    if n <= 1:
+        for s in names:
+            sites[s].update(acts[s], samples)
+        return
+    list(_pool(n).map(lambda s: sites[s].update(acts[s], samples, threads=1), names))

@@ -173,3 +173,66 @@ def as_batch(acts: Any, samples: Samples | None = None, units: int | None = None
     if units is not None and acts.acts.shape[1] != units:
         raise NeuronscopeError(f"batch has {acts.acts.shape[1]} units, summary has {units}")
     return acts
+
+
+_SLOT_KERNELS: dict[str, Any] = {}
+
+
+def _slot_kernels() -> dict[str, Any]:
+    """Compile (or load from numba's on-disk cache) the top-k slot helpers."""
+    if not _SLOT_KERNELS:
+        import numba
+
+        @numba.njit(cache=True, nogil=True, boundscheck=False)
+        def permute(arr, moved, src, k):
+            # arr (units, k, m); slot r of neuron moved[t] takes old slot src[t, r] (< k)
+            m = arr.shape[2]
+            tmp = np.empty((k, m), dtype=arr.dtype)
+            for t in range(moved.shape[0]):
+                u = moved[t]
+                for r in range(k):
+                    for x in range(m):
+                        tmp[r, x] = arr[u, r, x]
+                for r in range(k):
+                    q = src[t, r]
+                    if q < k and q != r:
+                        for x in range(m):
+                            arr[u, r, x] = tmp[q, x]
+
+        @numba.njit(cache=True, nogil=True, boundscheck=False)
+        def window(acts, rows, cols, first, last, half, out):
+            # out[e, j] = acts[rows[e] + j - half, cols[e]] inside [first, last] of the row, else NaN
+            n_e = rows.shape[0]
+            for e in range(n_e):
+                i = rows[e]
+                c = cols[e]
+                lo = first[i]
+                hi = last[i]
+                for j in range(2 * half + 1):
+                    r = i + j - half
+                    out[e, j] = acts[r, c] if lo <= r <= hi else np.float32(np.nan)
+
+        _SLOT_KERNELS.update(permute=permute, window=window)
+    return _SLOT_KERNELS
+
+
+def permute_slots(arr: np.ndarray, moved: np.ndarray, src: np.ndarray, k: int) -> None:
+    """In place, for each ``t``: ``arr[moved[t], r] = old arr[moved[t], src[t, r]]`` where
+    ``src[t, r] < k`` (other slots are left for the caller to fill). ``arr`` is
+    ``(units, k)`` or ``(units, k, m)``, any dtype (float16 moves as its bits)."""
+    view = arr.view(np.uint16) if arr.dtype == np.float16 else arr
+    view = view.reshape(arr.shape[0], arr.shape[1], -1)
+    _slot_kernels()["permute"](view, np.ascontiguousarray(moved, dtype=np.int64),
+                               np.ascontiguousarray(src, dtype=np.int64), int(k))
+
+
+def window_gather(acts: np.ndarray, rows: np.ndarray, cols: np.ndarray, first: np.ndarray,
+                  last: np.ndarray, half: int) -> np.ndarray:
+    """float32 ``(len(rows), 2 half + 1)``: ``acts[rows[e] + j - half, cols[e]]`` when that row
+    lies in ``[first[rows[e]], last[rows[e]]]`` (the row's document), NaN elsewhere."""
+    out = np.empty((len(rows), 2 * half + 1), dtype=np.float32)
+    _slot_kernels()["window"](acts, np.ascontiguousarray(rows, dtype=np.int64),
+                              np.ascontiguousarray(cols, dtype=np.int64),
+                              np.ascontiguousarray(first, dtype=np.int64),
+                              np.ascontiguousarray(last, dtype=np.int64), int(half), out)
+    return out

@@ -142,14 +142,15 @@ class SiteSummaries:
             parts["tokens"] = TokenMeans(units, cfg.token_slots)
         return cls(units, cfg, parts)
 
-    def update(self, acts: np.ndarray, samples: Samples) -> None:
+    def update(self, acts: np.ndarray, samples: Samples, threads: int | None = None) -> None:
         """Fold a float32 ``(n, units)`` batch into every part (position / token parts only
         when ``samples`` has ``pos`` / ``token_id``) with the fused kernel
-        (:func:`~neuronscope.summaries.fused.fused_update`: one compiled pass over the batch).
+        (:func:`~neuronscope.summaries.fused.fused_update`: one compiled pass over the batch,
+        on ``threads`` threads; default :func:`~neuronscope.summaries.fused.threads`).
         Values may be ±Inf; a NaN raises before any part changes."""
         from neuronscope.summaries.fused import fused_update
 
-        fused_update(self, self._batch(acts, samples), _NEEDS)
+        fused_update(self, self._batch(acts, samples), _NEEDS, threads)
 
     def update_numpy(self, acts: np.ndarray, samples: Samples) -> None:
         """:meth:`update` through each part's own numpy ``update`` (one or more passes per

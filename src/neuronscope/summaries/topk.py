@@ -9,7 +9,15 @@ import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.summaries.base import Samples
-from neuronscope.summaries.kernels import INT32_MAX, Batch, as_batch, col_count, compact_counts
+from neuronscope.summaries.kernels import (
+    INT32_MAX,
+    Batch,
+    as_batch,
+    col_count,
+    compact_counts,
+    permute_slots,
+    window_gather,
+)
 
 _EMPTY_KEY = np.iinfo(np.int64).max
 
@@ -94,19 +102,51 @@ class TopK:
         per_col = np.bincount(cols, minlength=units)
         self._finish(b, rows, cols, ~full | (per_col > max(4 * self.k, n // 8)), row_major)
 
-    def fold(self, b: Batch, cand_n: np.ndarray, cand_rows: np.ndarray, cap: int) -> None:
-        """Fold in a batch given its candidates per neuron from the fused kernel: ``cand_n[u]``
-        rows of neuron ``u`` beat its full top-k (``a > kth``, or ``a == kth`` with a smaller
-        sample id), the first ``min(cand_n[u], cap)`` of them in ``cand_rows[u]`` (in row
-        order). Neurons not yet full, or with more than ``cap`` candidates, get the batch's
-        exact top-k instead, as in :meth:`update`."""
-        if b.n == 0:
+    def fold(self, b: Batch, values: np.ndarray, sample: np.ndarray, src: np.ndarray) -> None:
+        """Take the fused kernel's new top-k of batch ``b``: ``values`` float32 and
+        ``sample`` int64 ``(units, k)`` as the kernel left them (sorted by activation desc,
+        sample id asc), and ``src[u, r]`` the origin of slot ``r`` — ``i < k``: the kept
+        slot ``i`` before the batch; ``k + i``: batch row ``i``. Only neurons whose slots
+        changed are rewritten (compiled slot moves, :func:`permute_slots`); inserted
+        examples get ``doc``/``pos``/``token_id`` and their context from the batch (as
+        :meth:`update`, through :func:`window_gather`)."""
+        k = self.k
+        moved = np.flatnonzero((src != np.arange(k, dtype=src.dtype)).any(axis=1))
+        if not len(moved):
             return
-        pre = (self.sample[:, -1] < 0) | (cand_n > cap)
-        take = (np.arange(cap) < np.where(pre, 0, cand_n)[:, None]) if cap else np.zeros((self.units, 0), bool)
-        cols, idx = np.nonzero(take)
-        rows = cand_rows[cols, idx].astype(np.int64)
-        self._finish(b, rows, cols.astype(np.int64), pre, False)
+        src = src[moved]
+        new_t, new_r = np.nonzero(src >= k)
+        rows = src[new_t, new_r].astype(np.int64) - k
+        cols = moved[new_t]
+        coords = {"doc": _group(b), "pos": b.coord("pos"), "token_id": b.coord("token_id")}
+        batch_vals = {
+            "sample": sample[cols, new_r],
+            **{n: (-1 if c is None else c[rows]) for n, c in coords.items()},
+        }
+        for name, value in batch_vals.items():
+            arr = getattr(self, name)
+            if arr.dtype == np.int32 and np.size(value) and int(np.max(value)) > INT32_MAX:
+                setattr(self, name, arr.astype(np.int64))  # widen, never wrap
+        self.values[moved] = values[moved]
+        self.sample[moved] = sample[moved]
+        first, last = self._doc_bounds(b)
+        for name in ("doc", "pos", "token_id", "context"):
+            permute_slots(getattr(self, name), moved, src, k)
+        for name in ("doc", "pos", "token_id"):
+            getattr(self, name)[cols, new_r] = batch_vals[name]
+        self.context[cols, new_r] = window_gather(b.acts, rows, cols, first, last, self.window)
+
+    def _doc_bounds(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Per batch row, the first and last row of its document (or item); each row alone
+        when the source has neither documents nor positions (only the centre is context)."""
+        n = b.n
+        doc = _group(b)
+        if doc is None or (b.coord("pos") is None and b.coord("doc") is None):
+            idx = np.arange(n)
+            return idx, idx
+        change = np.flatnonzero(doc[1:] != doc[:-1]) + 1
+        seg = np.searchsorted(change, np.arange(n), side="right")
+        return np.r_[0, change][seg], np.r_[change, n][seg] - 1
 
     def _finish(self, b: Batch, rows: np.ndarray, cols: np.ndarray, pre: np.ndarray, row_major: bool) -> None:
         """Add the exact batch top-k of the ``pre`` neurons to the candidates, then absorb."""
