@@ -3,8 +3,10 @@
 Both paths compute per-part :class:`~neuronscope.summaries.site.SiteSummaries` on workers
 and tree-merge them (``merge`` is associative and exact to float rounding), so the result
 equals the single-process one. Workers exchange summary *states* (dicts of numpy arrays
-and JSON attrs); activations never travel: workers read their rows from the store, or
-compute them from their own shard of the corpus.
+and JSON attrs); activations hardly travel: workers read their rows from the store, or
+compute them from their own shard of the corpus and (a recording that keeps activations)
+write them into the run themselves — only the rows of the at most one chunk two
+neighbouring shards share go to the driver, which writes that chunk.
 """
 
 from __future__ import annotations
