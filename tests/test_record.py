@@ -346,19 +346,17 @@ def test_record_distributed_refuses_what_it_cannot_honour(tmp_path):
     from neuronscope.distributed import record_distributed
 
     x = ns.TensorSource(np.ones((4, 2), np.float32))
-    for keep in ("both", "activations"):
-        with pytest.raises(NeuronscopeError) as e:
-            record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep=keep)
-        assert str(e.value) == "record --workers stores summaries only; drop --workers or use --keep summaries"
     with pytest.raises(NeuronscopeError, match="no activations to subsample; drop --sample-rate"):
         record_distributed("minilm", x, "act", tmp_path / "r.zarr", sample_rate=0.5)
     with pytest.raises(NeuronscopeError, match="dtype must be float16 or float32"):
         record_distributed("minilm", x, "act", tmp_path / "r.zarr", dtype="int8")
     with pytest.raises(NeuronscopeError, match="keep must be one of"):
         record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep="all")
-    # what it can honour passes the checks and reaches the next one (text corpora only)
-    with pytest.raises(NeuronscopeError, match="shards text corpora"):
-        record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep="summaries", dtype="float32")
+    # what it can honour passes the checks and reaches the next one (text corpora only):
+    # every keep, and a sample rate when activations are stored
+    for keep, dtype, rate in (("summaries", "float32", 1.0), ("both", "float16", 0.5), ("activations", "float32", 1.0)):
+        with pytest.raises(NeuronscopeError, match="shards text corpora"):
+            record_distributed("minilm", x, "act", tmp_path / "r.zarr", keep=keep, dtype=dtype, sample_rate=rate)
     assert not (tmp_path / "r.zarr").exists()
 
 

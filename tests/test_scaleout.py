@@ -150,3 +150,153 @@ def test_write_summaries_into_activation_only_run(tmp_path, tok, client):
     assert acts_only.summaries("act") is None
     acts_only.write_summaries(summarize_run(acts_only, client=client, chunk_rows=100))
     assert_same_summaries(both.summaries("act"), ns.open_run(tmp_path / "acts.zarr").summaries("act"))
+
+
+# -- sharded recording that keeps activations -----------------------------------------
+def _worker_chunks(run):
+    """Chunk indices of the activation arrays that a worker wrote: those wholly inside one
+    shard's row range (the rows of a chunk two shards share are written by the driver)."""
+    c, n = run.info()["chunk_rows"], run.n_rows
+    return [i for a, b in run.attrs["shard_rows"] for i in range(-(-a // c), -(-n // c))
+            if i * c >= a and min(i * c + c, n) <= b]
+
+
+def _assert_same_run(single, sharded, sites=("ff", "act")):
+    """The sharded run reads like the single-process one: configuration, samples, stored rows
+    and activations (exactly, in the stored dtype), chunking."""
+    assert sharded.status == "complete"
+    assert sharded.config == single.config
+    assert sharded.n_samples == single.n_samples and sharded.n_rows == single.n_rows
+    assert sharded.info()["chunk_rows"] == single.info()["chunk_rows"]
+    assert sharded.info()["nonfinite"] == single.info()["nonfinite"]
+    for k, v in single.samples.items():
+        np.testing.assert_array_equal(sharded.samples[k], v, err_msg=k)
+    np.testing.assert_array_equal(sharded.rows(), single.rows())
+    for s in sites:
+        a, b = single.population(s), sharded.population(s)
+        assert a.dtype == b.dtype == np.dtype(single.config["dtype"])
+        np.testing.assert_array_equal(b.values, a.values, err_msg=s)
+        assert list(a.coords) == list(b.coords)
+        for c in a.coords:
+            np.testing.assert_array_equal(b[c].values, a[c].values, err_msg=c)
+    assert sharded.verify()["healthy"], sharded.verify()
+
+
+@pytest.mark.parametrize(("keep", "dtype", "rate"), [("both", "float32", 1.0), ("activations", "float16", 1.0),
+                                                     ("both", "float16", 0.4)])
+def test_sharded_recording_keeps_activations_like_single_process(tmp_path, tok, client, keep, dtype, rate):
+    corpus = _corpus(tmp_path / "c.jsonl", 70, seed=1, blank_every=4)
+    model = TinyText(seed=3)
+    src = ns.TextSource(corpus, tok, batch_size=6, max_tokens=32)
+    kw = {"keep": keep, "dtype": dtype, "sample_rate": rate, "chunk_rows": 64}
+    single = ns.record(model, src, "ff,act", out=tmp_path / "one.zarr", progress=False, **kw)
+    sharded = record_distributed((model, tok), src, "ff,act", tmp_path / "many.zarr", client=client, progress=False,
+                                 **kw)
+    _assert_same_run(single, sharded)
+    shard_rows = sharded.attrs["shard_rows"]
+    assert len(shard_rows) == 4 and shard_rows[0][0] == 0 and shard_rows[-1][1] == sharded.n_rows
+    assert len(_worker_chunks(sharded)) >= sharded.n_rows // 64 - 4  # workers wrote all but the shared chunks
+    if keep == "both":
+        for s in ("ff", "act"):
+            assert_same_summaries(single.summaries(s), sharded.summaries(s))
+    else:
+        assert sharded.summaries("act") is None and single.summaries("act") is None
+
+
+def test_verify_detects_a_flipped_byte_in_a_chunk_a_worker_wrote(tmp_path, tok, client):
+    from neuronscope.cli import main
+
+    corpus = _corpus(tmp_path / "c.jsonl", 50, seed=4)
+    src = ns.TextSource(corpus, tok, batch_size=6, max_tokens=32)
+    run = record_distributed((TinyText(seed=1), tok), src, "ff,act", tmp_path / "r.zarr", client=client,
+                             progress=False, keep="activations", dtype="float16", chunk_rows=64)
+    assert run.verify()["healthy"]
+    mine = _worker_chunks(run)
+    assert mine
+    chunk = run.path / "sites" / "act" / "activations" / "c" / str(mine[len(mine) // 2]) / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 3] ^= 0x10
+    chunk.write_bytes(bytes(raw))
+    report = ns.open_run(run.path).verify()
+    assert not report["healthy"]
+    assert any("sites/act/activations" in p and "crc32c" in p for p in report["problems"]), report
+    with pytest.raises(ns.NeuronscopeError, match="crc32c"):
+        ns.open_run(run.path).population("act").values  # noqa: B018 - reading is the test
+    with pytest.raises(SystemExit) as e:
+        main(["verify", str(run.path)])
+    assert e.value.code == 2
+
+
+def test_a_stale_worker_never_writes_into_a_later_attempt(tmp_path, tok, client):
+    from neuronscope.store import RowRangeWriter
+
+    corpus = _corpus(tmp_path / "c.jsonl", 30, seed=6)
+    src = ns.TextSource(corpus, tok, batch_size=6, max_tokens=32)
+    run = record_distributed((TinyText(), tok), src, "act", tmp_path / "r.zarr", client=client, progress=False,
+                             keep="activations", dtype="float32", chunk_rows=64)
+    before = run.population("act").values
+    w = RowRangeWriter(run.path, {"act": 48}, "float32", 0, 128, run.n_rows, 64, token="an-earlier-attempt")
+    with pytest.raises(ns.NeuronscopeError, match="no longer holds the activation arrays"):
+        w.add({"act": np.ones((128, 48), np.float32)})
+    np.testing.assert_array_equal(ns.open_run(run.path).population("act").values, before)
+
+
+class Flaky(TinyText):
+    """TinyText whose forward fails after ``fail_after`` calls of one copy (not a parameter:
+    the same fingerprint, so the same run configuration, as a copy that never fails)."""
+
+    def __init__(self, fail_after=None, **kw):
+        super().__init__(**kw)
+        self.fail_after, self.calls = fail_after, 0
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("flaky model failed")
+        return super().forward(*a, **kw)
+
+
+def test_interrupted_sharded_recording_starts_over_and_never_mixes(tmp_path, tok, client):
+    corpus = _corpus(tmp_path / "c.jsonl", 150, seed=7)
+    src = ns.TextSource(corpus, tok, batch_size=6, max_tokens=32)
+    kw = {"keep": "both", "dtype": "float16", "chunk_rows": 64, "progress": False}
+    single = ns.record(Flaky(seed=2), src, "ff,act", out=tmp_path / "one.zarr", **kw)
+    out = tmp_path / "many.zarr"
+    # every shard fails after its second batch (the driver's calibration pass is the first call)
+    with pytest.raises(RuntimeError, match="flaky model failed"):
+        record_distributed((Flaky(fail_after=3, seed=2), tok), src, "ff,act", out, client=client, **kw)
+    stopped = ns.open_run(out)
+    assert stopped.status == "recording" and stopped.n_samples == stopped.n_rows == 0
+    assert any((out / "sites" / "act" / "activations" / "c").iterdir())  # workers had written chunks
+    assert stopped.verify()["healthy"]
+    again = record_distributed((Flaky(seed=2), tok), src, "ff,act", out, client=client, **kw)
+    _assert_same_run(single, again)
+    for s in ("ff", "act"):
+        assert_same_summaries(single.summaries(s), again.summaries(s))
+    # a run partly recorded in one process is refused, not continued over the whole corpus
+    part = tmp_path / "part.zarr"
+    with pytest.raises(RuntimeError, match="flaky model failed"):
+        ns.record(Flaky(fail_after=4, seed=2), src, "ff,act", out=part, commit_every=1, overlap=False, **kw)
+    committed = ns.open_run(part).attrs["items_committed"]
+    assert 0 < committed < len(src)
+    with pytest.raises(ns.NeuronscopeError, match=r"partly recorded in one process .* resume it without --workers"):
+        record_distributed((Flaky(seed=2), tok), src, "ff,act", part, client=client, **kw)
+    assert ns.open_run(part).attrs["items_committed"] == committed
+    resumed = ns.record(Flaky(seed=2), src, "ff,act", out=part, **kw)
+    _assert_same_run(single, resumed)
+
+
+def test_cli_record_workers_keeps_activations(tmp_path):
+    from neuronscope.cli import main
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("".join(f"document {i} says {'hello ' * (i % 7)}world\n" for i in range(40)))
+    base = ["record", "--model", "tinylm:0", "--corpus", str(docs), "--sites", "blocks.*.mlp.act", "--keep", "both",
+            "--max-tokens", "48", "--no-progress", "--json"]
+    main([*base, "--out", str(tmp_path / "one.zarr")])
+    main([*base, "--out", str(tmp_path / "many.zarr"), "--workers", "2"])
+    single, sharded = ns.open_run(tmp_path / "one.zarr"), ns.open_run(tmp_path / "many.zarr")
+    assert sharded.attrs["workers"] == 2
+    _assert_same_run(single, sharded, sites=list(single.sites))
+    for s in single.sites:
+        assert_same_summaries(single.summaries(s), sharded.summaries(s))

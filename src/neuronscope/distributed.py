@@ -3,8 +3,10 @@
 Both paths compute per-part :class:`~neuronscope.summaries.site.SiteSummaries` on workers
 and tree-merge them (``merge`` is associative and exact to float rounding), so the result
 equals the single-process one. Workers exchange summary *states* (dicts of numpy arrays
-and JSON attrs); activations never travel: workers read their rows from the store, or
-compute them from their own shard of the corpus.
+and JSON attrs); activations hardly travel: workers read their rows from the store, or
+compute them from their own shard of the corpus and (a recording that keeps activations)
+write them into the run themselves — only the rows of the at most one chunk two
+neighbouring shards share go to the driver, which writes that chunk.
 """
 
 from __future__ import annotations
@@ -184,18 +186,25 @@ class _ModelBlob:
 
 
 def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], doc_ids: list[int], sample0: int,
-                  sites: str, options: dict[str, Any], sizes: list[int], cfg: dict[str, Any],
-                  calibration: dict[str, np.ndarray]) -> tuple[dict[str, State], dict[str, int]]:
-    """One shard through a :class:`~neuronscope.recording.Recorder` without a store:
-    ``({site: summary state}, {site: non-finite count})``. ``texts`` are the shard's
-    documents in batching order and ``sizes`` its batches' document counts, so the shard
-    runs exactly the batches of the single-process recording (``options``:
-    :meth:`TextSource.options` of the source)."""
+                  sites: str, options: dict[str, Any], sizes: list[int], cfg: dict[str, Any] | None,
+                  calibration: dict[str, np.ndarray], label_categories: dict[str, list[str]],
+                  rows: dict[str, Any] | None) -> tuple[dict[str, State], dict[str, int], list[Any]]:
+    """One shard through a :class:`~neuronscope.recording.Recorder`:
+    ``({site: summary state}, {site: non-finite count}, shared-chunk rows)``. ``texts`` are
+    the shard's documents in batching order and ``sizes`` its batches' document counts, so
+    the shard runs exactly the batches of the single-process recording (``options``:
+    :meth:`TextSource.options` of the source); its samples are numbered from ``sample0``.
+    ``cfg`` None: no summaries. ``rows`` (activations kept): the keyword arguments of a
+    :class:`~neuronscope.store.RowRangeWriter` (the run's path, the shard's row range, chunk
+    rows, token, dtype) and ``sample_rate``; the shard writes its own chunks into the run and
+    returns the rows of the chunks it shares with its neighbours
+    (:meth:`~neuronscope.store.RowRangeWriter.close`)."""
     import torch
 
     from neuronscope.recording import Recorder, forward_batches
     from neuronscope.sources.text import Corpus, TextSource
     from neuronscope.specs import load_model
+    from neuronscope.store import RowRangeWriter
     from neuronscope.summaries.site import SummaryConfig
 
     torch.set_num_threads(1)
@@ -203,23 +212,79 @@ def _record_shard(model: Any, texts: list[str], labels: dict[str, list[Any]], do
         model, tok = load_model(model)
     else:
         model, tok = model.load()
-    conf = SummaryConfig.from_dict(cfg)
-    src = TextSource(Corpus(texts, labels, doc_ids=doc_ids), tok, label_categories=conf.label_fields, **options)
+    conf = SummaryConfig.from_dict(cfg) if cfg is not None else None
+    src = TextSource(Corpus(texts, labels, doc_ids=doc_ids), tok, label_categories=label_categories, **options)
     bounds = np.r_[0, np.cumsum(sizes)]
     src = src.with_plan([np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     units = {s: int(a.shape[1]) for s, a in calibration.items()}
-    rec = Recorder(units, conf, calibration=calibration, first_sample=sample0)
+    writer, rate, sample_stop = None, 1.0, 0
+    if rows is not None:
+        rows = dict(rows)
+        rate = float(rows.pop("sample_rate"))
+        sample_stop = int(rows.pop("sample_stop"))
+        writer = RowRangeWriter(sites=units, **rows)
+    rec = Recorder(units, conf, calibration=calibration, first_sample=sample0, sample_rate=rate,
+                   rows_out=(lambda _ids, acts: writer.add(acts)) if writer is not None else None)
     for batch, acts in forward_batches(model, src, sites):
         rec.consume(batch, acts)
-    return rec.states() or {}, rec.nonfinite
+    edges: list[Any] = []
+    if writer is not None:
+        if rec.n_done != sample_stop:
+            raise NeuronscopeError(f"a shard recorded samples {sample0}:{rec.n_done}, the driver's plan says "
+                                   f"{sample0}:{sample_stop}; re-run the recording")
+        edges = writer.close()
+    return rec.states() or {}, rec.nonfinite, edges
 
 
-def _site_state(shard: tuple[dict[str, State], dict[str, int]], site: str) -> State:
+def _site_state(shard: tuple[dict[str, State], dict[str, int], list[Any]], site: str) -> State:
     return shard[0][site]
 
 
-def _nonfinite(shard: tuple[dict[str, State], dict[str, int]]) -> dict[str, int]:
+def _nonfinite(shard: tuple[dict[str, State], dict[str, int], list[Any]]) -> dict[str, int]:
     return shard[1]
+
+
+def _edges(shard: tuple[dict[str, State], dict[str, int], list[Any]]) -> list[Any]:
+    return shard[2]
+
+
+def _sees_run(path: str, site: str, token: str) -> bool:
+    """Whether this worker sees the run at ``path`` with the arrays of attempt ``token``."""
+    from neuronscope.store import shard_token
+
+    return shard_token(path, site) == token
+
+
+class _SharedChunks:
+    """The driver's side of the chunks that two shards' row ranges share: pieces arrive in
+    any order; a chunk is written (:meth:`RunWriter.write_placed`) as soon as its pieces
+    cover it, and dropped from memory."""
+
+    def __init__(self, writer: Any, chunk_rows: int, total: int):
+        self.writer, self.c, self.total = writer, int(chunk_rows), int(total)
+        self.pending: dict[int, list[tuple[int, dict[str, np.ndarray]]]] = {}
+
+    def add(self, start: int, acts: dict[str, np.ndarray]) -> None:
+        """One piece: rows ``start…`` of every site (within one chunk)."""
+        ci = start // self.c
+        parts = self.pending.setdefault(ci, [])
+        parts.append((start, acts))
+        lo, hi = ci * self.c, min(ci * self.c + self.c, self.total)
+        if sum(len(next(iter(a.values()))) for _, a in parts) < hi - lo:
+            return
+        parts.sort(key=lambda t: t[0])
+        at = lo
+        for s0, a in parts:
+            if s0 != at:
+                raise NeuronscopeError(f"the shards' rows of chunk {ci} overlap or leave a gap at row {at}; re-run")
+            at += len(next(iter(a.values())))
+        self.writer.write_placed(lo, {s: np.concatenate([a[s] for _, a in parts]) for s in parts[0][1]})
+        del self.pending[ci]
+
+    def check_done(self) -> None:
+        """Refuse to commit while a shared chunk misses rows."""
+        if self.pending:
+            raise NeuronscopeError(f"rows of chunk(s) {sorted(self.pending)[:5]} were not recorded by any shard; re-run")
 
 
 def record_distributed(
@@ -236,21 +301,37 @@ def record_distributed(
     shards: int | None = None,
     overwrite: bool = False,
     summary_config: SummaryConfig | Mapping[str, Any] | None = None,
+    chunk_rows: int = 4096,
     progress: bool = True,
     client: Any = None,
 ) -> Run:
-    """Shard a text recording over a Dask cluster (summaries only): each worker records a
-    contiguous range of the source's batches (its batching plan,
-    :meth:`~neuronscope.sources.text.TextSource.plan`: the same length-bucketed batches, sample
-    ids and calibration as a single-process ``record``; packed sources are refused), the
-    per-site summaries are tree-merged, and the driver
-    writes a ``keep='summaries'`` run whose summaries equal a single-process recording.
+    """Shard a text recording over a Dask cluster: each worker records a contiguous range of
+    the source's batches (its batching plan, :meth:`~neuronscope.sources.text.TextSource.plan`:
+    the same length-bucketed batches, sample ids and calibration as a single-process
+    ``record``; packed sources are refused). The result is one run that reads like a
+    single-process ``record`` of the same source and options (same configuration, so either
+    can resume the other's fresh run):
+
+    * summaries (``keep`` ``both`` or ``summaries``): per-site states tree-merged on the
+      cluster, equal to the single-process ones (to float rounding);
+    * activations (``keep`` ``both`` or ``activations``, in ``dtype``, of the ``sample_rate``
+      subsample :func:`~neuronscope.recording.keep_mask` — a function of the global sample id,
+      so the same rows): the driver numbers every sample first (a tokenizing pass, no
+      forward), sizes the run's activation arrays to all kept rows
+      (:meth:`~neuronscope.store.RunWriter.place_rows`; chunk rows as ``record`` sizes them)
+      and each worker writes the chunks wholly inside its shard's rows straight into them
+      (:class:`~neuronscope.store.RowRangeWriter`, durable and checksummed like every chunk);
+      the rows of the at most one chunk two neighbouring shards share travel to the driver,
+      which writes that chunk. The driver holds the run's lock throughout and commits once,
+      at the end: ``verify`` covers every chunk, and an interrupted run holds no committed
+      row — re-running the same call starts it over (a run partly recorded by ``record`` in
+      one process is refused: resume it there). Workers must see ``out`` at the same path
+      (with ``scheduler`` on other machines: a shared filesystem; checked before any work).
 
     ``model`` is a model name/path that each worker loads (``minilm``), or a
-    ``(model, tokenizer)`` pair shipped to the workers. ``keep`` must be ``summaries`` and
-    ``sample_rate`` 1 (no activations are stored, so none are subsampled); ``dtype`` is
-    recorded in the run's configuration like ``record``'s. Other values are refused with a
-    one-line error naming the alternative (``record`` in one process).
+    ``(model, tokenizer)`` pair shipped to the workers. ``sample_rate`` below 1 needs stored
+    activations (``keep='summaries'`` refuses it, naming the fix). ``shards``: number of
+    shards (default two per worker).
     """
     from neuronscope.recording import (
         check_record_options,
@@ -264,9 +345,7 @@ def record_distributed(
     from neuronscope.store import RunWriter, open_run
 
     check_record_options(keep, dtype, sample_rate)
-    if keep != "summaries":
-        raise NeuronscopeError("record --workers stores summaries only; drop --workers or use --keep summaries")
-    if sample_rate != 1.0:
+    if sample_rate != 1.0 and keep == "summaries":
         raise NeuronscopeError(
             "record --workers stores no activations to subsample; drop --sample-rate or drop --workers"
         )
@@ -279,8 +358,8 @@ def record_distributed(
 
     t0 = time.perf_counter()
     local_model, tok = load_model(model) if isinstance(model, str) else model
-    cfg = summary_config_for(source, summary_config)
-    if dtype == "float16":
+    cfg = summary_config_for(source, summary_config) if keep in ("both", "summaries") else None
+    if cfg is not None and dtype == "float16":
         cfg = dataclasses.replace(cfg, context_dtype="float16")  # as record and summarize_run
     # calibration and sample offsets: the same first batch as a single-process record
     calibration = {}
@@ -289,41 +368,76 @@ def record_distributed(
         break
     units = {s: int(a.shape[1]) for s, a in calibration.items()}
     config = recording_config(local_model, source, units, model_id=model if isinstance(model, str) else None,
-                              keep=keep, dtype=dtype, sample_rate=sample_rate, summary_config=cfg)
+                              keep=keep, dtype=dtype, sample_rate=sample_rate, chunk_rows=chunk_rows,
+                              summary_config=cfg)
+    store_acts = keep in ("both", "activations")
     with RunWriter(out, config, units, vocab=source.vocab(), label_categories=source.label_categories,
-                   store_activations=False, dtype=dtype, overwrite=overwrite) as writer:
+                   store_activations=store_acts, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
+                   expected_items=len(source)) as writer:
         if not writer.complete:
             _record_shards(writer, model, local_model, tok, source, sites, units, calibration, cfg, workers, scheduler,
-                           shards, progress, client, t0)
+                           shards, progress, client, t0, sample_rate)
     return open_run(out)
 
 
 def _record_shards(writer: Any, model: Any, local_model: Any, tok: Any, source: Any, sites: str, units: dict[str, int],
                    calibration: dict[str, np.ndarray], cfg: Any, workers: int | None, scheduler: str | None,
-                   shards: int | None, progress: bool, client: Any, t0: float) -> None:
+                   shards: int | None, progress: bool, client: Any, t0: float, sample_rate: float) -> None:
     """The body of :func:`record_distributed` while it holds the run's writer. The run
-    commits once, with every item: a run interrupted after that commit only finishes."""
+    commits once, with every item: a run interrupted after that commit only finishes; one
+    interrupted before it has committed nothing and starts over."""
     import time
 
-    from neuronscope.recording import batching_info
+    from neuronscope.recording import batching_info, keep_mask
 
-    if writer.items_committed == len(source):
-        writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3), **batching_info(source)})
+    n_docs = len(source)
+    info = {"workers": workers or 0}
+    if writer.items_committed == n_docs:
+        writer.finish({**info, "seconds": round(time.perf_counter() - t0, 3), **batching_info(source)})
         return
+    if writer.items_committed:
+        raise NeuronscopeError(
+            f"run {writer.path} was partly recorded in one process ({writer.items_committed} of {n_docs} documents "
+            "committed); resume it without --workers (the same `neuronscope record` command), or pass --overwrite"
+        )
     # sample coordinates of the whole corpus (tokenizing is cheap; no forward pass)
     plan = source.plan()
-    batch_samples = []
+    batch_samples, batch_items = [], []
     for b in source.batches():
         writer.append(b.samples, np.zeros(0, dtype=np.int64), None)
         batch_samples.append(len(b.samples["doc"]))
-    offsets = np.r_[0, np.cumsum(batch_samples)]
-    n_docs = len(source)
+        batch_items.append(b.items)
+    offsets = np.r_[0, np.cumsum(batch_samples)].astype(np.int64)
+    store_acts = writer.store_activations
+    placed: dict[str, Any] = {}
+    if store_acts:
+        # the rows to keep, numbered as a single-process record numbers them
+        kept = np.flatnonzero(keep_mask(np.arange(int(offsets[-1]), dtype=np.int64), sample_rate)).astype(np.int64)
+        row_off = np.searchsorted(kept, offsets, side="left")
+        per_batch = np.diff(row_off)
+        first = int(np.argmax(per_batch > 0)) if len(kept) else 0
+        chunk, token = writer.place_rows(kept, int(per_batch[first]) if len(kept) else 0,
+                                         batch_items[first] if batch_items else 0)
+        if len(kept):
+            placed = {"path": str(writer.path.resolve()), "token": token, "chunk_rows": chunk, "total": len(kept),
+                      "dtype": str(writer.dtype), "sample_rate": sample_rate}
     options = type(source).options(source.describe())
 
-    def go(c: Any) -> tuple[dict[str, SiteSummaries], dict[str, int]]:
+    def go(c: Any) -> tuple[dict[str, SiteSummaries], dict[str, int], list[list[int]]]:
+        from distributed import as_completed
+
         from neuronscope.summaries.site import SiteSummaries
 
         nw = len(c.scheduler_info().get("workers", {})) or 1
+        if placed:
+            sees = c.run(_sees_run, placed["path"], next(iter(units)), placed["token"])
+            blind = sorted(w for w, ok in sees.items() if not ok)
+            if blind:
+                raise NeuronscopeError(
+                    f"Dask worker(s) {', '.join(blind)} cannot see the run directory {placed['path']}; storing "
+                    "activations with --workers/--scheduler needs --out on a filesystem every worker shares, at the "
+                    "same path (or use --keep summaries)"
+                )
         k = shards or 2 * nw
         # shard boundaries on batch boundaries of the plan, so batches match the single-process run
         n_batches = len(plan)
@@ -333,29 +447,44 @@ def _record_shards(writer: Any, model: Any, local_model: Any, tok: Any, source: 
         payload = model if isinstance(model, str) else c.scatter([_ModelBlob(local_model, tok)], broadcast=True)[0]
         calib = c.scatter([calibration], broadcast=True)[0]  # sent once, not with every task
         ids = source.corpus.ids()
-        futs = []
+        futs, shard_rows = [], []
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             if b <= a:
                 continue
             docs = [int(i) for i in np.concatenate(plan[a:b])]
             labels = {f: [v[i] for i in docs] for f, v in source.corpus.labels.items()}
+            rows = None
+            if placed:
+                rows = {**placed, "start": int(row_off[a]), "stop": int(row_off[b]), "sample_stop": int(offsets[b])}
+                shard_rows.append([int(row_off[a]), int(row_off[b])])
             futs.append(c.submit(_record_shard, payload, [source.corpus.texts[i] for i in docs], labels,
                                  [ids[i] for i in docs], int(offsets[a]), sites, options,
-                                 [len(x) for x in plan[a:b]], cfg.to_dict(), calib, pure=False))
+                                 [len(x) for x in plan[a:b]], cfg.to_dict() if cfg is not None else None, calib,
+                                 source.label_categories, rows, pure=False))
         if progress:
             from distributed import progress as dask_progress
 
             dask_progress(futs)
-        roots = {s: tree_future(c, [c.submit(_site_state, f, s, pure=False) for f in futs]) for s in units}
+        roots = {}
+        if cfg is not None:
+            roots = {s: tree_future(c, [c.submit(_site_state, f, s, pure=False) for f in futs]) for s in units}
+        if placed:
+            shared = _SharedChunks(writer, placed["chunk_rows"], placed["total"])
+            for _f, pieces in as_completed([c.submit(_edges, f, pure=False) for f in futs], with_results=True):
+                for start, acts in pieces:
+                    shared.add(start, acts)
+            shared.check_done()
         counts = c.gather([c.submit(_nonfinite, f, pure=False) for f in futs])
         nonfinite = {s: int(sum(cnt.get(s, 0) for cnt in counts)) for s in units}
-        return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}, nonfinite
+        return {s: SiteSummaries.from_state(*f.result()) for s, f in roots.items()}, nonfinite, shard_rows
 
     if client is not None:
-        merged, nonfinite = go(client)
+        merged, nonfinite, shard_rows = go(client)
     else:
         with dask_client(workers, scheduler) as c:
-            merged, nonfinite = go(c)
-    states = {s: merged[s].state() for s in units}
+            merged, nonfinite, shard_rows = go(c)
+    states = {s: merged[s].state() for s in units} if cfg is not None else None
     writer.commit(n_docs, nonfinite, states)
-    writer.finish({"workers": workers or 0, "seconds": round(time.perf_counter() - t0, 3), **batching_info(source)})
+    if shard_rows:
+        info["shard_rows"] = shard_rows
+    writer.finish({**info, "seconds": round(time.perf_counter() - t0, 3), **batching_info(source)})

@@ -40,6 +40,8 @@ from neuronscope.summaries.site import SiteSummaries, SummaryConfig
 KEEP = ("both", "activations", "summaries")
 DTYPES = ("float16", "float32")
 BatchHook = Callable[[str, np.ndarray, Mapping[str, np.ndarray]], None]
+#: receives the kept activation rows of a batch: ``(global sample ids, {site: rows})``
+RowSink = Callable[[np.ndarray, Mapping[str, np.ndarray]], None]
 #: A commit checkpoints the summaries; commits wait at least this many times the last
 #: commit's cost, so checkpoints take at most 1/COMMIT_SPACING of the run (5%).
 COMMIT_SPACING = 20
@@ -223,7 +225,9 @@ class Recorder:
     Global sample ids continue from ``first_sample`` (a resumed run's committed samples).
     Summaries resume from the writer's last checkpoint, else start from ``calibration``
     (``{site: (n, units)}``; default: the first batch) — None when ``summary_config`` is
-    None. Commits happen every ``commit_every`` batches, or every ``commit_seconds`` but
+    None. Without a writer, ``rows_out`` (if given) receives the activation rows to store
+    instead (the ``sample_rate`` subsample, as recorded: non-finite values kept): a shard
+    of a distributed recording writes them itself. Commits happen every ``commit_every`` batches, or every ``commit_seconds`` but
     never sooner than :data:`COMMIT_SPACING` times the last commit's cost. Feed it from one
     thread at a time; ``seen`` (samples consumed) may be read from another.
     """
@@ -241,8 +245,12 @@ class Recorder:
         commit_seconds: float = 10.0,
         calibration: Mapping[str, np.ndarray] | None = None,
         first_sample: int = 0,
+        rows_out: RowSink | None = None,
     ) -> None:
+        if writer is not None and rows_out is not None:
+            raise NeuronscopeError("give a Recorder either a writer or rows_out, not both")
         self.units = dict(units)
+        self.rows_out = rows_out
         self.cfg = summary_config
         self.writer = writer
         self.store_activations = store_activations
@@ -285,6 +293,10 @@ class Recorder:
             mask = keep_mask(sample_ids, self.sample_rate)
             kept = {s: (a if mask.all() else a[mask]) for s, a in acts.items()} if self.store_activations else None
             self.writer.append(batch.samples, sample_ids[mask], kept, items=batch.items)
+        elif self.rows_out is not None:
+            mask = keep_mask(sample_ids, self.sample_rate)
+            if mask.any():
+                self.rows_out(sample_ids[mask], {s: (a if mask.all() else a[mask]) for s, a in acts.items()})
         self.n_done += n
         self.seen += n
         self.batches_since_commit += 1

@@ -50,6 +50,12 @@ commits stay spaced >= 20x their cost. Atomicity is instead made by construction
   the committed checkpoint slot is renamed to ``summaries`` (one rename), the other slot
   deleted, and only then the record says ``complete`` (no checkpoints). A re-run of a
   ``finishing`` run redoes the remaining steps (issue 10, bug 2).
+* A sharded recording (``distributed.record_distributed``) is the same protocol with
+  rows written by other processes: the lock holder sizes the activation arrays to every
+  row up front (:meth:`RunWriter.place_rows`, a fresh token in their attributes), workers
+  write the chunks wholly inside their row ranges (:class:`RowRangeWriter`, durable, only
+  into arrays carrying their token), the holder writes the chunks two ranges share, and
+  one commit then covers every row — so ``verify`` checks the workers' chunks like any.
 * ``write_summaries``/``write_extras`` first list the groups they rewrite under
   ``writing`` in the record, rewrite them, then clear the mark: an interrupted rewrite is
   reported (``verify``, reading that group) with the command that redoes it.
@@ -108,6 +114,8 @@ COORD_CHUNK = 1 << 16
 STATUSES = ("recording", "finishing", "complete")
 #: arrays whose first axis grows with the run: only chunks below the committed count are data
 _APPENDABLE_ROWS = "rows"
+#: attribute of activation arrays whose rows other processes write (:meth:`RunWriter.place_rows`)
+SHARD_TOKEN = "neuronscope_shard_token"
 
 
 # --------------------------------------------------------------------------- durable file I/O
@@ -371,17 +379,19 @@ class RunLock:
 
 def _create_array(group: zarr.Group, name: str, *, shape: tuple[int, ...], dtype: Any,
                   chunks: tuple[int, ...] | None = None, compress: bool | int = True, overwrite: bool = False,
-                  fill_value: Any = None, dims: tuple[str, ...] | None = None) -> zarr.Array:
+                  fill_value: Any = None, dims: tuple[str, ...] | None = None,
+                  attributes: Mapping[str, Any] | None = None) -> zarr.Array:
     """Every array of a run: crc32c on each chunk (after zstd when ``compress``), and
     ``write_empty_chunks`` so a chunk equal to the fill value is still written (a missing
     chunk is damage, never zeros). ``compress``: False, True (zstd's default level) or a
     zstd level. ``dims`` become Zarr v3 ``dimension_names`` (xarray's
-    ``open_zarr(run, group="samples")`` uses them)."""
+    ``open_zarr(run, group="samples")`` uses them). ``attributes``: the array's JSON attributes."""
     zstd = [] if compress is False else [ZstdCodec() if compress is True else ZstdCodec(level=int(compress))]
     return group.create_array(
         name, shape=shape, dtype=dtype, chunks=chunks if chunks is not None else "auto",
         compressors=[*zstd, Crc32cCodec()],
         overwrite=overwrite, fill_value=fill_value, config={"write_empty_chunks": True}, dimension_names=dims,
+        attributes=dict(attributes) if attributes else None,
     )
 
 
@@ -750,6 +760,7 @@ class RunWriter:
         self.max_chunk_rows = int(chunk_rows)
         self.expected_items = expected_items
         self.chunk_rows: int | None = None  # of the activation arrays, once they exist
+        self.placed_rows: int | None = None  # rows written by other processes (:meth:`place_rows`)
         self.resumed = False
         self._arrays: dict[str, zarr.Array] = {}
         self.lock = RunLock(self.path)
@@ -949,28 +960,85 @@ class RunWriter:
         return {s: _load_state(g[s]) for s in self.sites}
 
     # -- appending --------------------------------------------------------------------
-    def _create_activations(self, rows: int, items: int | None) -> None:
-        """Create the activation arrays, chunk rows sized from the first batch that stores
-        rows: ``rows / items * expected_items`` (+1/8), rounded up to 64, at most
-        ``chunk_rows`` (deterministic, so a resumed run sizes them the same)."""
+    def _chunk_rows_for(self, rows: int, items: int | None) -> int:
+        """Chunk rows of the activation arrays from the first batch that stores rows:
+        ``rows / items * expected_items`` (+1/8), rounded up to 64, at most ``chunk_rows``
+        (deterministic, so a resumed or sharded run sizes them the same)."""
         c = self.max_chunk_rows
         if self.expected_items and items:
             est = math.ceil(rows * self.expected_items / items)
             c = min(c, max(64, -(-(est + est // 8) // 64) * 64))
+        return c
+
+    def _create_activations(self, rows: int, items: int | None, *, total: int = 0,
+                            attributes: Mapping[str, Any] | None = None) -> None:
+        """Create the activation arrays (``total`` rows long; chunk rows by
+        :meth:`_chunk_rows_for`)."""
+        c = self._chunk_rows_for(rows, items)
         self.chunk_rows = c
         sg = self.group.require_group("sites")
         for name, units in self.sites.items():
-            _create_array(sg.require_group(name), "activations", shape=(0, units), chunks=(c, min(units, UNIT_CHUNK)),
-                          dtype=self.dtype, compress=False, fill_value=0, overwrite=True, dims=("row", "unit"))
+            _create_array(sg.require_group(name), "activations", shape=(total, units),
+                          chunks=(c, min(units, UNIT_CHUNK)), dtype=self.dtype, compress=False, fill_value=0,
+                          overwrite=True, dims=("row", "unit"), attributes=attributes)
             self._arrays.pop(f"sites/{name}/activations", None)
         self._reset_buffers(0)
         self._update_extents()
+
+    def place_rows(self, rows: np.ndarray, first_rows: int, first_items: int) -> tuple[int, str]:
+        """Prepare a run whose activation rows other processes write (the workers of a
+        distributed recording, each with a :class:`RowRangeWriter`): write ``rows`` (the
+        global sample ids of every row to keep, increasing), create the activation arrays
+        at their full length — chunk rows sized as :meth:`append` would from the first
+        batch that stores rows (``first_rows`` rows of ``first_items`` items) — and return
+        ``(chunk_rows, token)``. ``token`` is a fresh id stored in every activation array's
+        attributes; a :class:`RowRangeWriter` writes only into arrays that still carry it,
+        so a writer left over from an interrupted attempt never writes into a new one.
+
+        Everything written here lies beyond the commit record; the next :meth:`commit`
+        covers all ``len(rows)`` rows, so every row's chunk must be written (by the
+        workers, or here with :meth:`write_placed`) before it. Only for a run that has
+        committed no sample and stores activations; :meth:`append` then takes no rows."""
+        if not self.store_activations or self.samples_committed or self.rows_committed:
+            raise NeuronscopeError(f"run {self.path}: rows can only be placed in a fresh run that stores activations")
+        rows = np.asarray(rows, dtype=np.int64)
+        token = uuid.uuid4().hex
+        try:
+            if len(rows):  # no row kept: no activation arrays, as in a single-process run
+                pending = self.pending_samples
+                self._create_activations(max(int(first_rows), 1), first_items, total=len(rows),
+                                         attributes={SHARD_TOKEN: token})
+                self.pending_samples = pending
+            arr = self._array(_APPENDABLE_ROWS)
+            arr.resize((len(rows),))
+            if len(rows):
+                arr[:] = rows
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        self.placed_rows = len(rows)
+        return int(self.chunk_rows or 0), token
+
+    def write_placed(self, start: int, acts: Mapping[str, np.ndarray]) -> None:
+        """Write rows ``start…`` of every site of a run prepared by :meth:`place_rows` (the
+        chunks that several workers' row ranges share; whole chunks, so nothing is read)."""
+        if self.placed_rows is None:
+            raise NeuronscopeError(f"run {self.path}: write_placed needs place_rows first")
+        n = len(next(iter(acts.values())))
+        if start < 0 or start + n > self.placed_rows:
+            raise NeuronscopeError(f"rows {start}:{start + n} lie outside the {self.placed_rows} placed rows")
+        try:
+            for s, a in acts.items():
+                self.acts_array(s)[start : start + n] = a
+        except OSError as e:
+            raise _write_error(self.path, e) from None
 
     def append(self, samples: Mapping[str, np.ndarray], rows: np.ndarray, acts: Mapping[str, np.ndarray] | None,
                items: int | None = None) -> None:
         """Buffer one batch of ``items`` items: all its sample coords, and the activation
         rows to keep (``rows`` = global sample ids of the kept rows, ``acts[site]`` = their
         values)."""
+        if self.placed_rows is not None and len(rows):
+            raise NeuronscopeError(f"run {self.path}: its rows were placed (place_rows); append takes no rows")
         if self.store_activations and len(rows) and self.chunk_rows is None:
             pending = self.pending_samples
             try:
@@ -1064,7 +1132,7 @@ class RunWriter:
                     _save_state(cg.require_group(s), arrays, attrs)
             meta["samples_committed"] = start + samples_added
             meta["items_committed"] = self.items_committed + items
-            meta["rows_committed"] = self.aligned + self.buf_n
+            meta["rows_committed"] = self.placed_rows if self.placed_rows is not None else self.aligned + self.buf_n
             meta["nonfinite"] = {s: int(nonfinite.get(s, 0)) for s in self.sites}
             meta["checkpoint"] = slot
             self._write_record(meta)
@@ -1108,6 +1176,118 @@ class RunWriter:
         meta["checkpoint"] = None
         self.group = zarr.open_group(store=self.store, mode="r+", zarr_format=3)
         self._write_record(meta)
+
+
+def shard_token(path: str | Path, site: str) -> str | None:
+    """The :data:`SHARD_TOKEN` of a site's activation array (None: no such array or token),
+    read from its ``zarr.json`` directly (a worker checks it before every chunk it writes)."""
+    try:
+        doc = json.loads((Path(path) / "sites" / site / "activations" / "zarr.json").read_bytes())
+        token = doc["attributes"][SHARD_TOKEN]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return token if isinstance(token, str) else None
+
+
+class RowRangeWriter:
+    """Writes the activation rows ``[start, stop)`` of a run prepared by
+    :meth:`RunWriter.place_rows`, from a process that does not hold the run's lock (a worker
+    of a distributed recording; the lock's holder commits once every range is written).
+
+    Rows arrive in order through :meth:`add`. Chunks that lie wholly inside the range are
+    written (durably: :class:`RunStore`) as soon as they are full; rows of the chunks it
+    shares with the neighbouring ranges (at most one at each end) are kept and returned by
+    :meth:`close`, so no two processes ever write one chunk. Before each chunk the writer
+    checks that the site's array still carries ``token`` and otherwise raises a one-line
+    :class:`NeuronscopeError`: a writer of an interrupted attempt never writes into the
+    arrays of a later one. ``path`` must be the same directory for every worker (a shared
+    filesystem, when the workers run on other machines).
+    """
+
+    def __init__(self, path: str | Path, sites: Mapping[str, int], dtype: str, start: int, stop: int, total: int,
+                 chunk_rows: int, token: str):
+        self.path = Path(path)
+        self.sites = dict(sites)
+        self.dtype = np.dtype(dtype)
+        self.start, self.stop, self.total, self.c, self.token = int(start), int(stop), int(total), int(chunk_rows), token
+        if not 0 <= self.start <= self.stop <= self.total or self.c < 1:
+            raise NeuronscopeError(f"row range {start}:{stop} of {total} rows (chunks of {chunk_rows}) is not valid")
+        c = self.c
+        # [own0, own1): the chunks wholly inside the range (the array's last chunk may be short)
+        self.own0 = min(-(-self.start // c) * c, self.stop)
+        self.own1 = self.stop if self.stop == self.total else max(self.own0, self.stop // c * c)
+        self.pos = self.start
+        self.head = {s: np.empty((self.own0 - self.start, u), dtype=self.dtype) for s, u in self.sites.items()}
+        self.tail = {s: np.empty((self.stop - self.own1, u), dtype=self.dtype) for s, u in self.sites.items()}
+        self.buf = {s: np.empty((min(c, max(self.own1 - self.own0, 0)), u), dtype=self.dtype)
+                    for s, u in self.sites.items()}
+        self.chunks_written: list[int] = []
+        self.store = RunStore(self.path, run_path=self.path)
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def _check_token(self, site: str) -> None:
+        if shard_token(self.path, site) != self.token:
+            raise NeuronscopeError(
+                f"run {self.path} no longer holds the activation arrays this worker was writing (another recording "
+                "replaced them, or the directory is not visible here); re-run the recording"
+            )
+
+    def _write_chunk(self, first: int, n: int) -> None:
+        for s in self.sites:
+            self._check_token(s)
+            if s not in self._arrays:
+                self._arrays[s] = _open_array(self.store, f"sites/{s}/activations")
+            try:
+                self._arrays[s][first : first + n] = self.buf[s][:n]
+            except OSError as e:
+                raise _write_error(self.path, e) from None
+        self.chunks_written.append(first // self.c)
+
+    def add(self, acts: Mapping[str, np.ndarray]) -> None:
+        """The next rows of the range, in order (``{site: (rows, units)}``; cast to the run's dtype)."""
+        n = len(next(iter(acts.values())))
+        if self.pos + n > self.stop:
+            raise NeuronscopeError(f"row range {self.start}:{self.stop} received {self.pos + n - self.start} rows; "
+                                   "the shard's batches do not match the driver's plan")
+        done = 0
+        while done < n:
+            p = self.pos
+            full: int | None = None  # first row of a chunk this step completes
+            if p < self.own0:
+                take = min(n - done, self.own0 - p)
+                dest, at = self.head, p - self.start
+            elif p < self.own1:
+                first = p // self.c * self.c
+                end = min(first + self.c, self.own1)
+                take = min(n - done, end - p)
+                dest, at = self.buf, p - first
+                full = first if p + take == end else None
+            else:
+                take = n - done
+                dest, at = self.tail, p - self.own1
+            for s in self.sites:
+                dest[s][at : at + take] = acts[s][done : done + take]
+            self.pos += take
+            done += take
+            if full is not None:
+                self._write_chunk(full, self.pos - full)
+
+    def close(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """Make the written chunks durable and return the rows of the shared chunks:
+        ``[(first row, {site: rows}), …]`` (for :meth:`RunWriter.write_placed`)."""
+        if self.pos != self.stop:
+            raise NeuronscopeError(f"row range {self.start}:{self.stop} received {self.pos - self.start} rows, "
+                                   f"not {self.stop - self.start}; the shard's batches do not match the driver's plan")
+        try:
+            self.store.barrier()
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        edges = []
+        if self.own0 > self.start:
+            edges.append((self.start, self.head))
+        if self.stop > self.own1:
+            edges.append((self.own1, self.tail))
+        return edges
 
 
 def _remove_stale_temporaries(path: Path) -> None:

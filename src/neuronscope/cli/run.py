@@ -20,7 +20,7 @@ def record(
     corpus: str = typer.Option("default", help="Corpus: a .txt file (one document per line), a .jsonl file with a 'text' field and optional label fields such as 'lang', or 'default' for the bundled multilingual corpus."),
     sites: str = typer.Option("encoder.layer.*.intermediate", help="Module-name glob(s), comma-separated, e.g. 'encoder.layer.*.intermediate'."),
     out: Path = typer.Option(..., help="Run directory to write (a Zarr v3 store); re-running into an unfinished run resumes it."),
-    keep: str = typer.Option("both", help="What to keep: 'both' (activations + summaries), 'activations', or 'summaries' (no activations stored)."),
+    keep: str = typer.Option("both", help="What to keep: 'both' (activations + summaries), 'activations', or 'summaries' (no activations stored). All three work with --workers/--scheduler: the run reads like a single-process one."),
     dtype: str = typer.Option("float16", help="Storage dtype of activations: float16 or float32."),
     batch_size: int = typer.Option(32, min=1, help="Documents per forward pass with --batching docs; otherwise sets the default token budget (batch-size × max-tokens)."),
     max_tokens: int = typer.Option(128, min=1, help="Truncate each document to this many tokens."),
@@ -29,9 +29,9 @@ def record(
     window: int = typer.Option(2048, min=1, help="With --batching bucket: documents are sorted by length only within windows of this many consecutive documents."),
     pack: int = typer.Option(None, help="Pack the corpus into contexts of this many tokens (documents' tokens, each followed by the separator token, concatenated and cut, as TransformerLens' tokenize_and_concatenate): no padding; samples keep doc and pos (the position in the document) and gain ctx (the context). Items and resume count contexts. Not with --workers."),
     threads: int = typer.Option(0, min=0, help="Torch intra-op threads for the forward passes in process (0 = one fewer than the cores, so the summary thread beside them has a core of its own: on 2 cores 1 thread recorded as fast as 2 when idle and 3.4x faster under load, benchmarks/RESULTS.md; --workers use 1 each)."),
-    sample_rate: float = typer.Option(1.0, callback=open_interval(0.0, 1.0), help="Store activations of this deterministic fraction of samples, in (0, 1] (summaries see all)."),
-    workers: int = typer.Option(0, min=0, help="Shard the corpus over a local Dask cluster with this many workers (summaries only; 0 = in process)."),
-    scheduler: str = typer.Option("", help="Address of a running Dask scheduler to shard the corpus over (summaries only)."),
+    sample_rate: float = typer.Option(1.0, callback=open_interval(0.0, 1.0), help="Store activations of this deterministic fraction of samples, in (0, 1] (summaries see all; the same samples with --workers). Needs --keep both or activations."),
+    workers: int = typer.Option(0, min=0, help="Shard the corpus over a local Dask cluster with this many workers (0 = in process). Each worker records whole batches of the corpus and, with --keep both/activations, writes its rows straight into the run; the result is one run equal to a single-process record (samples, activations, summaries). An interrupted run starts over when re-run (a run partly recorded in one process is resumed without --workers). Not with --pack."),
+    scheduler: str = typer.Option("", help="Address of a running Dask scheduler to shard the corpus over (as --workers). With --keep both/activations every worker writes into --out: it must be on a filesystem all workers share, at the same path (checked before recording)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run with a different configuration."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
@@ -51,6 +51,10 @@ def record(
 
         raise NeuronscopeError("record --workers shards documents and --pack splits them across contexts; "
                                "drop --workers or drop --pack")
+    if (workers or scheduler) and keep == "summaries" and sample_rate != 1.0:
+        from neuronscope.errors import NeuronscopeError
+
+        raise NeuronscopeError("record --workers stores no activations to subsample; drop --sample-rate or drop --workers")
     output_dir(out, "--out")  # before the seconds of loading a model
     docs = load_corpus(corpus)
     if labels is not None:
