@@ -285,3 +285,47 @@ def test_block_ranges_on_threads_equal_reference(monkeypatch, n_threads):
     cfg = _cfg(k=3, window=1)
     _assert_same(_run(batches, cfg, units).result(), _run(batches, cfg, units, fused=False).result(),
                  exact_floats=True)
+
+
+def test_sites_side_by_side_equal_one_by_one_and_survive_fork():
+    """``update_sites`` (sites on the kernel's thread pool) equals updating each site alone,
+    and a forked child (the crash tests fork mid-recording) still gets a working pool."""
+    import os
+
+    from neuronscope.summaries import fused
+
+    rng = np.random.default_rng(11)
+    units, n = 300, 400  # 3 sites x 120,000 values: enough for the pool
+    batches = _stream(rng, units, [n, n])
+    cfg = _cfg(k=4)
+    names = ["a", "b", "c"]
+    pooled = {s: SiteSummaries.create(units, cfg) for s in names}
+    alone = {s: SiteSummaries.create(units, cfg) for s in names}
+    for a, smp in batches:
+        acts = {s: a * (i + 1) for i, s in enumerate(names)}
+        fused.update_sites(pooled, acts, smp)
+        for s in names:
+            alone[s].update(acts[s], smp)
+    for s in names:
+        _assert_same(pooled[s].result(), alone[s].result(), exact_floats=True)
+    if fused.threads() < 2:
+        return
+    assert fused._POOL is not None
+    pid = os.fork()
+    if pid == 0:  # child: must not wait forever on the parent's pool threads
+        try:
+            fused.update_sites(pooled, {s: batches[0][0] for s in names}, batches[0][1])
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError("forked child hung on the parent's summary thread pool")

@@ -373,6 +373,7 @@ class TextSource:
         self._features = tokenizer_features(tokenizer)
         self._special_ids = _special_ids(tokenizer)
         self._lengths: np.ndarray | None = None
+        self._doc_ids: np.ndarray | None = None
         self._plan: list[np.ndarray] | None = None
         self._fixed: list[np.ndarray] | None = None  # a plan given by with_plan
         if self.pack is not None:
@@ -436,6 +437,13 @@ class TextSource:
         tok = self.tokenizer
         n = len(tok)
         return [str(t) for t in tok.convert_ids_to_tokens(list(range(n)))]
+
+    def doc_ids(self) -> np.ndarray:
+        """The corpus's document ids as int64 (made once: building them per batch would cost
+        a pass over the whole corpus for every batch)."""
+        if self._doc_ids is None or len(self._doc_ids) != len(self.corpus):
+            self._doc_ids = np.asarray(self.corpus.ids(), dtype=np.int64)
+        return self._doc_ids
 
     # -- the plan ------------------------------------------------------------------------
     def lengths(self) -> np.ndarray:
@@ -544,7 +552,7 @@ class TextSource:
     def _batch(self, idx: np.ndarray) -> Batch:
         """One padded batch of the documents at corpus positions ``idx``, in that order."""
         texts = self.corpus.texts
-        doc_ids = np.asarray(self.corpus.ids(), dtype=np.int64)
+        doc_ids = self.doc_ids()
         chunk = [texts[i] for i in idx]
         enc = dict(self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_tokens,
                                   return_tensors="pt", **self._extra()))
@@ -590,7 +598,7 @@ class TextSource:
         chunk = [self.corpus.texts[i] for i in idx]
         extra = {"return_offsets_mapping": True} if self._features["offsets"] else {}
         enc = self.tokenizer(chunk, truncation=True, max_length=self.max_tokens, add_special_tokens=False, **extra)
-        doc_ids = np.asarray(self.corpus.ids(), dtype=np.int64)
+        doc_ids = self.doc_ids()
         tok = [np.asarray(list(x) + [self._sep], dtype=np.int64) for x in enc["input_ids"]]
         per_doc = np.array([len(x) for x in tok], dtype=np.int64)
         if not np.array_equal(per_doc, lengths[idx]):

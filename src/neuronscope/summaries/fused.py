@@ -47,8 +47,18 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL = None  # a forked child has the pool object but none of its threads
+    _POOL_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool(n: int) -> ThreadPoolExecutor:
-    """A shared pool of at least ``n`` threads for the kernel's block ranges."""
+    """A shared pool of at least ``n`` threads for the kernel's block ranges (made anew in a
+    forked child, whose copy of the pool has no threads)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL._max_workers < n:
@@ -377,7 +387,8 @@ def update_sites(sites: Mapping[str, Any], acts: Mapping[str, np.ndarray], sampl
     (MiniLM's six FFN layers) this also runs the parts' numpy folds side by side, where
     splitting one site's neuron blocks would leave them serial."""
     names = list(sites)
-    n = min(threads(), len(names))
+    values = sum(np.shape(acts[s])[0] * np.shape(acts[s])[1] for s in names)
+    n = min(threads(), len(names), max(1, values // _MIN_VALUES_PER_THREAD))
     if n <= 1:
         for s in names:
             sites[s].update(acts[s], samples)
