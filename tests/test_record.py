@@ -329,12 +329,17 @@ def test_summarize_model_in_memory_equals_the_run_summaries(tmp_path):
                           on_batch=lambda site, acts, samples: hooked.append((site, len(acts))))
     assert sorted(tmp_path.iterdir()) == [corpus]  # nothing written
     run = ns.record(TinyText(), src, "ff,act", out=tmp_path / "r.zarr", keep="both", dtype="float32", progress=False)
+    # the overlapped pass (summaries and store on a worker thread) records the same run
+    lap = ns.record(TinyText(), src, "ff,act", out=tmp_path / "o.zarr", keep="both", dtype="float32",
+                    progress=False, overlap=True)
     assert list(mem) == ["ff", "act"]
     for site in mem:
         got, want = mem[site].result(), run.summaries(site).result()
         assert got.keys() == want.keys()
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+            np.testing.assert_array_equal(lap.summaries(site).result()[key], want[key], err_msg=key)
+        np.testing.assert_array_equal(lap.population(site).values, run.population(site).values)
     acts = run.population("act").values
     np.testing.assert_array_equal(mem["act"].result()["firing.pos_count"], (acts > 0).sum(0))
     assert sum(n for s, n in hooked if s == "act") == run.n_samples

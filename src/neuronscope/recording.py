@@ -414,7 +414,7 @@ def record(
     progress: bool = True,
     on_batch: BatchHook | None = None,
     model_id: str | None = None,
-    overlap: bool = True,
+    overlap: bool = False,
     interventions: Sequence[Any] = (),
     threads: int | None = None,
 ) -> Run:
@@ -430,6 +430,12 @@ def record(
       for extra streaming computations; with ``overlap`` it runs on the worker thread).
     * ``overlap``: summarize and store batch *i* on a worker thread while the forward pass
       of batch *i+1* runs (numpy and Zarr release the GIL); one batch in flight at most.
+      Off by default: the forward pass and the summaries each use every core in turn
+      (torch's threads, then the sites side by side on the kernel's threads), which on the
+      2-core development machine recorded summaries-only 1.61× the best bare forward
+      against 1.75× with overlap and 2 torch threads and 2.22× with overlap and 1 torch
+      thread (``benchmarks/record.py``, RESULTS.md): the OpenMP barriers of every torch
+      operator wait on whichever thread the summary work has descheduled.
     * ``interventions``: :mod:`neuronscope.intervene` context managers (``ablate``, ``clamp``,
       ``scale``, ``add``, ``patch``) active for the whole recording, so an intervened model
       is recorded and characterized like any other; they are part of the run configuration.
@@ -438,13 +444,9 @@ def record(
       different configuration is refused unless ``overwrite``. A commit checkpoints the
       summaries, so commits are spaced to at least 20× their own cost (≤ 5% overhead).
     * ``threads``: torch intra-op threads for the forward passes during the recording
-      (restored afterwards). Default (None): :func:`default_threads` — with ``overlap``, one
-      fewer than torch's setting (one per core), so the summary thread has a core of its
-      own: on 2 cores, torch's 2 threads plus the summary thread oversubscribe the cores and
-      the OpenMP barriers of every operator wait on a descheduled thread. On the 2-core
-      development machine (``benchmarks/record.py``, RESULTS.md ``record-400-docs`` and
-      ``record-1000-docs``) 1 forward thread recorded 3.4× faster than 2 under load from
-      other jobs, and as fast (5.70 s vs 5.85 s) on an idle machine.
+      (restored afterwards). Default (None): :func:`default_threads` — torch's setting (one
+      per core) without ``overlap``; with ``overlap`` one fewer, so the summary thread has a
+      core of its own (2 torch threads beside it oversubscribe 2 cores).
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
     summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
@@ -503,7 +505,7 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
     return open_run(out)
 
 
-def default_threads(overlap: bool = True) -> int:
+def default_threads(overlap: bool = False) -> int:
     """Torch intra-op threads for a recording's forward passes: with ``overlap`` (the
     summaries on a thread of their own), ``max(1, torch.get_num_threads() - 1)`` — one core
     for the summaries, the rest for the forward pass; without, ``torch.get_num_threads()``."""
@@ -555,7 +557,7 @@ def summarize_model(
     conv: str = "positions",
     progress: bool = True,
     on_batch: BatchHook | None = None,
-    overlap: bool = True,
+    overlap: bool = False,
     interventions: Sequence[Any] = (),
 ) -> dict[str, SiteSummaries]:
     """The streaming summaries of ``model``'s ``sites`` over ``source``, in memory: the pass of
