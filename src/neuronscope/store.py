@@ -82,6 +82,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -431,6 +432,20 @@ def _save_state(group: zarr.Group, arrays: Mapping[str, np.ndarray], attrs: Mapp
                           compress=1, chunks=(max(flat.size, 1),))
         z[...] = flat
     group.attrs.update({"state": dict(attrs), "layout": layout, "strings": strings})
+
+
+def _save_states(groups: Mapping[str, zarr.Group], states: Mapping[str, Any]) -> None:
+    """:func:`_save_state` of each ``states[s]`` into ``groups[s]``, the sites side by side on
+    up to ``os.cpu_count()`` threads (zstd and crc32c release the GIL; the first error is
+    raised)."""
+    names = list(states)
+    n = min(len(names), os.cpu_count() or 1)
+    if n <= 1:
+        for s in names:
+            _save_state(groups[s], *states[s])
+        return
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ns-save") as pool:
+        list(pool.map(lambda s: _save_state(groups[s], *states[s]), names))
 
 
 def _load_state(group: zarr.Group) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -1128,8 +1143,7 @@ class RunWriter:
             if summary_states is not None:
                 slot = 1 - slot if slot in (0, 1) else 0
                 cg = self.group.require_group("checkpoints").require_group(str(slot))
-                for s, (arrays, attrs) in summary_states.items():
-                    _save_state(cg.require_group(s), arrays, attrs)
+                _save_states({s: cg.require_group(s) for s in summary_states}, summary_states)
             meta["samples_committed"] = start + samples_added
             meta["items_committed"] = self.items_committed + items
             meta["rows_committed"] = self.placed_rows if self.placed_rows is not None else self.aligned + self.buf_n

@@ -10,8 +10,13 @@ read of the batch:
 * histogram: bucket ``clip(floor(a * s + h), 0, n_bins + 1)`` in float32, exactly the
   arithmetic of :class:`~neuronscope.summaries.histogram.Histogram` (rows with
   ``sample % stride == 0`` only);
-* per group (labels, positions): ``#{a > 0}``; per label group and per distinct token id
-  of the batch: ``Σa`` (and ``Σa²`` for label moments), float64;
+* per group (labels, positions): ``#{a > 0}``; per label group ``Σa`` and ``Σa²``
+  (float64);
+* per distinct token id of the batch, ``Σa`` in float64 per block of neurons (in cache),
+  added once to the token's float32 slot sum at the end of the block (ids without a slot
+  go to the float64 "other" sum): one rounding per batch, as the numpy part, without a
+  batch-sized table (slots from :meth:`TokenMeans.assign
+  <neuronscope.summaries.tokens.TokenMeans.assign>` before the kernel);
 * top-k: each value that beats its neuron's k-th kept example (``a > kth``, or
   ``a == kth`` and a smaller sample id; every value while fewer than ``k`` are kept) is
   inserted in place into a copy of the sorted kept values and ids; the part then gathers
@@ -22,7 +27,8 @@ read of the batch:
 Each part then folds these batch aggregates with the same code its numpy ``update`` uses,
 so integer results (counts, histograms, top-k sets) equal the numpy reference exactly and
 float sums differ only by summation order. NaN is rejected (``NeuronscopeError``) before
-any part changes; ±Inf are values like any other (as in the numpy parts).
+any part changes (one summing pass first); ±Inf are values like any other (as in the
+numpy parts).
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ def _build():
     @numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
     def kernel(acts, thr_abs, h_scale, h_shift, h_top, h_rows,
                sample, tk_vals, tk_samp, tk_src, tk_n,
-               fkeys, skeys, n_sq,
+               fkeys, skeys, n_sq, tok_key, tok_dest, tok_sums, tok_other,
                s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist, row_pos,
                ftab, stab, sqtab, block, b_first, b_stop):
         n, units = acts.shape
@@ -81,6 +87,7 @@ def _build():
         n_f = fkeys.shape[1]
         n_s = skeys.shape[1]
         k = tk_vals.shape[1]
+        n_u = tok_dest.shape[0]
         for bi in range(b_first, b_stop):
             j0 = bi * block
             w = min(block, units - j0)
@@ -99,6 +106,8 @@ def _build():
             lmin = np.full(w, np.inf, dtype=np.float32)
             lmax = np.full(w, -np.inf, dtype=np.float32)
             lpos = np.zeros(w, dtype=np.int32)
+            # per distinct token of the batch, this block's Σa (float64, stays in cache)
+            loc = np.zeros((n_u, w))
             for i in range(n):
                 row = acts[i, j0 : j0 + w]
                 # one short loop per accumulator: few arrays per loop, so each vectorizes
@@ -157,6 +166,10 @@ def _build():
                         else:
                             for c in range(w):
                                 sr[c] += np.float64(row[c])
+                if n_u:
+                    lr = loc[tok_key[i]]
+                    for c in range(w):
+                        lr[c] += np.float64(row[c])
                 # top-k insertion (rare once the top-k is full): only rows reaching a threshold
                 if reach:
                     si = sample[i]
@@ -190,6 +203,17 @@ def _build():
                             tk_n[j] = m
                         if m == k:
                             kt[c] = tk_vals[j, k - 1]
+            # tokens: one float32 rounding per batch into the slot's sum; no slot -> "other"
+            for u in range(n_u):
+                d = tok_dest[u]
+                lr = loc[u]
+                if d >= 0:
+                    tr = tok_sums[d, j0 : j0 + w]
+                    for c in range(w):
+                        tr[c] = np.float32(np.float64(tr[c]) + lr[c])
+                else:
+                    for c in range(w):
+                        tok_other[j0 + c] += lr[c]
             for c in range(w):
                 s1[j0 + c] = l1[c]
                 s2[j0 + c] = l2[c]
@@ -288,17 +312,32 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
         n_s += len(groups)
     n_sq_rows = n_s
     n_sq = len(skeys)
-    tok_info = None
     if tokens is not None:
         tok = b.coord("token_id")
         if tok is None:
             raise NeuronscopeError(
                 "samples lack 'token_id'; set SummaryConfig(token_slots=0) for non-text sources"
             )
-        uniq, inv, cnt = np.unique(tok, return_inverse=True, return_counts=True)
-        skeys.append(inv.reshape(-1).astype(np.int32) + n_s)
-        tok_info = (uniq, cnt, n_s)
-        n_s += len(uniq)
+    # NaN is refused before any part changes (the token slots are assigned before the
+    # kernel runs); one summing pass, an exact look only when the sum is NaN (NaN, or +Inf
+    # and -Inf together)
+    with np.errstate(all="ignore"):
+        total = np.add.reduce(b.acts, axis=None)
+    if np.isnan(total) and np.isnan(b.acts).any():
+        raise NeuronscopeError(
+            "batch contains NaN: summaries take finite or ±Inf values (record replaces "
+            "non-finite activations by 0 and counts them)"
+        )
+    tok_other = np.zeros(units)
+    if tokens is not None:
+        uniq, inv, tok_cnt = np.unique(tok, return_inverse=True, return_counts=True)
+        tok_key = inv.reshape(-1).astype(np.int32)
+        tok_dest = tokens.assign(uniq, tok_cnt)
+        tok_sums = tokens.sums
+    else:
+        tok_key = np.zeros(n, dtype=np.int32)
+        tok_dest = np.zeros(0, dtype=np.int64)
+        tok_sums = np.zeros((0, units), dtype=np.float32)
 
     thr_abs = (firing.thresholds if firing is not None else np.zeros(0)).astype(np.float32)
     if hist is not None:
@@ -343,7 +382,7 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
     args = (
         b.acts, thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
         np.ascontiguousarray(sample), tk_vals, tk_samp, tk_src, tk_n,
-        keys2d(fkeys), keys2d(skeys), n_sq,
+        keys2d(fkeys), keys2d(skeys), n_sq, tok_key, tok_dest, tok_sums, tok_other,
         s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out, row_pos,
         ftab, stab, sqtab, BLOCK,
     )
@@ -355,13 +394,7 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
         # the kernel releases the GIL (nogil): each thread takes a contiguous range of blocks
         cuts = np.linspace(0, n_blocks, n_threads + 1).round().astype(int).tolist()
         list(_pool(n_threads).map(lambda lo_hi: run(*args, *lo_hi), zip(cuts[:-1], cuts[1:], strict=True)))
-    # Σ|a| is NaN only if some a is NaN (±Inf give +Inf)
-    if np.isnan(sabs).any():
-        raise NeuronscopeError(
-            "batch contains NaN: summaries take finite or ±Inf values (record replaces "
-            "non-finite activations by 0 and counts them)"
-        )
-    # -- fold (no part has changed before this point) -------------------------------
+    # -- fold ----------------------------------------------------------------------
     if moments is not None:
         moments.fold(n, s1, s2, sabs, vmin, vmax)
     if firing is not None:
@@ -372,9 +405,8 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
         part.fold(groups, cnt, ftab[off : off + len(groups)])
     for part, groups, cnt, off in mparts:
         part.fold(groups, cnt, stab[off : off + len(groups)], sqtab[off : off + len(groups)])
-    if tokens is not None and tok_info is not None:
-        uniq, cnt, off = tok_info
-        tokens.fold(uniq, cnt, stab[off : off + len(uniq)])
+    if tokens is not None:
+        tokens.fold_counts(tok_dest, tok_cnt, tok_other)
     if topk is not None:
         topk.fold(b, tk_vals, tk_samp, tk_src)
     for part in other:

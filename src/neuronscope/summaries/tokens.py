@@ -46,8 +46,10 @@ class TokenMeans:
         self.other_count = 0
         self.other_sum = np.zeros(self.units, dtype=np.float64)
 
-    def _assign(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Slot for each of the distinct ``ids`` (-1 = goes to "other"), evicting if needed."""
+    def assign(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Slot for each of the distinct ``ids`` (ascending; -1 = goes to "other") given their
+        ``counts`` in the incoming batch or summary, evicting held ids by the slot policy
+        above (their sums and counts move to "other")."""
         slot_of = np.full(len(ids), -1, dtype=np.int64)
         used = np.flatnonzero(self.ids >= 0)
         order = used[np.argsort(self.ids[used], kind="stable")]
@@ -91,7 +93,7 @@ class TokenMeans:
         if b.n == 0:
             return
         uniq, inv, cnt = np.unique(tok, return_inverse=True, return_counts=True)
-        slot_of = self._assign(uniq, cnt)
+        slot_of = self.assign(uniq, cnt)
         keys = np.where(slot_of < 0, self.slots, slot_of)[inv.reshape(-1)]
         groups, sums = group_sum(b.acts, keys, self.slots + 1)
         mine = groups < self.slots
@@ -102,18 +104,14 @@ class TokenMeans:
         self.count += per_key[: self.slots]
         self.other_count += int(per_key[self.slots])
 
-    def fold(self, ids: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> None:
-        """Fold in a batch given its distinct token ``ids`` (ascending), their ``counts`` and
-        per-neuron sums ``sums[i] = Σ_{samples with token ids[i]} a`` (float64): slots are
-        assigned as in :meth:`update`; ids without a slot go to ``other``."""
-        if not len(ids):
-            return
-        slot_of = self._assign(ids, counts)
+    def fold_counts(self, slot_of: np.ndarray, counts: np.ndarray, other_sum: np.ndarray) -> None:
+        """The counts of a batch whose sums the fused kernel already added to ``sums`` (per
+        :meth:`assign`'s ``slot_of``): ``counts`` per distinct id, ``other_sum`` the float64
+        ``Σa`` of the ids without a slot."""
         mine = slot_of >= 0
-        self.sums[slot_of[mine]] += sums[mine]
         self.count[slot_of[mine]] += counts[mine]
         if not mine.all():
-            self.other_sum += sums[~mine].sum(axis=0)
+            self.other_sum += other_sum
             self.other_count += int(counts[~mine].sum())
 
     def merge(self, other: Self) -> Self:
@@ -121,7 +119,7 @@ class TokenMeans:
         if other.units != self.units or other.slots != self.slots:
             raise NeuronscopeError("cannot merge token means with different units or slots")
         theirs = np.flatnonzero(other.ids >= 0)
-        slot_of = self._assign(other.ids[theirs], other.count[theirs])
+        slot_of = self.assign(other.ids[theirs], other.count[theirs])
         mine = slot_of >= 0
         self.count[slot_of[mine]] += other.count[theirs[mine]]
         self.sums[slot_of[mine]] += other.sums[theirs[mine]]
