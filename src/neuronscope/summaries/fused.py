@@ -91,21 +91,19 @@ def _build():
         for bi in range(b_first, b_stop):
             j0 = bi * block
             w = min(block, units - j0)
-            # per-block accumulators, one 2-D array per dtype: the row loops below vectorize
-            cnt = np.zeros((1 + n_t, w), dtype=np.int32)
             hb_buf = np.empty(w, dtype=np.int32)
-            hit = np.empty(w + 1, dtype=np.int32)
             # a value enters the top-k when it reaches kt (the k-th kept value; -inf while
             # fewer than k are kept) and then beats the k-th by (value desc, sample asc)
             kt = np.empty(w, dtype=np.float32)
             for c in range(w):
                 kt[c] = tk_vals[j0 + c, k - 1] if tk_n[j0 + c] == k else -np.inf
-            l1 = np.zeros(w)
-            l2 = np.zeros(w)
-            la = np.zeros(w)
-            lmin = np.full(w, np.inf, dtype=np.float32)
-            lmax = np.full(w, -np.inf, dtype=np.float32)
-            lpos = np.zeros(w, dtype=np.int32)
+            # the block's slices of the outputs (zeros, +inf, -inf on entry) accumulate in place
+            l1 = s1[j0 : j0 + w]
+            l2 = s2[j0 : j0 + w]
+            la = sabs[j0 : j0 + w]
+            lmin = vmin[j0 : j0 + w]
+            lmax = vmax[j0 : j0 + w]
+            lpos = pos_count[j0 : j0 + w]
             # per distinct token of the batch, this block's Σa (float64, stays in cache)
             loc = np.zeros((n_u, w))
             for i in range(n):
@@ -134,7 +132,7 @@ def _build():
                 row_pos[bi, i] = active
                 for t in range(n_t):
                     th = thr_abs[t]
-                    ct = cnt[1 + t]
+                    ct = abs_count[t, j0 : j0 + w]
                     for c in range(w):
                         ct[c] += np.int32(abs(row[c]) > th)
                 if h_rows[i]:
@@ -173,14 +171,10 @@ def _build():
                 # top-k insertion (rare once the top-k is full): only rows reaching a threshold
                 if reach:
                     si = sample[i]
-                    # branch-free compaction of the reaching neurons, then one visit each
-                    nh = 0
                     for c in range(w):
-                        hit[nh] = c
-                        nh += np.int32(row[c] >= kt[c])
-                    for h in range(nh):
-                        c = hit[h]
                         a = row[c]
+                        if not a >= kt[c]:
+                            continue
                         j = j0 + c
                         m = tk_n[j]
                         if m == k and not (a > tk_vals[j, k - 1] or si < tk_samp[j, k - 1]):
@@ -214,15 +208,6 @@ def _build():
                 else:
                     for c in range(w):
                         tok_other[j0 + c] += lr[c]
-            for c in range(w):
-                s1[j0 + c] = l1[c]
-                s2[j0 + c] = l2[c]
-                sabs[j0 + c] = la[c]
-                vmin[j0 + c] = lmin[c]
-                vmax[j0 + c] = lmax[c]
-                pos_count[j0 + c] = lpos[c]
-                for t in range(n_t):
-                    abs_count[t, j0 + c] = cnt[1 + t, c]
 
     return kernel
 
