@@ -9,7 +9,9 @@ its own process, so its peak RSS (``ru_maxrss``) is its own:
   peak RSS of the process;
 * the best bare forward pass on the same documents (bucketed, 4,096-token budget — the
   budget ``benchmarks/record.py`` finds fastest on this machine — with 1 or all torch
-  threads, whichever is faster): tokens/s, and the ratio of the record's time to it;
+  threads, whichever is faster), in a process of its own: tokens/s, the ratio of the
+  record's time to it, and its own peak RSS (the forward pass's memory growth, apart from
+  the recording's);
 * the projected time for 10^7 tokens (10× the largest size, the per-token cost of the
   largest run);
 * ``record --workers 2`` (``record_distributed`` on a 2-worker ``LocalCluster``, dashboard
@@ -69,6 +71,23 @@ def child(tokens: int, mode: str) -> None:
     src = ns.TextSource(corpus, tok, max_tokens=128)
     out: dict = {"tokens": int(src.stats()["tokens"]), "documents": len(corpus), "passes": passes,
                  "padding": src.stats()["padding"], "threads": torch.get_num_threads()}
+    if mode == "bare":
+        # the best bare forward over thread counts, batch by batch (tokenizing not timed, and
+        # no batch kept, so the peak RSS is the forward pass's own)
+        best = {}
+        for n in sorted({1, torch.get_num_threads()}):
+            torch.set_num_threads(n)
+            best[n] = 0.0
+            with torch.inference_mode():
+                for b in src.batches():
+                    t = time.perf_counter()
+                    model(**b.inputs)
+                    best[n] += time.perf_counter() - t
+        out["bare_threads"] = min(best, key=best.__getitem__)
+        out["bare_seconds"] = best[out["bare_threads"]]
+        out["bare_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out))
+        return
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         if mode == "dask":
@@ -81,17 +100,6 @@ def child(tokens: int, mode: str) -> None:
         from neuronscope.recording import default_threads
 
         out["threads"] = default_threads()
-        batches = [b.inputs for b in src.batches()]
-        best = {}
-        for n in sorted({1, torch.get_num_threads()}):  # the best bare forward over thread counts
-            torch.set_num_threads(n)
-            t = time.perf_counter()
-            with torch.inference_mode():
-                for inputs in batches:
-                    model(**inputs)
-            best[n] = time.perf_counter() - t
-        out["bare_threads"] = min(best, key=best.__getitem__)
-        out["bare_seconds"] = best[out["bare_threads"]]
     print(json.dumps(out))
 
 
@@ -126,6 +134,8 @@ def main() -> None:
     for n in sorted(set(args.tokens) | set(dask_sizes)):
         if n in args.tokens:
             single[n] = run_child(n, "single")
+            bare = run_child(n, "bare")
+            single[n].update({k: bare[k] for k in ("bare_threads", "bare_seconds", "bare_peak_rss_mb")})
             report(single, dask, load0, write_section)
         if n in dask_sizes:
             dask[n] = run_child(n, "dask")
@@ -143,7 +153,7 @@ def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_sec
                     f"{r['peak_rss_mb']:,.0f} |")
         rows.append(f"| best bare forward, bucketed 4,096-token budget, {r['bare_threads']} torch thread(s) | "
                     f"{r['tokens']:,} | | | {r['bare_seconds']:.1f} | "
-                    f"{r['tokens'] / r['bare_seconds']:,.0f} | 1.00× | |")
+                    f"{r['tokens'] / r['bare_seconds']:,.0f} | 1.00× | {r['bare_peak_rss_mb']:,.0f} |")
     for r in dask.values():
         rows.append(f"| record --workers 2 (LocalCluster) | {r['tokens']:,} | {r['documents']:,} ({r['passes']}) | "
                     f"{r['padding']:.1%} | {r['seconds']:.1f} | {r['tokens'] / r['seconds']:,.0f} | | "
@@ -160,7 +170,9 @@ def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_sec
     if len(single) > 1:
         small = single[min(single)]
         lines.append(f"* peak RSS at {big['tokens']:,} tokens / at {small['tokens']:,}: "
-                     f"**{big['peak_rss_mb'] / small['peak_rss_mb']:.2f}×** (target ≤ 1.10×)")
+                     f"**{big['peak_rss_mb'] / small['peak_rss_mb']:.2f}×** (target ≤ 1.10×); the bare forward "
+                     f"pass alone, in its own process: **{big['bare_peak_rss_mb'] / small['bare_peak_rss_mb']:.2f}×** "
+                     f"({small['bare_peak_rss_mb']:,.0f} → {big['bare_peak_rss_mb']:,.0f} MB)")
     body = (
         "MiniLM (all-MiniLM-L6-v2), 6 FFN sites (9,216 neurons), summaries only, default bucketed batching. "
         "Corpus: the bundled corpus repeated, each pass in a different seeded order (pass 0 in file order), cut at "
