@@ -259,18 +259,11 @@ class TopK:
         A document's rows are contiguous and in position order (the batch contract), so
         row ``row + j - W`` is position ``pos + j - W`` when it lies in the document's
         row range ``[first, last]``."""
-        n = b.n
         offs = np.arange(-self.window, self.window + 1)
         nb = rows[:, None] + offs
-        doc = _group(b)
-        if doc is None or (b.coord("pos") is None and b.coord("doc") is None):
-            ok = np.broadcast_to(offs == 0, nb.shape)
-        else:
-            change = np.flatnonzero(doc[1:] != doc[:-1]) + 1
-            first = np.r_[0, change][np.searchsorted(change, rows, side="right")]
-            last = np.r_[change, n][np.searchsorted(change, rows, side="right")] - 1
-            ok = (nb >= first[:, None]) & (nb <= last[:, None])
-        nbc = np.clip(nb, 0, n - 1)
+        first, last = self._doc_bounds(b)
+        ok = (nb >= first[rows, None]) & (nb <= last[rows, None])
+        nbc = np.clip(nb, 0, b.n - 1)
         return np.where(ok, b.acts[nbc, cols[:, None]], np.float32(np.nan))
 
     # -- merge / result / state -------------------------------------------------
