@@ -9,10 +9,13 @@ References, all measured in the same run with alternating repeats (medians):
 
 Then ``record`` itself: ``--batching docs`` with torch's default threads and the summaries on
 a thread beside the forward pass (``record`` before issue 16) and the defaults (bucketed
-batching, ``default_threads()`` torch threads, then the summaries on every core), for each
-``--keep``; and for each of ``--threads``: the bucketed bare forward and summaries-only record
-with that many torch intra-op threads and the summary work on one more thread beside the
-forward pass (``overlap=True``). The best bare forward is the fastest of all bare rows.
+batching, one forward lane per core with one torch thread each, every lane summarizing its
+own batches in order), for each ``--keep``; summaries-only with one lane of torch's default
+threads, then the summaries on every core (the default before lanes); and for each of
+``--threads``: the bucketed bare forward and summaries-only record with that many torch
+intra-op threads and the summary work on one more thread beside the forward pass
+(``overlap=True``). The bare forward also runs in lanes (one torch thread each, as
+``record``'s default). The best bare forward is the fastest of all bare rows.
 
 Targets (issue 16): summaries-only record ≤ 1.10× the best bare forward; end-to-end tokens/s
 of ``record`` ≥ 2.5× the corpus-order record.
@@ -35,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
+from _forward import bare_forward  # noqa: E402
 from _results import write_section  # noqa: E402
 
 import neuronscope as ns  # noqa: E402
@@ -43,23 +47,19 @@ from neuronscope.sources.text import load_corpus  # noqa: E402
 SITES = "encoder.layer.*.intermediate"
 
 
-def bare(model, source) -> float:
+def bare(model, source, lanes: int = 1) -> float:
     """Seconds of the forward passes alone (tokenizing excluded: batches are made first)."""
-    batches = [b.inputs for b in source.batches()]
-    t = time.perf_counter()
-    with torch.inference_mode():
-        for inputs in batches:
-            model(**inputs)
-    return time.perf_counter() - t
+    return bare_forward(model, [b.inputs for b in source.batches()], lanes)
 
 
-def recorded(model, source, keep: str, tmp: Path, threads: int | None = None, overlap: bool = False) -> float:
+def recorded(model, source, keep: str, tmp: Path, threads: int | None = None, overlap: bool = False,
+             lanes: int | None = None) -> float:
     """Seconds of ``ns.record`` end to end (tokenizing, planning and storing included)."""
     out = tmp / f"run-{keep}.zarr"
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     ns.record(model, source, SITES, out=out, keep=keep, dtype="float16", progress=False, threads=threads,
-              overlap=overlap)
+              overlap=overlap, lanes=lanes)
     dt = time.perf_counter() - t
     shutil.rmtree(out, ignore_errors=True)
     return dt
@@ -83,6 +83,7 @@ def main() -> None:
     model, tok = ns.load_model("minilm")
     corpus = load_corpus("default").head(args.docs)
     default_threads = torch.get_num_threads()
+    lanes = ns.recording.default_lanes()
     docs = ns.TextSource(corpus, tok, batch_size=32, max_tokens=128, batching="docs")
     bucket = ns.TextSource(corpus, tok, batch_size=32, max_tokens=128)  # the default: 4,096-token budget
     budgets = {b: ns.TextSource(corpus, tok, max_tokens=128, max_batch_tokens=b) for b in args.budgets}
@@ -105,10 +106,14 @@ def main() -> None:
                     add(f"bare bucket 4096 threads={n}", bare(model, bucket))
                 finally:
                     torch.set_num_threads(default_threads)
+            if lanes > 1:
+                add("bare bucket 4096 lanes", bare(model, bucket, lanes))
             for k in args.keep:
                 # before issue 16: corpus-order batches, torch's default threads
                 add(f"record docs {k}", recorded(model, docs, k, Path(d), threads=default_threads, overlap=True))
                 add(f"record bucket {k}", recorded(model, bucket, k, Path(d)))
+            if lanes > 1 and "summaries" in args.keep:
+                add("record bucket summaries 1 lane", recorded(model, bucket, "summaries", Path(d), lanes=1))
             for n in args.threads:
                 add(f"record bucket summaries threads={n}", recorded(model, bucket, "summaries", Path(d), threads=n,
                                                                      overlap=True))
@@ -131,13 +136,19 @@ def main() -> None:
     for k in args.keep:
         row(f"record keep={k}, `--batching docs`, {default_threads} torch threads, overlap (before issue 16)",
             f"record docs {k}", docs.stats()["padding"])
-        row(f"record keep={k}, defaults: bucketed (4,096-token budget), {ns.recording.default_threads()} torch "
-            "thread(s), then the summaries on every core",
+        row(f"record keep={k}, defaults: bucketed (4,096-token budget), {lanes} lane(s) of "
+            f"{ns.recording.default_threads(lanes=lanes)} torch thread(s), each summarizing its batches",
             f"record bucket {k}",
             bucket.stats()["padding"], "≤ 1.10×" if k == "summaries" else "")
     for n in args.threads:
         row(f"bare forward, bucketed, 4096-token budget, {n} torch thread(s)", f"bare bucket 4096 threads={n}",
             bucket.stats()["padding"])
+    if lanes > 1:
+        row(f"bare forward, bucketed, 4096-token budget, {lanes} lanes × 1 torch thread", "bare bucket 4096 lanes",
+            bucket.stats()["padding"])
+        if "summaries" in args.keep:
+            row(f"record keep=summaries, bucketed, 1 lane of {default_threads} torch threads, then the summaries on "
+                "every core (the default before lanes)", "record bucket summaries 1 lane", bucket.stats()["padding"])
     for n in args.threads:
         row(f"record keep=summaries, bucketed, {n} torch thread(s) + summary thread (overlap)",
             f"record bucket summaries threads={n}",

@@ -8,10 +8,10 @@ its own process, so its peak RSS (``ru_maxrss``) is its own:
 * ``record(..., keep="summaries")`` with the default bucketed batching: tokens/s, seconds,
   peak RSS of the process;
 * the best bare forward pass on the same documents (bucketed, 4,096-token budget — the
-  budget ``benchmarks/record.py`` finds fastest on this machine — with 1 or all torch
-  threads, whichever is faster), in a process of its own: tokens/s, the ratio of the
-  record's time to it, and its own peak RSS (the forward pass's memory growth, apart from
-  the recording's);
+  budget ``benchmarks/record.py`` finds fastest on this machine — one stream on all torch
+  threads or one lane per core with one torch thread each, whichever is faster), in a
+  process of its own: tokens/s, the ratio of the record's time to it, and its own peak
+  RSS (the forward pass's memory growth, apart from the recording's);
 * the projected time for 10^7 tokens (10× the largest size, the per-token cost of the
   largest run);
 * ``record --workers 2`` (``record_distributed`` on a 2-worker ``LocalCluster``, dashboard
@@ -72,19 +72,18 @@ def child(tokens: int, mode: str) -> None:
     out: dict = {"tokens": int(src.stats()["tokens"]), "documents": len(corpus), "passes": passes,
                  "padding": src.stats()["padding"], "threads": torch.get_num_threads()}
     if mode == "bare":
-        # the best bare forward over thread counts, batch by batch (tokenizing not timed, and
-        # no batch kept, so the peak RSS is the forward pass's own)
-        best = {}
-        for n in sorted({1, torch.get_num_threads()}):
-            torch.set_num_threads(n)
-            best[n] = 0.0
-            with torch.inference_mode():
-                for b in src.batches():
-                    t = time.perf_counter()
-                    model(**b.inputs)
-                    best[n] += time.perf_counter() - t
-        out["bare_threads"] = min(best, key=best.__getitem__)
-        out["bare_seconds"] = best[out["bare_threads"]]
+        # the best bare forward: one stream on all torch threads, or one lane per core with one
+        # torch thread each (record's default layout); tokenizing first and not timed, so the
+        # peak RSS is the forward pass's own plus the tokenized batches
+        from _forward import bare_forward
+
+        inputs = [b.inputs for b in src.batches()]
+        lanes = ns.recording.default_lanes()
+        best = {"1 stream": bare_forward(model, inputs)}
+        if lanes > 1:
+            best[f"{lanes} lanes"] = bare_forward(model, inputs, lanes)
+        out["bare_layout"] = min(best, key=best.__getitem__)
+        out["bare_seconds"] = best[out["bare_layout"]]
         out["bare_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(out))
         return
@@ -97,9 +96,10 @@ def child(tokens: int, mode: str) -> None:
         out["seconds"] = time.perf_counter() - t
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if mode == "single":
-        from neuronscope.recording import default_threads
+        from neuronscope.recording import default_lanes, default_threads
 
-        out["threads"] = default_threads()
+        out["lanes"] = default_lanes()
+        out["threads"] = default_threads(lanes=out["lanes"])
     print(json.dumps(out))
 
 
@@ -135,7 +135,7 @@ def main() -> None:
         if n in args.tokens:
             single[n] = run_child(n, "single")
             bare = run_child(n, "bare")
-            single[n].update({k: bare[k] for k in ("bare_threads", "bare_seconds", "bare_peak_rss_mb")})
+            single[n].update({k: bare[k] for k in ("bare_layout", "bare_seconds", "bare_peak_rss_mb")})
             report(single, dask, load0, write_section)
         if n in dask_sizes:
             dask[n] = run_child(n, "dask")
@@ -147,11 +147,12 @@ def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_sec
     rows = ["| run | tokens | documents (passes) | padding | seconds | tokens/s | × best bare forward | peak RSS MB |",
             "|---|---|---|---|---|---|---|---|"]
     for r in single.values():
-        rows.append(f"| record keep=summaries, 1 process ({r['threads']} torch threads) | {r['tokens']:,} | "
+        rows.append(f"| record keep=summaries, 1 process ({r['lanes']} lane(s) × {r['threads']} torch thread(s)) | "
+                    f"{r['tokens']:,} | "
                     f"{r['documents']:,} ({r['passes']}) | {r['padding']:.1%} | {r['seconds']:.1f} | "
                     f"{r['tokens'] / r['seconds']:,.0f} | {r['seconds'] / r['bare_seconds']:.2f}× | "
                     f"{r['peak_rss_mb']:,.0f} |")
-        rows.append(f"| best bare forward, bucketed 4,096-token budget, {r['bare_threads']} torch thread(s) | "
+        rows.append(f"| best bare forward, bucketed 4,096-token budget, {r['bare_layout']} | "
                     f"{r['tokens']:,} | | | {r['bare_seconds']:.1f} | "
                     f"{r['tokens'] / r['bare_seconds']:,.0f} | 1.00× | {r['bare_peak_rss_mb']:,.0f} |")
     for r in dask.values():

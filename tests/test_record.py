@@ -443,3 +443,111 @@ def test_cli_record_json_resume_message_on_stderr(tmp_path, small_corpus, minilm
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["status"] == "complete"
     assert f"resuming from sample {run.n_samples} (document 8)" in p.stderr
+
+
+def test_lanes_record_the_run_of_one_lane(tmp_path, minilm, small_corpus):
+    """Two forward lanes (each batch forwarded on whichever lane is free, consumed in source
+    order) record exactly the run of one lane: activations, coordinates and every summary;
+    the hook sees the samples in order."""
+    model, tok = minilm
+    src = ns.TextSource(small_corpus, tok, max_tokens=32, max_batch_tokens=64)  # many small batches
+    assert src.stats()["batches"] >= 12
+    sites = "encoder.layer.0.intermediate,encoder.layer.5.intermediate"
+    seen: dict[int, list[np.ndarray]] = {1: [], 2: []}
+    runs = {}
+    for lanes in (1, 2):
+        runs[lanes] = ns.record(model, src, sites, out=tmp_path / f"l{lanes}.zarr", keep="both", dtype="float32",
+                                progress=False, lanes=lanes, threads=1, commit_every=3,
+                                on_batch=lambda s, a, smp, lanes=lanes: seen[lanes].append(smp["sample"])
+                                if s.endswith(".0.intermediate") else None)
+    one, two = runs[1], runs[2]
+    assert two.n_samples == one.n_samples == src.stats()["tokens"]
+    np.testing.assert_array_equal(np.concatenate(seen[2]), np.arange(two.n_samples))
+    for k in ("doc", "pos", "token_id"):
+        np.testing.assert_array_equal(two.samples[k], one.samples[k])
+    for site in one.sites:
+        np.testing.assert_array_equal(two.population(site).values, one.population(site).values)
+        got, want = two.summaries(site).result(), one.summaries(site).result()
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    # ... and that is the model's own forward pass, batch by batch
+    direct = _direct_ffn(model, tok, src.corpus.texts, 8, 32, ["encoder.layer.5.intermediate"])
+    order = np.lexsort((two.samples["pos"], two.samples["doc"]))
+    np.testing.assert_allclose(two.population("encoder.layer.5.intermediate").values[order],
+                               direct["encoder.layer.5.intermediate"], rtol=1e-5, atol=1e-5)
+
+
+def test_lanes_error_stops_the_run_resumable(tmp_path, minilm, small_corpus):
+    """An error on a lane (here the hook, on the 4th batch) stops every lane and is raised to
+    the caller; the run keeps the batches committed before it and resumes to the
+    uninterrupted run."""
+    model, tok = minilm
+    src = ns.TextSource(small_corpus, tok, max_tokens=32, max_batch_tokens=64)
+    site = "encoder.layer.1.intermediate"
+    calls = []
+
+    def stop(s, acts, samples):
+        calls.append(int(samples["sample"][0]))
+        if len(calls) == 4:
+            raise RuntimeError("hook failed")
+
+    out = tmp_path / "r.zarr"
+    with pytest.raises(RuntimeError, match="hook failed"):
+        ns.record(model, src, site, out=out, keep="both", dtype="float32", progress=False, lanes=2, threads=1,
+                  commit_every=1, on_batch=stop)
+    part = ns.open_run(out)
+    assert part.status == "recording" and int(part.attrs["items_committed"]) > 0
+    assert len(calls) == 4  # no lane consumed past the error
+    done = ns.record(model, src, site, out=out, keep="both", dtype="float32", progress=False, lanes=2, threads=1)
+    ref = ns.record(model, src, site, out=tmp_path / "ref.zarr", keep="both", dtype="float32", progress=False,
+                    lanes=1, threads=1)
+    np.testing.assert_array_equal(done.population(site).values, ref.population(site).values)
+    for key, want in ref.summaries(site).result().items():
+        np.testing.assert_array_equal(done.summaries(site).result()[key], want, err_msg=key)
+
+
+def test_lanes_refused_with_overlap_interventions_or_zero(tmp_path):
+    from neuronscope.intervene import ablate
+
+    src = ns.TensorSource(np.ones((4, 2), np.float32))
+    model = TinyText()
+    with pytest.raises(NeuronscopeError, match="lanes > 1 cannot be combined with overlap"):
+        ns.record(model, src, "act", out=tmp_path / "a.zarr", lanes=2, overlap=True, progress=False)
+    with pytest.raises(NeuronscopeError, match="lanes > 1 cannot be combined with interventions"):
+        ns.record(model, src, "act", out=tmp_path / "b.zarr", lanes=2, progress=False,
+                  interventions=[ablate(model, "act", [0])])
+    with pytest.raises(NeuronscopeError, match="lanes must be a positive number"):
+        ns.record(model, src, "act", out=tmp_path / "c.zarr", lanes=0, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_capture_outputs_belong_to_the_calling_thread():
+    """Two threads forward different inputs through one capture at the same time: each reads
+    its own batch's outputs (the hooks write to the calling thread's dict)."""
+    import threading
+
+    from neuronscope.sources.torch_sites import SiteCapture
+    from neuronscope.sources.torch_sites import sites as resolve
+
+    model = HandSet()
+    x = {0: torch.tensor([[1.0, 2.0]]), 1: torch.tensor([[-4.0, 0.5], [2.0, 2.0]])}
+    want = {}
+    with capture(model, resolve(model, "hidden")) as cap:
+        for k, v in x.items():
+            model(v)
+            want[k] = cap.outputs["hidden"].clone()
+    got = {}
+    both_ran = threading.Barrier(2)
+    with SiteCapture(model, resolve(model, "hidden")) as cap:
+        def run(k):
+            model(x[k])
+            both_ran.wait()  # the other thread's forward pass has run too
+            got[k] = cap.outputs["hidden"]
+
+        ts = [threading.Thread(target=run, args=(k,)) for k in x]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    for k in x:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert not torch.equal(want[0][0], want[1][0])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,34 +76,40 @@ def forward_batches(
     # change what is recorded
     with SiteCapture(model, site_list, flatten=True, conv=conv) as cap:
         for batch in source.batches(start=start):
-            cap.clear()
-            cap.mask = batch.mask
-            # inference mode only around the forward pass: a generator that held it across
-            # ``yield`` would leave the caller's code in inference mode too
-            with torch.inference_mode():
-                _run_model(model, batch)
-                acts: dict[str, np.ndarray] = {}
-                for s in site_list:
-                    if s.name not in cap.outputs:
-                        raise NeuronscopeError(f"site {s.name!r} did not run in the forward pass; choose modules the model calls")
-                    acts[s.name] = cap.outputs[s.name].numpy()
-            cap.clear()
-            counts = {a.shape[0] for a in acts.values()}
-            if len(counts) > 1:
-                desc = ", ".join(f"{k}: {v.shape[0]}" for k, v in acts.items())
-                raise NeuronscopeError(
-                    f"sites give different sample counts per batch ({desc}); record them in separate runs "
-                    "(or use conv='mean' for conv sites of different sizes)"
-                )
-            n = counts.pop()
-            n_base = len(next(iter(batch.samples.values())))
-            if n != n_base:
-                if n % n_base:
-                    raise NeuronscopeError(f"sites give {n} samples for {n_base} inputs; cannot align sample coordinates")
-                per = n // n_base
-                batch.samples = {k: np.repeat(v, per) for k, v in batch.samples.items()}
-                batch.samples["pos"] = np.tile(np.arange(per, dtype=np.int64), n_base)
-            yield batch, acts
+            yield batch, _forward(model, cap, batch, site_list)
+
+
+def _forward(model: nn.Module, cap: SiteCapture, batch: Batch, site_list: list[Site]) -> dict[str, np.ndarray]:
+    """One batch through ``model`` under ``cap``: ``{site: float32 (samples, units)}``; expands
+    ``batch.samples`` when conv sites give one sample per spatial position."""
+    cap.clear()
+    cap.mask = batch.mask
+    # inference mode only around the forward pass: a generator that held it across
+    # ``yield`` would leave the caller's code in inference mode too
+    with torch.inference_mode():
+        _run_model(model, batch)
+        acts: dict[str, np.ndarray] = {}
+        for s in site_list:
+            if s.name not in cap.outputs:
+                raise NeuronscopeError(f"site {s.name!r} did not run in the forward pass; choose modules the model calls")
+            acts[s.name] = cap.outputs[s.name].numpy()
+    cap.clear()
+    counts = {a.shape[0] for a in acts.values()}
+    if len(counts) > 1:
+        desc = ", ".join(f"{k}: {v.shape[0]}" for k, v in acts.items())
+        raise NeuronscopeError(
+            f"sites give different sample counts per batch ({desc}); record them in separate runs "
+            "(or use conv='mean' for conv sites of different sizes)"
+        )
+    n = counts.pop()
+    n_base = len(next(iter(batch.samples.values())))
+    if n != n_base:
+        if n % n_base:
+            raise NeuronscopeError(f"sites give {n} samples for {n_base} inputs; cannot align sample coordinates")
+        per = n // n_base
+        batch.samples = {k: np.repeat(v, per) for k, v in batch.samples.items()}
+        batch.samples["pos"] = np.tile(np.arange(per, dtype=np.int64), n_base)
+    return acts
 
 
 def keep_mask(sample_ids: np.ndarray, rate: float) -> np.ndarray:
@@ -272,8 +279,9 @@ class Recorder:
         self.last_commit = time.monotonic()
         self.commit_cost = 0.0
 
-    def consume(self, batch: Batch, acts: Mapping[str, np.ndarray]) -> None:
-        """One batch after its forward pass: clean, summarize, hook, store, maybe commit."""
+    def consume(self, batch: Batch, acts: Mapping[str, np.ndarray], threads: int | None = None) -> None:
+        """One batch after its forward pass: clean, summarize (on ``threads`` threads; default
+        :func:`~neuronscope.summaries.fused.threads`), hook, store, maybe commit."""
         n = len(next(iter(acts.values())))
         sample_ids = np.arange(self.n_done, self.n_done + n, dtype=np.int64)
         samples = {"sample": sample_ids, **batch.samples}
@@ -285,7 +293,7 @@ class Recorder:
             if self.summaries is None:
                 cal = self.calibration if self.calibration is not None else clean
                 self.summaries = {s: SiteSummaries.create(self.units[s], self.cfg, cal[s]) for s in self.units}
-            update_sites(self.summaries, clean, samples)
+            update_sites(self.summaries, clean, samples, threads, finite=True)  # clean: finite_or_zero
         if self.on_batch is not None:
             for s in self.units:
                 self.on_batch(s, clean[s], samples)
@@ -361,36 +369,136 @@ def run_pass(
     start: int = 0,
     conv: str = "positions",
     overlap: bool = True,
+    lanes: int = 1,
     progress: bool = True,
 ) -> None:
     """Feed every batch of ``source`` from item ``start`` through ``recorder``.
 
-    With ``overlap`` the recorder works on batch *i* on a worker thread while the forward pass
-    of batch *i+1* runs (numpy and Zarr release the GIL); at most one batch is in flight, and
-    an error of the worker is raised here. A ``rich`` progress bar counts items.
+    * ``lanes > 1``: that many threads each take the next batch, run its forward pass and
+      then consume it (summaries on the lane's own thread), batches consumed strictly in
+      source order — so the results are those of one lane. With one torch thread per lane
+      the lanes keep every core busy without the OpenMP barriers of one multi-threaded
+      forward pass, and the summaries of one batch run beside the forward pass of the next.
+    * ``overlap`` (one lane): the recorder works on batch *i* on a worker thread while the
+      forward pass of batch *i+1* runs (numpy and Zarr release the GIL); at most one batch
+      in flight, and an error of the worker is raised here.
+
+    A ``rich`` progress bar counts items.
     """
     t0 = time.perf_counter()
 
     def rate() -> float:
         return recorder.seen / max(time.perf_counter() - t0, 1e-9)
 
-    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ns-consume") as pool:
+    with _progress(progress) as bar:
         task = bar.add_task("record", total=len(source), completed=start, rate=0.0)
-        pending: Future[None] | None = None
-        done_items = 0
-        for batch, acts in forward_batches(model, source, site_list, start=start, conv=conv):
+        if lanes > 1:
+            _run_lanes(model, source, site_list, recorder, start=start, conv=conv, lanes=lanes,
+                       advance=lambda k: bar.update(task, advance=k, rate=rate()))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ns-consume") as pool:
+            pending: Future[None] | None = None
+            done_items = 0
+            for batch, acts in forward_batches(model, source, site_list, start=start, conv=conv):
+                if pending is not None:
+                    pending.result()  # at most one batch in flight; re-raises its error here
+                    bar.update(task, advance=done_items, rate=rate())
+                done_items = batch.items
+                if overlap:
+                    pending = pool.submit(recorder.consume, batch, acts)
+                else:
+                    recorder.consume(batch, acts)
+                    bar.update(task, advance=done_items, rate=rate())
             if pending is not None:
-                pending.result()  # at most one batch in flight; re-raises its error here
+                pending.result()
                 bar.update(task, advance=done_items, rate=rate())
-            done_items = batch.items
-            if overlap:
-                pending = pool.submit(recorder.consume, batch, acts)
-            else:
-                recorder.consume(batch, acts)
-                bar.update(task, advance=done_items, rate=rate())
-        if pending is not None:
-            pending.result()
-            bar.update(task, advance=done_items, rate=rate())
+
+
+def _run_lanes(model: nn.Module, source: Any, site_list: list[Site], recorder: Recorder, *, start: int,
+               conv: str, lanes: int, advance: Callable[[int], None]) -> None:
+    """:func:`run_pass` on ``lanes`` threads. A free lane consumes the next batch in source
+    order when its forward pass is done and no lane is consuming; otherwise it takes the
+    next batch and runs its forward pass, while at most ``lanes + 1`` batches are taken and
+    not yet consumed (so memory holds at most that many batches' activations). The first
+    error stops every lane and is raised here; so is a ``KeyboardInterrupt`` (the lanes stop
+    after their current step)."""
+    model.eval()
+    batches = source.batches(start=start)
+    take = threading.Lock()
+    cond = threading.Condition()
+    ready: dict[int, tuple[Batch, dict[str, np.ndarray]]] = {}
+    st: dict[str, Any] = {"taken": 0, "next": 0, "forwarding": 0, "consuming": False, "exhausted": False,
+                          "error": None}
+
+    def job() -> tuple[str, Any]:
+        with cond:
+            while True:
+                if st["error"] is not None:
+                    return "stop", None
+                if not st["consuming"] and st["next"] in ready:
+                    st["consuming"] = True
+                    return "consume", ready.pop(st["next"])
+                if not st["exhausted"] and len(ready) + st["forwarding"] < lanes + 1:
+                    st["forwarding"] += 1
+                    return "forward", None
+                if st["exhausted"] and not st["forwarding"] and not ready and not st["consuming"]:
+                    return "stop", None
+                cond.wait()
+
+    def lane() -> None:
+        try:
+            while True:
+                what, item = job()
+                if what == "stop":
+                    return
+                if what == "consume":
+                    batch, acts = item
+                    recorder.consume(batch, acts, threads=1)
+                    advance(batch.items)
+                    with cond:
+                        st["next"] += 1
+                        st["consuming"] = False
+                        cond.notify_all()
+                    continue
+                with take:
+                    batch = next(batches, None)
+                    i = st["taken"]
+                    st["taken"] += batch is not None
+                if batch is None:
+                    with cond:
+                        st["exhausted"] = True
+                        st["forwarding"] -= 1
+                        cond.notify_all()
+                    continue
+                acts = _forward(model, cap, batch, site_list)
+                with cond:
+                    ready[i] = (batch, acts)
+                    st["forwarding"] -= 1
+                    cond.notify_all()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            with cond:
+                if st["error"] is None:
+                    st["error"] = e
+                cond.notify_all()
+
+    with SiteCapture(model, site_list, flatten=True, conv=conv) as cap:
+        threads = [threading.Thread(target=lane, name=f"ns-lane-{k}", daemon=True) for k in range(lanes)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException as e:
+            with cond:
+                if st["error"] is None:
+                    st["error"] = e
+                cond.notify_all()
+            for t in threads:
+                t.join()
+            raise
+    if st["error"] is not None:
+        raise st["error"]
 
 
 # --------------------------------------------------------------------------- entry points
@@ -417,6 +525,7 @@ def record(
     overlap: bool = False,
     interventions: Sequence[Any] = (),
     threads: int | None = None,
+    lanes: int | None = None,
 ) -> Run:
     """Record the neurons of ``model`` at ``sites`` over ``source`` into a run at ``out``.
 
@@ -428,14 +537,19 @@ def record(
       (:func:`keep_mask`); summaries see every sample.
     * ``on_batch(site, acts, samples)``: called for every batch and site, in order (a hook
       for extra streaming computations; with ``overlap`` it runs on the worker thread).
-    * ``overlap``: summarize and store batch *i* on a worker thread while the forward pass
-      of batch *i+1* runs (numpy and Zarr release the GIL); one batch in flight at most.
-      Off by default: the forward pass and the summaries each use every core in turn
-      (torch's threads, then the sites side by side on the kernel's threads), which on the
-      2-core development machine recorded summaries-only 1.61× the best bare forward
-      against 1.75× with overlap and 2 torch threads and 2.22× with overlap and 1 torch
-      thread (``benchmarks/record.py``, RESULTS.md): the OpenMP barriers of every torch
-      operator wait on whichever thread the summary work has descheduled.
+    * ``lanes``: forward passes side by side: ``lanes`` threads each take the next batch,
+      run its forward pass with ``threads`` torch threads, then summarize and store it on
+      their own thread, batches consumed in source order (the run is the same as with one
+      lane). Default (None): :func:`default_lanes` — for a Hugging Face model one lane per
+      core with one torch thread each (one lane for other models: they may keep state
+      between forward passes), which on the 2-core development machine ran the bare MiniLM forward pass 1.11×
+      faster than one 2-thread forward pass and lets one batch's summaries run beside the
+      next batch's forward pass (``benchmarks/record.py``, RESULTS.md). One lane with
+      ``overlap`` or ``interventions`` (an intervention's hooks hold per-forward state).
+    * ``overlap`` (one lane): summarize and store batch *i* on a worker thread while the
+      forward pass of batch *i+1* runs; one batch in flight at most. Slower than lanes: the
+      OpenMP barriers of every torch operator wait on whichever thread the summary work has
+      descheduled.
     * ``interventions``: :mod:`neuronscope.intervene` context managers (``ablate``, ``clamp``,
       ``scale``, ``add``, ``patch``) active for the whole recording, so an intervened model
       is recorded and characterized like any other; they are part of the run configuration.
@@ -443,32 +557,30 @@ def record(
       from its last commit (every ``commit_seconds`` or ``commit_every`` batches); a
       different configuration is refused unless ``overwrite``. A commit checkpoints the
       summaries, so commits are spaced to at least 20× their own cost (≤ 5% overhead).
-    * ``threads``: torch intra-op threads for the forward passes during the recording
-      (restored afterwards). Default (None): :func:`default_threads` — torch's setting (one
-      per core) without ``overlap``; with ``overlap`` one fewer, so the summary thread has a
-      core of its own (2 torch threads beside it oversubscribe 2 cores).
+    * ``threads``: torch intra-op threads of each forward pass during the recording
+      (restored afterwards). Default (None): :func:`default_threads`.
     Non-finite activations are counted per site (``info()['nonfinite']``) and enter the
     summaries as 0 (:func:`finite_or_zero`); stored activations keep them as recorded.
     """
     check_record_options(keep, dtype, sample_rate)
     if out is None:
         raise NeuronscopeError("give out= (a run directory); for summaries in memory use summarize_model")
-    if threads is not None and threads < 1:
-        raise NeuronscopeError(f"threads must be a positive number of torch threads, not {threads}")
+    lanes, threads = _lanes_threads(model, lanes, threads, overlap, interventions)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch_threads(threads or default_threads(overlap)))
+        stack.enter_context(torch_threads(threads))
         for iv in interventions:
             stack.enter_context(iv)
         return _record(model, source, sites, out, keep, dtype=dtype, sample_rate=sample_rate,
                        overwrite=overwrite, summary_config=summary_config, conv=conv, chunk_rows=chunk_rows,
                        commit_seconds=commit_seconds, commit_every=commit_every, progress=progress,
-                       on_batch=on_batch, model_id=model_id, overlap=overlap, interventions=interventions)
+                       on_batch=on_batch, model_id=model_id, overlap=overlap, lanes=lanes,
+                       interventions=interventions)
 
 
 def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], out: str | Path, keep: str, *,
             dtype: str, sample_rate: float, overwrite: bool, summary_config: Any, conv: str, chunk_rows: int,
             commit_seconds: float, commit_every: int | None, progress: bool, on_batch: BatchHook | None,
-            model_id: str | None, overlap: bool, interventions: Sequence[Any]) -> Run:
+            model_id: str | None, overlap: bool, lanes: int, interventions: Sequence[Any]) -> Run:
     site_list = _site_list(model, sites)
     units = _site_units(model, source, site_list, conv)
     cfg = summary_config_for(source, summary_config) if keep in ("both", "summaries") else None
@@ -499,18 +611,53 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
                                 on_batch=on_batch, commit_every=commit_every, commit_seconds=commit_seconds)
             t0 = time.perf_counter()
             run_pass(model, source, site_list, recorder, start=writer.items_committed, conv=conv, overlap=overlap,
-                     progress=progress)
+                     lanes=lanes, progress=progress)
             recorder.finish({"seconds": round(time.perf_counter() - t0, 3), "vocab_size": len(source.vocab() or []),
                              **batching_info(source)})
     return open_run(out)
 
 
-def default_threads(overlap: bool = False) -> int:
-    """Torch intra-op threads for a recording's forward passes: with ``overlap`` (the
-    summaries on a thread of their own), ``max(1, torch.get_num_threads() - 1)`` — one core
-    for the summaries, the rest for the forward pass; without, ``torch.get_num_threads()``."""
+def default_lanes(model: nn.Module | None = None, overlap: bool = False, interventions: Sequence[Any] = (),
+                  threads: int | None = None) -> int:
+    """Forward lanes of a recording (:func:`run_pass`): for a Hugging Face ``PreTrainedModel``
+    (whose forward pass keeps no state between calls), one per ``threads`` torch threads of
+    the cores torch uses (``torch.get_num_threads()``; one lane per core by default). One lane
+    for any other ``model`` — a spiking network's membrane, a recurrent state kept in an
+    attribute or a stateful hook would be shared by the lanes; give ``lanes`` to opt in — and
+    with ``overlap`` or ``interventions`` (their hooks hold per-forward state). ``model=None``:
+    the count a stateless model gets."""
+    if overlap or interventions or (model is not None and not _stateless(model)):
+        return 1
+    return max(1, torch.get_num_threads() // (threads or 1))
+
+
+def _stateless(model: nn.Module) -> bool:
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+
+
+def default_threads(overlap: bool = False, lanes: int = 1) -> int:
+    """Torch intra-op threads of each forward pass: with several ``lanes``, the cores torch
+    uses (``torch.get_num_threads()``) shared out between them; with ``overlap`` (the
+    summaries on a thread of their own) one fewer than torch's count, so the summary thread
+    has a core of its own; otherwise torch's count."""
     n = torch.get_num_threads()
+    if lanes > 1:
+        return max(1, n // lanes)
     return max(1, n - 1) if overlap else n
+
+
+def _lanes_threads(model: nn.Module, lanes: int | None, threads: int | None, overlap: bool,
+                   interventions: Sequence[Any]) -> tuple[int, int]:
+    if threads is not None and threads < 1:
+        raise NeuronscopeError(f"threads must be a positive number of torch threads, not {threads}")
+    if lanes is not None and lanes < 1:
+        raise NeuronscopeError(f"lanes must be a positive number of forward lanes, not {lanes}")
+    if lanes is not None and lanes > 1 and (overlap or interventions):
+        why = "overlap" if overlap else "interventions (their hooks hold per-forward state)"
+        raise NeuronscopeError(f"lanes > 1 cannot be combined with {why}; use lanes=1")
+    lanes = lanes or default_lanes(model, overlap, interventions, threads)
+    return lanes, threads or default_threads(overlap, lanes)
 
 
 @contextlib.contextmanager
@@ -559,17 +706,20 @@ def summarize_model(
     on_batch: BatchHook | None = None,
     overlap: bool = False,
     interventions: Sequence[Any] = (),
+    lanes: int | None = None,
 ) -> dict[str, SiteSummaries]:
     """The streaming summaries of ``model``'s ``sites`` over ``source``, in memory: the pass of
-    :func:`record` (same NaN policy, hook, overlap and interventions) without a run; nothing
-    is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no batch).
-    Forward passes use :func:`default_threads` torch threads, as in :func:`record`."""
+    :func:`record` (same NaN policy, hook, overlap, lanes and interventions) without a run;
+    nothing is written. Returns ``{site: SiteSummaries}`` (empty if the source yields no
+    batch). Forward passes use :func:`default_lanes` lanes of :func:`default_threads` torch
+    threads, as in :func:`record`."""
+    lanes, threads = _lanes_threads(model, lanes, None, overlap, interventions)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch_threads(default_threads(overlap)))
+        stack.enter_context(torch_threads(threads))
         for iv in interventions:
             stack.enter_context(iv)
         site_list = _site_list(model, sites)
         units = _site_units(model, source, site_list, conv)
         recorder = Recorder(units, summary_config_for(source, summary_config), on_batch=on_batch)
-        run_pass(model, source, site_list, recorder, conv=conv, overlap=overlap, progress=progress)
+        run_pass(model, source, site_list, recorder, conv=conv, overlap=overlap, lanes=lanes, progress=progress)
         return recorder.summaries or {}

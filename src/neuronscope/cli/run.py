@@ -28,7 +28,8 @@ def record(
     max_batch_tokens: int = typer.Option(0, min=0, help="Token budget of one forward pass (documents × longest document, padding included); 0 = batch-size × max-tokens (4096 by default). Must be at least --max-tokens."),
     window: int = typer.Option(2048, min=1, help="With --batching bucket: documents are sorted by length only within windows of this many consecutive documents."),
     pack: int = typer.Option(None, help="Pack the corpus into contexts of this many tokens (documents' tokens, each followed by the separator token, concatenated and cut, as TransformerLens' tokenize_and_concatenate): no padding; samples keep doc and pos (the position in the document) and gain ctx (the context). Items and resume count contexts. Not with --workers."),
-    threads: int = typer.Option(0, min=0, help="Torch intra-op threads for the forward passes in process (0 = one per core: the forward pass and then the summaries each use every core in turn, which recorded 1.61x the best bare forward on 2 cores against 2.22x for 1 torch thread beside a summary thread, benchmarks/RESULTS.md; --workers use 1 each)."),
+    threads: int = typer.Option(0, min=0, help="Torch intra-op threads of each forward pass in process (0 = the cores torch uses shared out between the lanes: 1 per lane by default; --workers use 1 each)."),
+    lanes: int = typer.Option(0, min=0, help="Forward passes side by side in process: each lane takes the next batch, runs its forward pass with --threads torch threads and then summarizes and stores it, batches consumed in corpus order, so the run equals a one-lane run (0 = one lane per --threads threads of the cores torch uses: one per core by default, which beat one forward pass on every core by 1.11x for the bare MiniLM forward pass on the 2-core development machine, benchmarks/RESULTS.md). Each lane holds one batch's activations in memory."),
     sample_rate: float = typer.Option(1.0, callback=open_interval(0.0, 1.0), help="Store activations of this deterministic fraction of samples, in (0, 1] (summaries see all; the same samples with --workers). Needs --keep both or activations."),
     workers: int = typer.Option(0, min=0, help="Shard the corpus over a local Dask cluster with this many workers (0 = in process). Each worker records whole batches of the corpus and, with --keep both/activations, writes its rows straight into the run; the result is one run equal to a single-process record (samples, activations, summaries). An interrupted run starts over when re-run (a run partly recorded in one process is resumed without --workers). Not with --pack."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler to shard the corpus over (as --workers). With --keep both/activations every worker writes into --out: it must be on a filesystem all workers share, at the same path (checked before recording)."),
@@ -80,7 +81,7 @@ def record(
     else:
         run = record_run(
             m, source, sites, out=out, keep=keep, dtype=dtype, sample_rate=sample_rate,
-            overwrite=overwrite, progress=progress and not json_out, threads=threads or None,
+            overwrite=overwrite, progress=progress and not json_out, threads=threads or None, lanes=lanes or None,
         )
     if json_out:
         emit_json(run.info())

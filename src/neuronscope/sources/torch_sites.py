@@ -7,6 +7,7 @@ its *units* are the last axis of the module output (``[batch, seq, units]`` or
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -127,6 +128,10 @@ class SiteCapture:
     (``[batch, units]``, unmasked sequences) are cloned — the copy then costs nothing beyond
     what flattening after the forward pass cost. Otherwise ``outputs`` holds clones of the
     raw output tensors.
+
+    ``mask`` and ``outputs`` belong to the calling thread (hooks run on the thread that calls
+    the model), so threads may run forward passes of one model side by side under one
+    capture, each seeing only its own batch's outputs.
     """
 
     def __init__(self, model: nn.Module, site_list: list[Site], *, flatten: bool = False, conv: str = "positions"):
@@ -134,9 +139,23 @@ class SiteCapture:
         self.sites = site_list
         self.flatten = flatten
         self.conv = conv
-        self.mask: torch.Tensor | None = None
-        self.outputs: dict[str, torch.Tensor] = {}
+        self._local = threading.local()
         self._handles: list[Any] = []
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return getattr(self._local, "mask", None)
+
+    @mask.setter
+    def mask(self, value: torch.Tensor | None) -> None:
+        self._local.mask = value
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        out = getattr(self._local, "outputs", None)
+        if out is None:
+            out = self._local.outputs = {}
+        return out
 
     def __enter__(self) -> SiteCapture:
         for s in self.sites:
@@ -155,7 +174,7 @@ class SiteCapture:
         return hook
 
     def clear(self) -> None:
-        self.outputs = {}
+        self._local.outputs = {}
 
     def __exit__(self, *exc: object) -> None:
         for h in self._handles:

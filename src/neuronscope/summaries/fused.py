@@ -240,11 +240,14 @@ def _group_keys(codes: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray,
     return groups, cnt, keys
 
 
-def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads: int | None = None) -> None:
+def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads: int | None = None,
+                 finite: bool = False) -> None:
     """Fold batch ``b`` into every part of ``site`` (a
     :class:`~neuronscope.summaries.site.SiteSummaries`) through one kernel pass;
     ``needs_coord`` names the sample coordinate a part needs (skipped when ``b`` lacks it).
     The kernel splits the neuron blocks over ``n_threads`` threads (default :func:`threads`).
+    ``finite=True``: the caller has checked that ``b.acts`` holds no NaN (``record`` has
+    applied :func:`~neuronscope.recording.finite_or_zero`), so the NaN pass is skipped.
 
     Parts the kernel does not know (custom kinds) get their own ``update(b)``.
     """
@@ -307,7 +310,7 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
     # kernel runs); one summing pass, an exact look only when the sum is NaN (NaN, or +Inf
     # and -Inf together)
     with np.errstate(all="ignore"):
-        total = np.add.reduce(b.acts, axis=None)
+        total = np.float32(0) if finite else np.add.reduce(b.acts, axis=None)
     if np.isnan(total) and np.isnan(b.acts).any():
         raise NeuronscopeError(
             "batch contains NaN: summaries take finite or ±Inf values (record replaces "
@@ -398,16 +401,17 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
         part.update(b)
 
 
-def update_sites(sites: Mapping[str, Any], acts: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray]) -> None:
-    """``sites[s].update(acts[s], samples)`` for every site, the sites spread over
-    :func:`threads` threads (each site's kernel on one): with several sites per batch
-    (MiniLM's six FFN layers) this also runs the parts' numpy folds side by side, where
-    splitting one site's neuron blocks would leave them serial."""
+def update_sites(sites: Mapping[str, Any], acts: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray],
+                 n_threads: int | None = None, finite: bool = False) -> None:
+    """``sites[s].update(acts[s], samples, finite=finite)`` for every site, the sites spread
+    over ``n_threads`` threads (default :func:`threads`; each site's kernel on one): with
+    several sites per batch (MiniLM's six FFN layers) this also runs the parts' numpy folds
+    side by side, where splitting one site's neuron blocks would leave them serial."""
     names = list(sites)
     values = sum(np.shape(acts[s])[0] * np.shape(acts[s])[1] for s in names)
-    n = min(threads(), len(names), max(1, values // _MIN_VALUES_PER_THREAD))
+    n = min(n_threads or threads(), len(names), max(1, values // _MIN_VALUES_PER_THREAD))
     if n <= 1:
         for s in names:
-            sites[s].update(acts[s], samples)
+            sites[s].update(acts[s], samples, threads=n_threads, finite=finite)
         return
-    list(_pool(n).map(lambda s: sites[s].update(acts[s], samples, threads=1), names))
+    list(_pool(n).map(lambda s: sites[s].update(acts[s], samples, threads=1, finite=finite), names))

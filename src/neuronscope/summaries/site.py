@@ -142,15 +142,16 @@ class SiteSummaries:
             parts["tokens"] = TokenMeans(units, cfg.token_slots)
         return cls(units, cfg, parts)
 
-    def update(self, acts: np.ndarray, samples: Samples, threads: int | None = None) -> None:
+    def update(self, acts: np.ndarray, samples: Samples, threads: int | None = None, finite: bool = False) -> None:
         """Fold a float32 ``(n, units)`` batch into every part (position / token parts only
         when ``samples`` has ``pos`` / ``token_id``) with the fused kernel
         (:func:`~neuronscope.summaries.fused.fused_update`: one compiled pass over the batch,
         on ``threads`` threads; default :func:`~neuronscope.summaries.fused.threads`).
-        Values may be ±Inf; a NaN raises before any part changes."""
+        Values may be ±Inf; a NaN raises before any part changes — unless ``finite`` says the
+        caller has already made sure there is none (the check is then skipped)."""
         from neuronscope.summaries.fused import fused_update
 
-        fused_update(self, self._batch(acts, samples), _NEEDS, threads)
+        fused_update(self, self._batch(acts, samples), _NEEDS, threads, finite)
 
     def update_numpy(self, acts: np.ndarray, samples: Samples) -> None:
         """:meth:`update` through each part's own numpy ``update`` (one or more passes per
