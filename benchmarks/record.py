@@ -42,6 +42,7 @@ from _forward import bare_forward  # noqa: E402
 from _results import write_section  # noqa: E402
 
 import neuronscope as ns  # noqa: E402
+from neuronscope.recording import default_lanes, default_threads  # noqa: E402
 from neuronscope.sources.text import load_corpus  # noqa: E402
 
 SITES = "encoder.layer.*.intermediate"
@@ -82,8 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     model, tok = ns.load_model("minilm")
     corpus = load_corpus("default").head(args.docs)
-    default_threads = torch.get_num_threads()
-    lanes = ns.recording.default_lanes()
+    torch_default = torch.get_num_threads()
+    lanes = default_lanes()
     docs = ns.TextSource(corpus, tok, batch_size=32, max_tokens=128, batching="docs")
     bucket = ns.TextSource(corpus, tok, batch_size=32, max_tokens=128)  # the default: 4,096-token budget
     budgets = {b: ns.TextSource(corpus, tok, max_tokens=128, max_batch_tokens=b) for b in args.budgets}
@@ -105,12 +106,12 @@ def main() -> None:
                 try:
                     add(f"bare bucket 4096 threads={n}", bare(model, bucket))
                 finally:
-                    torch.set_num_threads(default_threads)
+                    torch.set_num_threads(torch_default)
             if lanes > 1:
                 add("bare bucket 4096 lanes", bare(model, bucket, lanes))
             for k in args.keep:
                 # before issue 16: corpus-order batches, torch's default threads
-                add(f"record docs {k}", recorded(model, docs, k, Path(d), threads=default_threads, overlap=True))
+                add(f"record docs {k}", recorded(model, docs, k, Path(d), threads=torch_default, overlap=True))
                 add(f"record bucket {k}", recorded(model, bucket, k, Path(d)))
             if lanes > 1 and "summaries" in args.keep:
                 add("record bucket summaries 1 lane", recorded(model, bucket, "summaries", Path(d), lanes=1))
@@ -134,10 +135,10 @@ def main() -> None:
     for b, src in budgets.items():
         row(f"bare forward, bucketed, {b}-token budget", f"bare bucket {b}", src.stats()["padding"])
     for k in args.keep:
-        row(f"record keep={k}, `--batching docs`, {default_threads} torch threads, overlap (before issue 16)",
+        row(f"record keep={k}, `--batching docs`, {torch_default} torch threads, overlap (before issue 16)",
             f"record docs {k}", docs.stats()["padding"])
         row(f"record keep={k}, defaults: bucketed (4,096-token budget), {lanes} lane(s) of "
-            f"{ns.recording.default_threads(lanes=lanes)} torch thread(s), each summarizing its batches",
+            f"{default_threads(lanes=lanes)} torch thread(s), each summarizing its batches",
             f"record bucket {k}",
             bucket.stats()["padding"], "≤ 1.10×" if k == "summaries" else "")
     for n in args.threads:
@@ -147,7 +148,7 @@ def main() -> None:
         row(f"bare forward, bucketed, 4096-token budget, {lanes} lanes × 1 torch thread", "bare bucket 4096 lanes",
             bucket.stats()["padding"])
         if "summaries" in args.keep:
-            row(f"record keep=summaries, bucketed, 1 lane of {default_threads} torch threads, then the summaries on "
+            row(f"record keep=summaries, bucketed, 1 lane of {torch_default} torch threads, then the summaries on "
                 "every core (the default before lanes)", "record bucket summaries 1 lane", bucket.stats()["padding"])
     for n in args.threads:
         row(f"record keep=summaries, bucketed, {n} torch thread(s) + summary thread (overlap)",
@@ -160,7 +161,7 @@ def main() -> None:
                  if "summaries" in args.keep else "")
     body = (
         f"MiniLM (all-MiniLM-L6-v2), {args.docs} documents of the bundled corpus, {tokens:,} tokens, "
-        f"max 128 tokens per document, fp16 storage, {default_threads} torch threads unless stated, "
+        f"max 128 tokens per document, fp16 storage, {torch_default} torch threads unless stated, "
         f"median of {args.repeats} alternating repeats. Bare forward times exclude tokenizing; record times are "
         f"end to end. Machine load at start: {load0}; at end: {load()} (2 cores shared with other jobs: "
         "read the ratios).\n\n" + "\n".join(rows) + "\n\n" + "\n".join(s for s in speed if s)

@@ -78,7 +78,9 @@ def child(tokens: int, mode: str) -> None:
         from _forward import bare_forward
 
         inputs = [b.inputs for b in src.batches()]
-        lanes = ns.recording.default_lanes()
+        from neuronscope.recording import default_lanes
+
+        lanes = default_lanes()
         best = {"1 stream": bare_forward(model, inputs)}
         if lanes > 1:
             best[f"{lanes} lanes"] = bare_forward(model, inputs, lanes)

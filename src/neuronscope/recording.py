@@ -542,9 +542,10 @@ def record(
       their own thread, batches consumed in source order (the run is the same as with one
       lane). Default (None): :func:`default_lanes` — for a Hugging Face model one lane per
       core with one torch thread each (one lane for other models: they may keep state
-      between forward passes), which on the 2-core development machine ran the bare MiniLM forward pass 1.11×
-      faster than one 2-thread forward pass and lets one batch's summaries run beside the
-      next batch's forward pass (``benchmarks/record.py``, RESULTS.md). One lane with
+      between forward passes). On the 2-core development machine two lanes ran the bare
+      MiniLM forward pass 1.05–1.11× faster than one 2-thread forward pass, and with one
+      batch's summaries beside the next batch's forward pass recorded summaries-only 1.10×
+      faster than one lane (``benchmarks/record.py``, RESULTS.md). One lane with
       ``overlap`` or ``interventions`` (an intervention's hooks hold per-forward state).
     * ``overlap`` (one lane): summarize and store batch *i* on a worker thread while the
       forward pass of batch *i+1* runs; one batch in flight at most. Slower than lanes: the
