@@ -536,7 +536,8 @@ def record(
     * ``sample_rate``: store activations of a deterministic subsample of samples
       (:func:`keep_mask`); summaries see every sample.
     * ``on_batch(site, acts, samples)``: called for every batch and site, in order (a hook
-      for extra streaming computations; with ``overlap`` it runs on the worker thread).
+      for extra streaming computations; with ``overlap`` or ``lanes > 1`` it runs on a
+      worker thread, still one batch at a time in source order).
     * ``lanes``: forward passes side by side: ``lanes`` threads each take the next batch,
       run its forward pass with ``threads`` torch threads, then summarize and store it on
       their own thread, batches consumed in source order (the run is the same as with one
