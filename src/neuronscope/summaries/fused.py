@@ -304,18 +304,19 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
         tok = b.coord("token_id")
         if tok is None:
             raise NeuronscopeError(
-                "samples lack 'token_id'; set SummaryConfig(token_slots=0) for non-text sources"
-            )
+                    "samples lack 'token_id'; set SummaryConfig(token_slots=0) for non-text sources"
+                )
     # NaN is refused before any part changes (the token slots are assigned before the
     # kernel runs); one summing pass, an exact look only when the sum is NaN (NaN, or +Inf
     # and -Inf together)
-    with np.errstate(all="ignore"):
-        total = np.float32(0) if finite else np.add.reduce(b.acts, axis=None)
-    if np.isnan(total) and np.isnan(b.acts).any():
-        raise NeuronscopeError(
-            "batch contains NaN: summaries take finite or ±Inf values (record replaces "
-            "non-finite activations by 0 and counts them)"
-        )
+    if not finite:
+        with np.errstate(all="ignore"):
+            total = np.add.reduce(b.acts, axis=None)
+        if np.isnan(total) and np.isnan(b.acts).any():
+            raise NeuronscopeError(
+                "batch contains NaN: summaries take finite or ±Inf values (record replaces "
+                "non-finite activations by 0 and counts them)"
+            )
     tok_other = np.zeros(units)
     if tokens is not None:
         uniq, inv, tok_cnt = np.unique(tok, return_inverse=True, return_counts=True)
