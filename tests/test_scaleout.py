@@ -300,3 +300,58 @@ def test_cli_record_workers_keeps_activations(tmp_path):
     _assert_same_run(single, sharded, sites=list(single.sites))
     for s in single.sites:
         assert_same_summaries(single.summaries(s), sharded.summaries(s))
+
+
+# -- summarizing a stored run: document-aligned steps through one buffer --------------
+def test_doc_aligned_reads_cover_every_row_once_on_document_bounds(tmp_path, monkeypatch):
+    import zarr
+
+    from neuronscope import distributed
+
+    monkeypatch.setattr(distributed, "_READ_ROWS", 10)
+    rng = np.random.default_rng(0)
+    lengths = [*rng.integers(1, 9, size=30), 41, *rng.integers(1, 9, size=10)]  # one longer than a step
+    doc = np.repeat(np.arange(len(lengths)), lengths)
+    z = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(len(doc), 5), chunks=(7, 5), dtype="float16")
+    data = rng.normal(size=(len(doc), 5)).astype(np.float16)
+    z[:] = data
+    for start in (0, int(np.searchsorted(doc, 3))):  # also from a document start inside a chunk
+        pieces = [(a, b, acts.copy()) for a, b, acts in distributed._doc_aligned_reads(z, doc[start:], start, len(doc))]
+        bounds = [(a, b) for a, b, _ in pieces]
+        assert [a for a, _ in bounds] == [start] + [b for _, b in bounds[:-1]]  # contiguous
+        assert bounds[-1][1] == len(doc)
+        for a, b, acts in pieces:
+            assert b == len(doc) or doc[b] != doc[b - 1]  # never splits a document
+            assert acts.dtype == np.float32
+            np.testing.assert_array_equal(acts, data[a:b].astype(np.float32))
+        assert any(b - a >= 41 for a, b in bounds)  # the long document arrived whole
+
+
+def test_summarizing_a_stored_range_holds_a_buffer_not_the_range(tmp_path, tok):
+    """Peak traced memory of one summarizing task: 8x the rows, (almost) the same peak."""
+    import tracemalloc
+
+    from neuronscope.distributed import _summarize_rows
+
+    corpus = _corpus(tmp_path / "c.jsonl", 800, seed=2)
+    src = ns.TextSource(corpus, tok, batch_size=16, max_tokens=32)
+    run = ns.record(TinyText(), src, "ff", out=tmp_path / "r.zarr", keep="activations", dtype="float32",
+                    chunk_rows=64, progress=False)
+    from neuronscope.summaries.site import SummaryConfig
+
+    cfg = SummaryConfig().to_dict()
+    cfg["label_fields"] = run.label_categories
+    doc = run.samples["doc"][run.rows()]
+    full = len(doc)
+    eighth = int(np.searchsorted(doc, doc[full // 8]))  # a document boundary near 1/8
+    peaks = {}
+    for stop in (eighth, full):
+        _summarize_rows(str(run.path), "ff", 0, stop, cfg, 64)  # warm caches and imports
+        tracemalloc.start()
+        _summarize_rows(str(run.path), "ff", 0, stop, cfg, 64)
+        peaks[stop] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    grown = peaks[full] - peaks[eighth]
+    acts_grown = (full - eighth) * run.sites["ff"] * 4  # what holding the rows as float32 would add
+    assert full > 8000
+    assert grown < 0.5 * acts_grown, (peaks, acts_grown)

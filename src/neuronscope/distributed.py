@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,8 +84,49 @@ def _doc_aligned_chunks(doc: np.ndarray, target: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+#: at most this many rows per summarizing task by default (a lost worker repeats one task)
+_TASK_ROWS = 1 << 20
+#: rows a summarizing task reads per step: whole chunk rows of the store, at least this many
+_READ_ROWS = 8192
+
+
+def _doc_aligned_reads(z: Any, doc: np.ndarray, start: int, stop: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(a, b, acts)``: rows ``[a, b)`` of stored array ``z`` as float32, in steps that
+    read whole chunk rows of the store (about :data:`_READ_ROWS` rows) and end on a
+    document boundary (``doc``: the document of rows ``start:stop``), so top-k context
+    stays whole; a step's unfinished last document carries over to the next. One float32
+    buffer is reused throughout: reading a range of a run costs the buffer, not the range
+    (a fresh array per read would also pay a page fault per 4 KiB of it)."""
+    c = int(z.chunks[0])
+    step = c * max(1, -(-_READ_ROWS // c))
+    buf = np.empty((step + c, z.shape[1]), dtype=np.float32)
+    lo = pos = start  # the buffer holds rows [lo, pos)
+    while pos < stop:
+        hi = min(stop, (pos // c) * c + step)
+        held, need = pos - lo, hi - lo
+        if need > len(buf):  # a document longer than the buffer: grow it
+            grown = np.empty((max(need, 2 * len(buf)), buf.shape[1]), dtype=np.float32)
+            grown[:held] = buf[:held]
+            buf = grown
+        np.copyto(buf[held:need], z[pos:hi], casting="unsafe")
+        pos = hi
+        if pos < stop:
+            d = doc[lo - start : pos - start]
+            starts = np.flatnonzero(d[1:] != d[:-1]) + 1
+            if not len(starts):
+                continue  # one document so far: read on
+            cut = int(starts[-1])
+        else:
+            cut = pos - lo
+        yield lo, lo + cut, buf[:cut]
+        rest = pos - lo - cut
+        buf[:rest] = buf[cut : cut + rest]
+        lo += cut
+
+
 def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, Any], calib_rows: int) -> State:
-    """The summary state of rows ``[start, stop)`` of ``site``; histogram bins from the
+    """The summary state of rows ``[start, stop)`` of ``site``, read in document-aligned
+    steps into one reused buffer (:func:`_doc_aligned_reads`); histogram bins from the
     site's first ``calib_rows`` rows (read here, in parallel with the other tasks)."""
     from neuronscope.recording import finite_or_zero
     from neuronscope.store import open_run
@@ -92,19 +134,19 @@ def _summarize_rows(path: str, site: str, start: int, stop: int, cfg: dict[str, 
 
     run = open_run(path)
     z = run.activations(site)
-    with run._reading(f"sites/{site}/activations"):
-        acts, _ = finite_or_zero(np.asarray(z[start:stop], dtype=np.float32))
-        if start == 0 and stop >= calib_rows:
-            calibration = acts[:calib_rows]
-        else:
-            calibration, _ = finite_or_zero(np.asarray(z[:calib_rows], dtype=np.float32))
     rows = run.rows(start, stop)
     samples = {"sample": rows}  # label coordinates as stored (category codes), not decoded
     for k in run.attrs.get("sample_coords", []):
         with run._reading(f"samples/{k}"):
             samples[k] = np.asarray(run.group["samples"][k].get_orthogonal_selection(rows))
-    ss = SiteSummaries.create(acts.shape[1], SummaryConfig.from_dict(cfg), calibration)
-    ss.update(acts, samples)
+    doc = samples["doc"] if "doc" in samples else samples.get("item", rows)
+    with run._reading(f"sites/{site}/activations"):
+        calibration, _ = finite_or_zero(np.asarray(z[:calib_rows], dtype=np.float32))
+        ss = SiteSummaries.create(z.shape[1], SummaryConfig.from_dict(cfg), calibration)
+        del calibration
+        for a, b, acts in _doc_aligned_reads(z, doc, start, stop):
+            acts, _ = finite_or_zero(acts)
+            ss.update(acts, {k: v[a - start : b - start] for k, v in samples.items()}, finite=True)
     return ss.state()
 
 
@@ -122,11 +164,13 @@ def summarize_run(
     cluster, tree-merged: ``{site: SiteSummaries}``.
 
     Chunks never split a document (top-k context needs whole documents). ``chunk_rows``
-    defaults to an even share of the rows per ``ceil(workers / sites)`` chunks of each site
-    (the sites' chunks together fill the workers), at most 32,768 rows (~200 MB of
-    float32 for 1,536 units): every task ships a full summary state (~7 MB per MiniLM
-    site with float16 storage, whose top-k context is then kept in float16) to the merge
-    tree, so fewer, larger tasks scale better. Histogram bins come from the same
+    defaults to an even share of the rows per ``lcm(workers, sites) / sites`` chunks of
+    each site (so every worker gets the same number of equal tasks), at most
+    :data:`_TASK_ROWS` rows: a task reads its chunk in steps into one reused buffer
+    (:func:`_doc_aligned_reads`), so its memory does not grow with the chunk, while every
+    task ships a full summary state (~7 MB per MiniLM site with float16 storage, whose
+    top-k context is then kept in float16) to the merge tree, so fewer, larger tasks
+    scale better. Histogram bins come from the same
     calibration rows as ``record`` (the first batch of the source), so with float32
     storage the result equals the summaries computed while recording.
     """
@@ -152,10 +196,10 @@ def summarize_run(
         calib_rows = int(np.searchsorted(ids, ids[0] + int(src.get("batch_size", 1)), side="left")) if len(ids) else 0
     def go(c: Any) -> dict[str, SiteSummaries]:
         n_workers = max(len(c.scheduler_info().get("workers", {})), 1)
-        # enough tasks to fill the workers, counting every site's chunks: each task has a
+        # as many equal tasks per worker, counting every site's chunks: each task has a
         # fixed cost (open the run, read its sample coordinates, ship a state) and merges
-        per_site = -(-n_workers // max(len(names), 1))
-        rows_per = chunk_rows or min(32768, -(-len(ids) // per_site))
+        per_site = math.lcm(n_workers, max(len(names), 1)) // max(len(names), 1)
+        rows_per = chunk_rows or min(_TASK_ROWS, -(-len(ids) // per_site))
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait
