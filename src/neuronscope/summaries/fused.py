@@ -88,10 +88,22 @@ def _build():
         n_s = skeys.shape[1]
         k = tk_vals.shape[1]
         n_u = tok_dest.shape[0]
+        # the tables are indexed flat with unsigned offsets, never through a per-row view
+        # like ftab[g, j0:j0 + w]: a view costs two atomic reference-count updates, and a
+        # signed 2-d index a negative-index check (together ~25% of the kernel's time)
+        n_bins2 = hist.shape[0] // units  # hist: (units, n_bins + 2) flattened
+        uunits = np.uint64(units)
+        ftabf = ftab.reshape(-1)
+        actsf = acts.reshape(-1)
+        tok_sumsf = tok_sums.reshape(-1)
+        abs_countf = abs_count.reshape(-1)
+        stabf = stab.reshape(-1)
+        sqtabf = sqtab.reshape(-1)
         for bi in range(b_first, b_stop):
             j0 = bi * block
             w = min(block, units - j0)
-            hb_buf = np.empty(w, dtype=np.int32)
+            hb_buf = np.empty(w, dtype=np.uint64)
+            h_off = (np.arange(w) + j0).astype(np.uint64) * np.uint64(n_bins2)
             # a value enters the top-k when it reaches kt (the k-th kept value; -inf while
             # fewer than k are kept) and then beats the k-th by (value desc, sample asc)
             kt = np.empty(w, dtype=np.float32)
@@ -106,8 +118,14 @@ def _build():
             lpos = pos_count[j0 : j0 + w]
             # per distinct token of the batch, this block's Σa (float64, stays in cache)
             loc = np.zeros((n_u, w))
+            locf = loc.reshape(-1)
+            uj0 = np.uint64(j0)
+            row = np.empty(w, dtype=np.float32)
             for i in range(n):
-                row = acts[i, j0 : j0 + w]
+                # the row's block copied into one buffer (no view per row)
+                ro = np.uint64(i) * uunits + uj0
+                for c in range(w):
+                    row[c] = actsf[ro + np.uint64(c)]
                 # one short loop per accumulator: few arrays per loop, so each vectorizes
                 for c in range(w):
                     a64 = np.float64(row[c])
@@ -132,9 +150,9 @@ def _build():
                 row_pos[bi, i] = active
                 for t in range(n_t):
                     th = thr_abs[t]
-                    ct = abs_count[t, j0 : j0 + w]
+                    o = np.uint64(t) * uunits + uj0
                     for c in range(w):
-                        ct[c] += np.int32(abs(row[c]) > th)
+                        abs_countf[o + np.uint64(c)] += np.int32(abs(row[c]) > th)
                 if h_rows[i]:
                     hb = hb_buf
                     for c in range(w):
@@ -142,32 +160,31 @@ def _build():
                         x = x + h_shift
                         # clip to [0, n_bins + 1]; NaN -> 0 (the batch is rejected later)
                         x = x if x > 0 else np.float32(0)
-                        hb[c] = np.int32(x if x < h_top else h_top)
+                        hb[c] = np.uint64(np.int32(x if x < h_top else h_top)) + h_off[c]
                     for c in range(w):
-                        hist[j0 + c, hb[c]] += 1
+                        hist[hb[c]] += 1
                 for f in range(n_f):
                     g = fkeys[i, f]
                     if g >= 0:
-                        fr = ftab[g, j0 : j0 + w]
+                        o = np.uint64(g) * uunits + uj0
                         for c in range(w):
-                            fr[c] += np.int32(row[c] > 0)
+                            ftabf[o + np.uint64(c)] += np.int32(row[c] > 0)
                 for s in range(n_s):
                     g = skeys[i, s]
                     if g >= 0:
-                        sr = stab[g, j0 : j0 + w]
+                        o = np.uint64(g) * uunits + uj0
                         if s < n_sq:
-                            qr = sqtab[g, j0 : j0 + w]
                             for c in range(w):
                                 a64 = np.float64(row[c])
-                                sr[c] += a64
-                                qr[c] += a64 * a64
+                                stabf[o + np.uint64(c)] += a64
+                                sqtabf[o + np.uint64(c)] += a64 * a64
                         else:
                             for c in range(w):
-                                sr[c] += np.float64(row[c])
+                                stabf[o + np.uint64(c)] += np.float64(row[c])
                 if n_u:
-                    lr = loc[tok_key[i]]
+                    o = np.uint64(tok_key[i]) * np.uint64(w)
                     for c in range(w):
-                        lr[c] += np.float64(row[c])
+                        locf[o + np.uint64(c)] += np.float64(row[c])
                 # top-k insertion (rare once the top-k is full): only rows reaching a threshold
                 if reach:
                     si = sample[i]
@@ -200,14 +217,15 @@ def _build():
             # tokens: one float32 rounding per batch into the slot's sum; no slot -> "other"
             for u in range(n_u):
                 d = tok_dest[u]
-                lr = loc[u]
+                lo = np.uint64(u) * np.uint64(w)
                 if d >= 0:
-                    tr = tok_sums[d, j0 : j0 + w]
+                    o = np.uint64(d) * uunits + uj0
                     for c in range(w):
-                        tr[c] = np.float32(np.float64(tr[c]) + lr[c])
+                        q = o + np.uint64(c)
+                        tok_sumsf[q] = np.float32(np.float64(tok_sumsf[q]) + locf[lo + np.uint64(c)])
                 else:
                     for c in range(w):
-                        tok_other[j0 + c] += lr[c]
+                        tok_other[j0 + c] += locf[lo + np.uint64(c)]
 
     return kernel
 
@@ -369,10 +387,10 @@ def fused_update(site: Any, b: Batch, needs_coord: Mapping[str, str], n_threads:
         return np.ascontiguousarray(np.stack(cols, axis=1)) if cols else np.zeros((n, 0), dtype=np.int32)
 
     args = (
-        b.acts, thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
+        np.ascontiguousarray(b.acts), thr_abs, h_scale, h_shift, h_top, np.ascontiguousarray(h_rows),
         np.ascontiguousarray(sample), tk_vals, tk_samp, tk_src, tk_n,
         keys2d(fkeys), keys2d(skeys), n_sq, tok_key, tok_dest, tok_sums, tok_other,
-        s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out, row_pos,
+        s1, s2, sabs, vmin, vmax, pos_count, abs_count, hist_out.reshape(-1), row_pos,
         ftab, stab, sqtab, BLOCK,
     )
     run = kernel()
