@@ -14,6 +14,8 @@ its own process, so its peak RSS (``ru_maxrss``) is its own:
   RSS (the forward pass's memory growth, apart from the recording's);
 * the projected time for 10^7 tokens (10× the largest size, the per-token cost of the
   largest run);
+* the same ``record`` as ``neuronscope record`` runs it: oneDNN's primitive cache off
+  (``recording.no_primitive_cache``), tokens/s and peak RSS;
 * ``record --workers 2`` (``record_distributed`` on a 2-worker ``LocalCluster``, dashboard
   off, one torch thread per worker): the same sizes, tokens/s (peak RSS of the driver only).
 
@@ -36,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 SITES = "encoder.layer.*.intermediate"
+PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def repeated_corpus(tokens: int, tok):
@@ -61,6 +64,10 @@ def repeated_corpus(tokens: int, tok):
 
 
 def child(tokens: int, mode: str) -> None:
+    if mode == "cli":  # as `neuronscope record` runs: oneDNN's primitive cache off
+        from neuronscope.recording import no_primitive_cache
+
+        no_primitive_cache()
     import torch
 
     import neuronscope as ns
@@ -97,7 +104,7 @@ def child(tokens: int, mode: str) -> None:
             ns.record(model, src, SITES, out=Path(d) / "run.zarr", keep="summaries", progress=False)
         out["seconds"] = time.perf_counter() - t
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if mode == "single":
+    if mode in ("single", "cli"):
         from neuronscope.recording import default_lanes, default_threads
 
         out["lanes"] = default_lanes()
@@ -131,6 +138,7 @@ def main() -> None:
     load0 = load()
     dask_sizes = args.tokens if args.dask_tokens is None else args.dask_tokens
     single: dict[int, dict] = {}
+    cli: dict[int, dict] = {}
     dask: dict[int, dict] = {}
     # the section is rewritten after every run, so an interrupted scale run keeps what it measured
     for n in sorted(set(args.tokens) | set(dask_sizes)):
@@ -138,13 +146,15 @@ def main() -> None:
             single[n] = run_child(n, "single")
             bare = run_child(n, "bare")
             single[n].update({k: bare[k] for k in ("bare_layout", "bare_seconds", "bare_peak_rss_mb")})
-            report(single, dask, load0, write_section)
+            cli[n] = run_child(n, "cli")
+            cli[n].update({k: bare[k] for k in ("bare_layout", "bare_seconds", "bare_peak_rss_mb")})
+            report(single, cli, dask, load0, write_section)
         if n in dask_sizes:
             dask[n] = run_child(n, "dask")
-            report(single, dask, load0, write_section)
+            report(single, cli, dask, load0, write_section)
 
 
-def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_section) -> None:
+def report(single: dict[int, dict], cli: dict[int, dict], dask: dict[int, dict], load0: str, write_section) -> None:
     """Write the ``scale`` section of RESULTS.md from the runs so far."""
     rows = ["| run | tokens | documents (passes) | padding | seconds | tokens/s | × best bare forward | peak RSS MB |",
             "|---|---|---|---|---|---|---|---|"]
@@ -154,6 +164,11 @@ def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_sec
                     f"{r['documents']:,} ({r['passes']}) | {r['padding']:.1%} | {r['seconds']:.1f} | "
                     f"{r['tokens'] / r['seconds']:,.0f} | {r['seconds'] / r['bare_seconds']:.2f}× | "
                     f"{r['peak_rss_mb']:,.0f} |")
+        c = cli.get(r["tokens"])
+        if c:
+            rows.append(f"| the same as `neuronscope record` runs it (`{PRIMITIVE_CACHE_ENV}=0`) | {c['tokens']:,} | | | "
+                        f"{c['seconds']:.1f} | {c['tokens'] / c['seconds']:,.0f} | "
+                        f"{c['seconds'] / r['bare_seconds']:.2f}× | {c['peak_rss_mb']:,.0f} |")
         rows.append(f"| best bare forward, bucketed 4,096-token budget, {r['bare_layout']} | "
                     f"{r['tokens']:,} | | | {r['bare_seconds']:.1f} | "
                     f"{r['tokens'] / r['bare_seconds']:,.0f} | 1.00× | {r['bare_peak_rss_mb']:,.0f} |")
@@ -176,6 +191,12 @@ def report(single: dict[int, dict], dask: dict[int, dict], load0: str, write_sec
                      f"**{big['peak_rss_mb'] / small['peak_rss_mb']:.2f}×** (target ≤ 1.10×); the bare forward "
                      f"pass alone, in its own process: **{big['bare_peak_rss_mb'] / small['bare_peak_rss_mb']:.2f}×** "
                      f"({small['bare_peak_rss_mb']:,.0f} → {big['bare_peak_rss_mb']:,.0f} MB)")
+        if len(cli) > 1:
+            cb, cs = cli[max(cli)], cli[min(cli)]
+            lines.append(f"* the same with oneDNN's primitive cache off, as `neuronscope record` runs: "
+                         f"**{cb['peak_rss_mb'] / cs['peak_rss_mb']:.2f}×** ({cs['peak_rss_mb']:,.0f} → "
+                         f"{cb['peak_rss_mb']:,.0f} MB), at {cb['tokens'] / cb['seconds']:,.0f} tokens/s vs "
+                         f"{big['tokens'] / big['seconds']:,.0f} with the cache")
     body = (
         "MiniLM (all-MiniLM-L6-v2), 6 FFN sites (9,216 neurons), summaries only, default bucketed batching. "
         "Corpus: the bundled corpus repeated, each pass in a different seeded order (pass 0 in file order), cut at "

@@ -551,3 +551,23 @@ def test_capture_outputs_belong_to_the_calling_thread():
     for k in x:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
     assert not torch.equal(want[0][0], want[1][0])
+
+
+@pytest.mark.parametrize("call", [False, True])
+def test_no_primitive_cache_takes_effect_before_the_first_primitive(call):
+    """oneDNN compiles a primitive per GELU input shape; with the cache a second call of the
+    same shape is a hit, after ``no_primitive_cache()`` (called after ``import torch``, before
+    any primitive) it is compiled again: the setting is read at the first primitive."""
+    code = (
+        "import torch\n"
+        "from neuronscope.recording import no_primitive_cache\n"
+        f"assert no_primitive_cache() if {call} else True\n"
+        "x = torch.randn(64, 1536)\n"
+        "torch.nn.functional.gelu(x); torch.nn.functional.gelu(x)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    p = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_VERBOSE": "2"}, capture_output=True,
+                       text=True, check=True)
+    creates = [ln for ln in (p.stdout + p.stderr).splitlines() if "primitive,create:" in ln]
+    assert len(creates) == 2, p.stdout + p.stderr
+    assert sum("cache_hit" in ln for ln in creates) == (0 if call else 1)

@@ -619,6 +619,32 @@ def _record(model: nn.Module, source: Any, sites: str | list[str] | list[Site], 
     return open_run(out)
 
 
+#: oneDNN's setting for the number of primitives it caches per process (default 1,024)
+PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def no_primitive_cache() -> bool:
+    """Turn off oneDNN's primitive cache for this process (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``)
+    unless the variable is already set; True when this call set it. oneDNN reads the
+    variable once, at the process's first oneDNN primitive, so call this before any forward
+    pass (``neuronscope record`` does, for its text corpora).
+
+    Why: torch runs MiniLM's GELU as a oneDNN primitive compiled per input shape and keeps
+    up to 1,024 of them. Length-bucketed text batches have hundreds of shapes, so the cache
+    grew a summaries-only recording's peak RSS by 18-27% from 6·10⁴ to 3·10⁵ tokens
+    (1.04-1.09× without it) and saved no time (equal tokens/s; benchmarks/scale.py). Not
+    a default of :func:`record`: a model of fixed input shape reuses its cached primitives
+    (a small CNN's forward pass measured 12-19% slower without the cache), and the setting
+    holds for the whole process.
+    """
+    import os
+
+    if PRIMITIVE_CACHE_ENV in os.environ:
+        return False
+    os.environ[PRIMITIVE_CACHE_ENV] = "0"
+    return True
+
+
 def default_lanes(model: nn.Module | None = None, overlap: bool = False, interventions: Sequence[Any] = (),
                   threads: int | None = None) -> int:
     """Forward lanes of a recording (:func:`run_pass`): for a Hugging Face ``PreTrainedModel``

@@ -4,6 +4,7 @@ configuration, and the padding fraction shown by `neuronscope info`."""
 from __future__ import annotations
 
 import json
+import os
 
 import typer
 from typer.testing import CliRunner
@@ -37,3 +38,21 @@ def test_cli_record_bucketed_and_packed_runs_report_padding(tmp_path, small_corp
     assert info["source"]["pack"] == 64 and info["items"] == -(-info["samples"] // 64)
     res = runner.invoke(app, ["info", str(tmp_path / "b.zarr")], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "padding" in res.output and "bucket" in res.output
+
+
+def test_cli_record_turns_off_onednn_primitive_cache_unless_set(tmp_path, small_corpus, monkeypatch) -> None:
+    """`record` sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 for its process (text batches of many
+    shapes would fill oneDNN's cache); a value the user set stays."""
+    from neuronscope.recording import PRIMITIVE_CACHE_ENV
+
+    base = ["record", "--corpus", str(small_corpus), "--sites", "encoder.layer.0.intermediate", "--keep", "summaries",
+            "--max-tokens", "16", "--no-progress", "--json"]
+    monkeypatch.setenv(PRIMITIVE_CACHE_ENV, "x")  # undone after the test, whatever record sets
+    monkeypatch.delenv(PRIMITIVE_CACHE_ENV)
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a.zarr")])
+    assert res.exit_code == 0, res.output
+    assert os.environ[PRIMITIVE_CACHE_ENV] == "0"
+    monkeypatch.setenv(PRIMITIVE_CACHE_ENV, "16")
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b.zarr")])
+    assert res.exit_code == 0, res.output
+    assert os.environ[PRIMITIVE_CACHE_ENV] == "16"

@@ -38,8 +38,11 @@ def record(
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
     labels: Path = typer.Option(None, "--labels", help="Per-document labels file (.jsonl objects, .csv with a header, or .txt named by its field), one line per document: per-label summaries for `neuronscope locate`."),
 ) -> None:
-    """Record the neurons of a model over a corpus into a resumable run."""
-    from neuronscope.recording import check_record_options
+    """Record the neurons of a model over a corpus into a resumable run.
+
+    Sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 unless it is set: text batches of many shapes
+    would fill oneDNN's cache of compiled primitives, growing memory for no speed."""
+    from neuronscope.recording import check_record_options, no_primitive_cache
     from neuronscope.recording import record as record_run
     from neuronscope.sources.text import TextSource, check_batching, load_corpus
     from neuronscope.specs import load_model
@@ -57,6 +60,7 @@ def record(
 
         raise NeuronscopeError("record --workers stores no activations to subsample; drop --sample-rate or drop --workers")
     output_dir(out, "--out")  # before the seconds of loading a model
+    no_primitive_cache()  # before the first forward pass (and the workers' start)
     docs = load_corpus(corpus)
     if labels is not None:
         from neuronscope.sources.labels import read_doc_labels
@@ -135,7 +139,7 @@ def summarize(
     sites: str = typer.Option("", help="Site glob(s) to summarize (default: all)."),
     workers: int = typer.Option(2, min=1, help="Workers of the local Dask cluster."),
     scheduler: str = typer.Option("", help="Address of a running Dask scheduler (instead of a local cluster)."),
-    chunk_rows: int = typer.Option(0, min=0, help="Rows per task (0 = an even share per worker, at most 32768; chunks never split a document)."),
+    chunk_rows: int = typer.Option(0, min=0, help="Rows per task (0 = an even share per worker, at most 1,048,576; chunks never split a document). A task reads its rows in steps into one buffer, so its memory does not grow with this."),
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
 ) -> None:
     """Compute the streaming summaries of a stored run chunk by chunk with Dask and store them
