@@ -42,7 +42,7 @@ from _forward import bare_forward  # noqa: E402
 from _results import write_section  # noqa: E402
 
 import neuronscope as ns  # noqa: E402
-from neuronscope.recording import default_lanes, default_threads  # noqa: E402
+from neuronscope.recording import default_lanes, default_threads, no_primitive_cache  # noqa: E402
 from neuronscope.sources.text import load_corpus  # noqa: E402
 
 SITES = "encoder.layer.*.intermediate"
@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", type=int, default=[2048, 4096, 8192])
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     args = ap.parse_args()
+    # as record sets it for bucketed text before its process's first forward pass; here it
+    # holds for every row (the bare forward passes too), whichever runs first
+    no_primitive_cache()
     model, tok = ns.load_model("minilm")
     corpus = load_corpus("default").head(args.docs)
     torch_default = torch.get_num_threads()

@@ -165,8 +165,8 @@ def summarize_run(
 
     Chunks never split a document (top-k context needs whole documents). ``chunk_rows``
     defaults to an even share of the rows per ``lcm(workers, sites) / sites`` chunks of
-    each site (so every worker gets the same number of equal tasks), at most
-    :data:`_TASK_ROWS` rows: a task reads its chunk in steps into one reused buffer
+    each site (so every worker gets the same number of equal tasks), at least
+    :data:`_READ_ROWS` and at most :data:`_TASK_ROWS` rows: a task reads its chunk in steps into one reused buffer
     (:func:`_doc_aligned_reads`), so its memory does not grow with the chunk, while every
     task ships a full summary state (~7 MB per MiniLM site with float16 storage, whose
     top-k context is then kept in float16) to the merge tree, so fewer, larger tasks
@@ -199,7 +199,7 @@ def summarize_run(
         # as many equal tasks per worker, counting every site's chunks: each task has a
         # fixed cost (open the run, read its sample coordinates, ship a state) and merges
         per_site = math.lcm(n_workers, max(len(names), 1)) // max(len(names), 1)
-        rows_per = chunk_rows or min(_TASK_ROWS, -(-len(ids) // per_site))
+        rows_per = chunk_rows or min(_TASK_ROWS, max(_READ_ROWS, -(-len(ids) // per_site)))
         chunks = _doc_aligned_chunks(ids, rows_per)
         roots = {}
         for s in names:  # every site's chunks and merge tree are submitted before any wait

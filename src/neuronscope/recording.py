@@ -71,6 +71,8 @@ def forward_batches(
     if isinstance(site_list, str):
         site_list = resolve_sites(model, site_list)
     model.eval()
+    if getattr(source, "varying_shapes", False):
+        no_primitive_cache()
     # the capture flattens (and so copies) each site's output when its module returns, so
     # in-place operations later in the forward pass (ReLU(inplace=True), ``x += …``) cannot
     # change what is recorded
@@ -423,6 +425,8 @@ def _run_lanes(model: nn.Module, source: Any, site_list: list[Site], recorder: R
     error stops every lane and is raised here; so is a ``KeyboardInterrupt`` (the lanes stop
     after their current step)."""
     model.eval()
+    if getattr(source, "varying_shapes", False):
+        no_primitive_cache()
     batches = source.batches(start=start)
     take = threading.Lock()
     cond = threading.Condition()
@@ -625,17 +629,19 @@ PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 def no_primitive_cache() -> bool:
     """Turn off oneDNN's primitive cache for this process (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``)
-    unless the variable is already set; True when this call set it. oneDNN reads the
-    variable once, at the process's first oneDNN primitive, so call this before any forward
-    pass (``neuronscope record`` does, for its text corpora).
+    unless the variable is already set (any value, e.g. oneDNN's default ``1024``, keeps
+    the cache); True when this call set it. oneDNN reads the variable once, at the
+    process's first oneDNN primitive: every forward pass of neuronscope over a source whose
+    batches vary in shape (``source.varying_shapes``: bucketed or per-document text) calls
+    this first, so it takes effect when that forward pass is the process's first.
 
     Why: torch runs MiniLM's GELU as a oneDNN primitive compiled per input shape and keeps
     up to 1,024 of them. Length-bucketed text batches have hundreds of shapes, so the cache
-    grew a summaries-only recording's peak RSS by 18-27% from 6·10⁴ to 3·10⁵ tokens
-    (1.04-1.09× without it) and saved no time (equal tokens/s; benchmarks/scale.py). Not
-    a default of :func:`record`: a model of fixed input shape reuses its cached primitives
-    (a small CNN's forward pass measured 12-19% slower without the cache), and the setting
-    holds for the whole process.
+    grew a summaries-only recording's peak RSS 1.45× from 10⁵ to 10⁶ tokens (1.05× without
+    it), and recording without it was no slower (benchmarks/scale.py). Not for sources of
+    one shape (images, packed text): those reuse their cached primitives (a small CNN's
+    forward pass measured 12-19% slower without the cache). The setting holds for the whole
+    process, so a CNN forwarded later in the same process compiles its primitives per call.
     """
     import os
 

@@ -41,14 +41,18 @@ def test_cli_record_bucketed_and_packed_runs_report_padding(tmp_path, small_corp
 
 
 def test_cli_record_turns_off_onednn_primitive_cache_unless_set(tmp_path, small_corpus, monkeypatch) -> None:
-    """`record` sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 for its process (text batches of many
-    shapes would fill oneDNN's cache); a value the user set stays."""
+    """`record` over bucketed text sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 for its process
+    (batches of many shapes would fill oneDNN's cache), packed text does not (one shape);
+    a value the user set stays."""
     from neuronscope.recording import PRIMITIVE_CACHE_ENV
 
     base = ["record", "--corpus", str(small_corpus), "--sites", "encoder.layer.0.intermediate", "--keep", "summaries",
             "--max-tokens", "16", "--no-progress", "--json"]
     monkeypatch.setenv(PRIMITIVE_CACHE_ENV, "x")  # undone after the test, whatever record sets
     monkeypatch.delenv(PRIMITIVE_CACHE_ENV)
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.zarr"), "--pack", "32"])
+    assert res.exit_code == 0, res.output
+    assert PRIMITIVE_CACHE_ENV not in os.environ
     res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a.zarr")])
     assert res.exit_code == 0, res.output
     assert os.environ[PRIMITIVE_CACHE_ENV] == "0"

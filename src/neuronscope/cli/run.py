@@ -38,11 +38,8 @@ def record(
     json_out: bool = typer.Option(False, "--json", help="Print the run info as JSON."),
     labels: Path = typer.Option(None, "--labels", help="Per-document labels file (.jsonl objects, .csv with a header, or .txt named by its field), one line per document: per-label summaries for `neuronscope locate`."),
 ) -> None:
-    """Record the neurons of a model over a corpus into a resumable run.
-
-    Sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 unless it is set: text batches of many shapes
-    would fill oneDNN's cache of compiled primitives, growing memory for no speed."""
-    from neuronscope.recording import check_record_options, no_primitive_cache
+    """Record the neurons of a model over a corpus into a resumable run."""
+    from neuronscope.recording import check_record_options
     from neuronscope.recording import record as record_run
     from neuronscope.sources.text import TextSource, check_batching, load_corpus
     from neuronscope.specs import load_model
@@ -60,7 +57,6 @@ def record(
 
         raise NeuronscopeError("record --workers stores no activations to subsample; drop --sample-rate or drop --workers")
     output_dir(out, "--out")  # before the seconds of loading a model
-    no_primitive_cache()  # before the first forward pass (and the workers' start)
     docs = load_corpus(corpus)
     if labels is not None:
         from neuronscope.sources.labels import read_doc_labels

@@ -138,6 +138,11 @@ class LabeledSource:
     def vocab(self) -> list[str] | None:
         return self.source.vocab()
 
+    @property
+    def varying_shapes(self) -> bool:
+        """The wrapped source's (see :attr:`TextSource.varying_shapes`)."""
+        return bool(getattr(self.source, "varying_shapes", False))
+
     def stats(self) -> dict[str, Any] | None:
         """The wrapped source's batching statistics (None if it has none)."""
         f = getattr(self.source, "stats", None)

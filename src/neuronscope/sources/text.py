@@ -388,6 +388,12 @@ class TextSource:
         """Whether samples carry ``char_start`` / ``char_end`` (the tokenizer gives offsets)."""
         return self._features["offsets"]
 
+    @property
+    def varying_shapes(self) -> bool:
+        """Whether forward passes see many input shapes: bucketed or per-document batches
+        (each padded to its own longest document) do, packed contexts do not."""
+        return self.batching != "pack"
+
     def __len__(self) -> int:
         """Items: documents, or packed contexts with ``pack``."""
         if self.batching == "pack":
