@@ -184,7 +184,7 @@ def report(single: dict[int, dict], cached: dict[int, dict], dask: dict[int, dic
     big = single[max(single)]
     proj = 1e7 * big["seconds"] / big["tokens"]
     lines = [f"* projected time for 10^7 tokens (1 process, per-token cost of the {big['tokens']:,}-token run): "
-             f"**{proj / 60:.0f} min** (goal: < 25 min)"]
+             f"**{proj / 60:.1f} min** (goal: < 25 min)"]
     if dask:
         bd = dask[max(dask)]
         lines.append(f"* projected time for 10^7 tokens with 2 Dask workers: **{1e7 * bd['seconds'] / bd['tokens'] / 60:.0f} min**")
