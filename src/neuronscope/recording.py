@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -637,14 +638,12 @@ def no_primitive_cache() -> bool:
 
     Why: torch runs MiniLM's GELU as a oneDNN primitive compiled per input shape and keeps
     up to 1,024 of them. Length-bucketed text batches have hundreds of shapes, so the cache
-    grew a summaries-only recording's peak RSS 1.45× from 10⁵ to 10⁶ tokens (1.05× without
-    it), and recording without it was no slower (benchmarks/scale.py). Not for sources of
+    grew a summaries-only recording's peak RSS 1.27-1.45× from 10⁵ to 10⁶ tokens (1.05-1.08×
+    without it, two runs), and recording without it was as fast (benchmarks/scale.py). Not for sources of
     one shape (images, packed text): those reuse their cached primitives (a small CNN's
     forward pass measured 12-19% slower without the cache). The setting holds for the whole
     process, so a CNN forwarded later in the same process compiles its primitives per call.
     """
-    import os
-
     if PRIMITIVE_CACHE_ENV in os.environ:
         return False
     os.environ[PRIMITIVE_CACHE_ENV] = "0"
