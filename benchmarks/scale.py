@@ -39,7 +39,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 SITES = "encoder.layer.*.intermediate"
-PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def repeated_corpus(tokens: int, tok):
@@ -65,6 +64,8 @@ def repeated_corpus(tokens: int, tok):
 
 
 def child(tokens: int, mode: str) -> None:
+    from neuronscope.recording import PRIMITIVE_CACHE_ENV
+
     if mode == "cache":  # oneDNN's own default: a cache of 1,024 primitives (record's default before)
         os.environ[PRIMITIVE_CACHE_ENV] = "1024"
     if mode == "bare-nocache":  # the bare forward as record runs it on bucketed text
@@ -158,6 +159,8 @@ def main() -> None:
 
 def report(single: dict[int, dict], cached: dict[int, dict], dask: dict[int, dict], load0: str, write_section) -> None:
     """Write the ``scale`` section of RESULTS.md from the runs so far."""
+    from neuronscope.recording import PRIMITIVE_CACHE_ENV
+
     rows = ["| run | tokens | documents (passes) | padding | seconds | tokens/s | × best bare forward | peak RSS MB |",
             "|---|---|---|---|---|---|---|---|"]
     for r in single.values():

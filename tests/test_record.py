@@ -565,7 +565,9 @@ def test_no_primitive_cache_takes_effect_before_the_first_primitive(call):
         "x = torch.randn(64, 1536)\n"
         "torch.nn.functional.gelu(x); torch.nn.functional.gelu(x)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    from neuronscope.recording import PRIMITIVE_CACHE_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != PRIMITIVE_CACHE_ENV}
     p = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_VERBOSE": "2"}, capture_output=True,
                        text=True, check=True)
     creates = [ln for ln in (p.stdout + p.stderr).splitlines() if "primitive,create:" in ln]

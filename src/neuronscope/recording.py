@@ -71,15 +71,21 @@ def forward_batches(
     """
     if isinstance(site_list, str):
         site_list = resolve_sites(model, site_list)
-    model.eval()
-    if getattr(source, "varying_shapes", False):
-        no_primitive_cache()
+    _begin_pass(model, source)
     # the capture flattens (and so copies) each site's output when its module returns, so
     # in-place operations later in the forward pass (ReLU(inplace=True), ``x += …``) cannot
     # change what is recorded
     with SiteCapture(model, site_list, flatten=True, conv=conv) as cap:
         for batch in source.batches(start=start):
             yield batch, _forward(model, cap, batch, site_list)
+
+
+def _begin_pass(model: nn.Module, source: Any) -> None:
+    """Before the first forward pass over ``source``: eval mode, and no oneDNN primitive
+    cache when the source's batches vary in shape (:func:`no_primitive_cache`)."""
+    model.eval()
+    if getattr(source, "varying_shapes", False):
+        no_primitive_cache()
 
 
 def _forward(model: nn.Module, cap: SiteCapture, batch: Batch, site_list: list[Site]) -> dict[str, np.ndarray]:
@@ -425,9 +431,7 @@ def _run_lanes(model: nn.Module, source: Any, site_list: list[Site], recorder: R
     not yet consumed (so memory holds at most that many batches' activations). The first
     error stops every lane and is raised here; so is a ``KeyboardInterrupt`` (the lanes stop
     after their current step)."""
-    model.eval()
-    if getattr(source, "varying_shapes", False):
-        no_primitive_cache()
+    _begin_pass(model, source)
     batches = source.batches(start=start)
     take = threading.Lock()
     cond = threading.Condition()

@@ -102,7 +102,7 @@ def _build():
         for bi in range(b_first, b_stop):
             j0 = bi * block
             w = min(block, units - j0)
-            hb_buf = np.empty(w, dtype=np.uint64)
+            hb = np.empty(w, dtype=np.uint64)  # the row's flat histogram indices
             h_off = (np.arange(w) + j0).astype(np.uint64) * np.uint64(n_bins2)
             # a value enters the top-k when it reaches kt (the k-th kept value; -inf while
             # fewer than k are kept) and then beats the k-th by (value desc, sample asc)
@@ -154,7 +154,6 @@ def _build():
                     for c in range(w):
                         abs_countf[o + np.uint64(c)] += np.int32(abs(row[c]) > th)
                 if h_rows[i]:
-                    hb = hb_buf
                     for c in range(w):
                         x = row[c] * h_scale
                         x = x + h_shift
